@@ -1,0 +1,3 @@
+from spurcore.cli import main
+
+main()

@@ -1,0 +1,166 @@
+"""The `spur` command line: composes pipelines from whatever plugins are installed.
+
+`-p NAME` loads a plugin (an entry point or a module), `-p no:NAME` blocks one; both come
+before the subcommand. Plugins add their own subcommands through `spurcore_register_commands`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import attrs
+import click
+
+from spurcore import __version__
+from spurcore.errors import SpurcoreError
+from spurcore.plugins import PluginManager
+from spurcore.specs import KINDS
+
+
+def _manager(plugin_args: Sequence[str], quiet: bool = False) -> PluginManager:
+    enable = [p for p in plugin_args if not p.startswith("no:")]
+    block = [p[3:] for p in plugin_args if p.startswith("no:")]
+    if quiet:
+        block.append("progress")
+    return PluginManager(enable=enable, block=block)
+
+
+def _plugin_args(argv: Sequence[str]) -> list[str]:
+    """The values of every `-p` before the subcommand (needed before click parses)."""
+    found, args = [], list(argv)
+    for i, arg in enumerate(args):
+        if arg == "-p" and i + 1 < len(args):
+            found.append(args[i + 1])
+        elif arg.startswith("-p") and len(arg) > 2:
+            found.append(arg[2:])
+        elif arg.startswith("--plugin="):
+            found.append(arg.split("=", 1)[1])
+    return found
+
+
+class SpurGroup(click.Group):
+    """Turns every bad-input error into one clear message and its exit code."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except SpurcoreError as exc:
+            error = click.ClickException(str(exc))
+            error.exit_code = exc.exit_code
+            raise error from None
+
+
+@click.group(cls=SpurGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-p", "--plugin", "plugin_args", multiple=True, metavar="NAME",
+              help="Load plugin NAME, or block it with no:NAME. Repeatable.")
+@click.version_option(__version__, prog_name="spur")
+@click.pass_context
+def cli(ctx: click.Context, plugin_args: tuple[str, ...]) -> None:
+    """spurcore: find where a network memorizes its minority groups, and fix it."""
+    ctx.ensure_object(dict)
+    ctx.obj.setdefault("plugin_args", list(plugin_args))
+
+
+def _plugins(ctx: click.Context, quiet: bool = False) -> PluginManager:
+    if quiet or "manager" not in ctx.obj:
+        ctx.obj["manager"] = _manager(ctx.obj["plugin_args"], quiet)
+    return ctx.obj["manager"]
+
+
+@cli.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def plugins_cmd(ctx: click.Context, as_json: bool) -> None:
+    """List loaded plugins: name, version, hooks (and those that failed to load)."""
+    manager = _plugins(ctx)
+    infos = manager.infos()
+    if as_json:
+        rows = [attrs.asdict(i) for i in infos]
+        rows += [{"name": n, "version": "", "hooks": [], "builtin": False, "error": e} for n, e in manager.failed.items()]
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for info in infos:
+        tag = " (built-in)" if info.builtin else ""
+        click.echo(f"{info.name} {info.version}{tag}")
+        click.echo(f"    hooks: {', '.join(info.hooks)}")
+    for name, error in manager.failed.items():
+        click.echo(f"{name} FAILED TO LOAD: {error}")
+
+
+@cli.command("list")
+@click.argument("kind", type=click.Choice(KINDS))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def list_cmd(ctx: click.Context, kind: str, as_json: bool) -> None:
+    """List what plugins offer of one KIND."""
+    entries = _plugins(ctx).registry(kind)
+    rows = []
+    for name, entry in sorted(entries.items()):
+        spec = entry.spec
+        row = {"name": name, "plugin": entry.plugin, "description": spec.description}
+        for extra in ("kind", "needs_attributes"):
+            if hasattr(spec, extra):
+                row[extra] = getattr(spec, extra)
+        rows.append(row)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        needs = row.get("needs_attributes")
+        flag = " [needs attribute labels]" if needs else ""
+        click.echo(f"{row['name']:<18} {row['description']}{flag}  ({row['plugin']})")
+
+
+@cli.command("run")
+@click.argument("pipeline", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run directory.")
+@click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a pipeline key, e.g. -o train.epochs=3 -o stages.0.options.x=1.")
+@click.option("--seed", type=int, help="Same as -o seed=N.")
+@click.option("--device", help="auto, cpu, cuda or cuda:N (same as -o device=...).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.pass_context
+def run_cmd(ctx: click.Context, pipeline: Path, out: Path, overrides: tuple[str, ...], seed: int | None,
+            device: str | None, resume: bool, quiet: bool) -> None:
+    """Run PIPELINE (a TOML file) into the run directory --out."""
+    from spurcore import report
+    from spurcore.config import load_pipeline
+    from spurcore.runner import run_pipeline
+
+    extra = list(overrides)
+    if seed is not None:
+        extra.append(f"seed={seed}")
+    if device is not None:
+        extra.append(f"device={json.dumps(device)}")
+    config = load_pipeline(pipeline, extra)
+    summary = run_pipeline(config, out, _plugins(ctx, quiet), resume=resume,
+                           log=(lambda m: None) if quiet else click.echo)
+    click.echo(report.group_table(summary["metrics"]), nl=False)
+    click.echo(f"selected: {summary['selected']}; run directory: {out}")
+
+
+@cli.command("show")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+def show_cmd(run_dir: Path) -> None:
+    """Print the per-group table of a finished run, per stage."""
+    from spurcore import report
+    from spurcore.rundir import RunDir
+
+    summary = RunDir(run_dir).read_summary()
+    for stage in summary["stages"]:
+        chosen = stage["selected"]
+        how = f"epoch {chosen['epoch']} by {chosen['selector']}" if chosen["selector"] else "post hoc"
+        click.echo(f"stage {stage['name']} ({stage['method']}, {how})")
+        click.echo(report.group_table(stage["metrics"]))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    plugin_args = _plugin_args(argv)
+    manager = _manager(plugin_args)
+    manager.hook.spurcore_register_commands(cli=cli)
+    cli.main(args=argv, prog_name="spur", obj={"manager": manager, "plugin_args": plugin_args})

@@ -1,0 +1,72 @@
+"""What hooks see: the run, the current stage, and the candidates a selector scores."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from spurcore.config import PipelineConfig, StageConfig, TrainConfig
+    from spurcore.data import SpuriousData
+    from spurcore.device import Device
+    from spurcore.model import SpurModel
+    from spurcore.plugins import PluginManager
+    from spurcore.rundir import RunDir
+    from spurcore.specs import MitigationSpec
+
+
+@attrs.define(kw_only=True)
+class RunContext:
+    """One run of a pipeline: its resolved config, data, device, directory and plugins."""
+
+    config: PipelineConfig
+    data: SpuriousData
+    device: Device
+    out: RunDir
+    plugins: PluginManager
+    resumed: bool = False
+    log: Callable[[str], None] = print
+
+
+@attrs.define(kw_only=True)
+class StageContext:
+    """One stage of a run. `model` is the model being trained or changed; `optimizer` and
+    `scheduler` exist for train stages once training starts."""
+
+    index: int
+    config: StageConfig
+    spec: MitigationSpec
+    options: Any
+    train: TrainConfig
+    method: object
+    model: SpurModel
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: Any = None
+
+    @property
+    def name(self) -> str:
+        return self.config.label
+
+    @property
+    def key(self) -> str:
+        """The stage's directory name inside the run: `<index>-<name>`."""
+        return f"{self.index}-{self.name}"
+
+
+@attrs.frozen(kw_only=True)
+class Candidate:
+    """A model a selector may choose: an epoch of a stage, with metrics per split.
+
+    `load_model()` rebuilds that model (for selectors that look inside it, like SFit);
+    `data` is the run's dataset.
+    """
+
+    stage: str
+    epoch: int
+    metrics: Mapping[str, Mapping[str, Any]]
+    load_model: Callable[[], SpurModel] | None = None
+    data: SpuriousData | None = None

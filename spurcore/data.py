@@ -1,0 +1,175 @@
+"""Typed data: splits with class and attribute labels, and the batches the runner feeds.
+
+Every example is `(index, x, y, a)`: `index` is its position in its split and stays fixed
+across epochs (example-tied masks and per-example statistics key on it). The group of an
+example is `y * n_attrs + a`, computed here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+
+from spurcore.errors import DataError
+
+REQUIRED_SPLITS = ("train", "val", "test")
+MISSING_ATTRIBUTE = -1
+
+
+def group_ids(y: np.ndarray, a: np.ndarray, n_attrs: int) -> np.ndarray:
+    """The group of each example: y * n_attrs + a."""
+    return np.asarray(y, dtype=np.int64) * n_attrs + np.asarray(a, dtype=np.int64)
+
+
+def _labels(value: Any) -> np.ndarray:
+    array = np.asarray(value)
+    if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
+        raise DataError(f"labels must be a 1-d integer array, got shape {array.shape} dtype {array.dtype}")
+    array = array.astype(np.int64, copy=True)
+    array.setflags(write=False)
+    return array
+
+
+def _optional_labels(value: Any) -> np.ndarray | None:
+    return None if value is None else _labels(value)
+
+
+@attrs.frozen(kw_only=True)
+class SplitData:
+    """One split. `inputs` is either a tensor holding every input (row i is example i),
+    or a map-style `torch.utils.data.Dataset` whose item i is the input of example i.
+    `a` is None when the split has no attribute labels."""
+
+    name: str
+    inputs: Any
+    y: np.ndarray = attrs.field(converter=_labels)
+    a: np.ndarray | None = attrs.field(default=None, converter=_optional_labels)
+
+    def __attrs_post_init__(self) -> None:
+        n = len(self.inputs)
+        if len(self.y) != n:
+            raise DataError(f"split {self.name!r}: {n} inputs but {len(self.y)} class labels")
+        if self.a is not None and len(self.a) != n:
+            raise DataError(f"split {self.name!r}: {n} inputs but {len(self.a)} attribute labels")
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def has_attributes(self) -> bool:
+        return self.a is not None
+
+    @property
+    def in_memory(self) -> bool:
+        return isinstance(self.inputs, torch.Tensor)
+
+
+@attrs.frozen(kw_only=True)
+class SpuriousData:
+    """What a dataset plugin builds: named splits (train, val, test, and any extra
+    evaluation splits) plus the names of classes and attribute values."""
+
+    name: str
+    splits: Mapping[str, SplitData] = attrs.field(converter=dict)
+    class_names: tuple[str, ...] = attrs.field(converter=tuple)
+    attr_names: tuple[str, ...] = attrs.field(converter=tuple)
+    input_shape: tuple[int, ...] = attrs.field(converter=tuple, default=())
+
+    def __attrs_post_init__(self) -> None:
+        missing = [s for s in REQUIRED_SPLITS if s not in self.splits]
+        if missing:
+            raise DataError(f"dataset {self.name!r} has no {', '.join(missing)} split")
+        for split in self.splits.values():
+            if len(split) == 0:
+                raise DataError(f"dataset {self.name!r}: split {split.name!r} is empty")
+            bad = np.flatnonzero((split.y < 0) | (split.y >= self.n_classes))
+            if bad.size:
+                raise DataError(
+                    f"dataset {self.name!r}, split {split.name!r}, row {bad[0]}: class label "
+                    f"{split.y[bad[0]]} outside 0..{self.n_classes - 1}"
+                )
+            if split.a is not None:
+                bad = np.flatnonzero((split.a < 0) | (split.a >= self.n_attrs))
+                if bad.size:
+                    raise DataError(
+                        f"dataset {self.name!r}, split {split.name!r}, row {bad[0]}: attribute "
+                        f"{split.a[bad[0]]} outside 0..{self.n_attrs - 1}"
+                    )
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def n_attrs(self) -> int:
+        return len(self.attr_names)
+
+    @property
+    def n_groups(self) -> int:
+        return self.n_classes * self.n_attrs
+
+    @property
+    def group_names(self) -> tuple[str, ...]:
+        """Group g = y * n_attrs + a is named "class/attribute"."""
+        return tuple(f"{c}/{a}" for c in self.class_names for a in self.attr_names)
+
+    def groups(self, split: str) -> np.ndarray | None:
+        data = self.splits[split]
+        return None if data.a is None else group_ids(data.y, data.a, self.n_attrs)
+
+    def group_counts(self, split: str) -> dict[str, int] | None:
+        g = self.groups(split)
+        if g is None:
+            return None
+        counts = np.bincount(g, minlength=self.n_groups)
+        return dict(zip(self.group_names, counts.tolist()))
+
+
+@attrs.frozen
+class Batch:
+    """A minibatch: `index` (positions in the split), `x`, `y`, and `a`
+    (`MISSING_ATTRIBUTE` where the split has no attribute labels)."""
+
+    index: torch.Tensor
+    x: Any
+    y: torch.Tensor
+    a: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
+def iterate_batches(
+    split: SplitData,
+    order: Sequence[int] | torch.Tensor,
+    batch_size: int,
+    *,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> Iterator[Batch]:
+    """Yield batches of `split` in `order`.
+
+    In-memory splits are sliced directly (no per-example collation); dataset-backed splits
+    go through a DataLoader over the same order, so batch composition is identical either way.
+    """
+    order = torch.as_tensor(order, dtype=torch.long)
+    y = torch.tensor(split.y)
+    a = torch.tensor(split.a) if split.a is not None else torch.full_like(y, MISSING_ATTRIBUTE)
+    chunks = torch.split(order, batch_size)
+    if split.in_memory:
+        for idx in chunks:
+            yield Batch(idx, split.inputs[idx], y[idx], a[idx])
+        return
+    loader = torch.utils.data.DataLoader(
+        split.inputs,
+        batch_sampler=[c.tolist() for c in chunks],
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+    )
+    for idx, x in zip(chunks, loader):
+        yield Batch(idx, x, y[idx], a[idx])

@@ -1,0 +1,16 @@
+"""The one base class of every error that reports a bad input (config, data, plugin, run
+directory). The CLI prints its message, which names the file, key, row or plugin, and exits."""
+
+
+class SpurcoreError(Exception):
+    exit_code = 1
+
+
+class ConfigError(SpurcoreError, ValueError):
+    """A bad pipeline file, option or override; the message names where."""
+
+    exit_code = 2
+
+
+class DataError(SpurcoreError, ValueError):
+    """A dataset that does not meet the contract; the message names the split and row."""

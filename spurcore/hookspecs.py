@@ -1,0 +1,420 @@
+"""The contract between spurcore and its plugins: every hook, when it is called, and why.
+
+Three kinds of hook, each with one calling style:
+
+* **Registration hooks** (`spurcore_register_*`) return a list of frozen specs from
+  `spurcore.specs`. They are called once, when the plugin manager gathers the registry.
+  A name registered by two plugins is an error naming both.
+* **Lifecycle hooks** are notifications in start / end / error form. Every loaded plugin
+  receives them; their return values are ignored. Observers (progress, activation logging,
+  tracers that listen) use these and never change what the run computes.
+* **Stage hooks** shape a stage. The runner registers the stage's method object (built by
+  its `MitigationSpec.factory`) as a plugin when the stage starts and unregisters it when the
+  stage ends, so a method's implementations act only in its own stage.
+
+The calling sequence of `spur run`::
+
+    spurcore_run_start(run)
+    for each stage:
+        spurcore_stage_start(run, stage)           # stage.model is the previous stage's choice
+        spurcore_prepare_model(run, stage, model)  # train stages: insert layers, wrap modules
+        train stage, for each epoch:
+            spurcore_epoch_start(run, stage, epoch)
+            spurcore_train_sampler(run, stage, epoch, generator)   # firstresult: example order
+            for each batch:
+                spurcore_train_loss(run, stage, model, batch)      # firstresult: the loss
+                spurcore_batch_end(run, stage, epoch, step, batch, loss)
+            for each evaluation split (val, test, ...):
+                spurcore_evaluation_start(run, stage, epoch, split)
+                spurcore_evaluation_batch(run, stage, epoch, split, batch, logits)  # per batch
+                spurcore_evaluation_end(run, stage, epoch, split, metrics)
+            spurcore_epoch_end(run, stage, epoch, metrics)
+        posthoc stage:
+            spurcore_posthoc_head(run, stage, model, embeddings)   # firstresult: a new head
+            evaluation hooks as above, with epoch = 0
+        spurcore_stage_end(run, stage, result)
+    spurcore_run_end(run, summary)
+    on an exception anywhere above: spurcore_run_error(run, stage, error), then it propagates.
+
+`run` is a `spurcore.context.RunContext` (config, data, device, run directory, registry);
+`stage` is a `spurcore.context.StageContext` (its index, name, method spec and options, the
+effective training settings, the model, optimizer and scheduler). An implementation may take
+fewer arguments than its spec.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:  # pragma: no cover
+    import click
+    import torch
+
+    from spurcore.context import RunContext, StageContext
+    from spurcore.data import Batch
+    from spurcore.embeddings import Embeddings
+    from spurcore.model import SpurModel
+    from spurcore.specs import BackboneSpec, DatasetSpec, MetricSpec, MitigationSpec, SelectorSpec, TracerSpec
+
+PROJECT = "spurcore"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# --- registration ---------------------------------------------------------------------------
+
+
+@hookspec
+def spurcore_register_datasets() -> list[DatasetSpec]:
+    """Return the datasets this plugin provides.
+
+    Called once when the registry is gathered. Each `DatasetSpec.build(options)` returns a
+    `spurcore.data.SpuriousData` with train, val and test splits.
+
+    Example::
+
+        @hookimpl
+        def spurcore_register_datasets():
+            return [DatasetSpec(name="my-data", build=load_my_data, options=MyOptions)]
+    """
+
+
+@hookspec
+def spurcore_register_backbones() -> list[BackboneSpec]:
+    """Return the backbones this plugin provides.
+
+    Called once when the registry is gathered. `BackboneSpec.build(options, data)` returns a
+    `spurcore.model.Backbone` (a module mapping inputs to `feature_dim` features); the kernel
+    adds the linear head.
+
+    Example::
+
+        @hookimpl
+        def spurcore_register_backbones():
+            return [BackboneSpec(name="mlp", build=lambda opts, data: Backbone(make_mlp(), 64))]
+    """
+
+
+@hookspec
+def spurcore_register_tracers() -> list[TracerSpec]:
+    """Return the memorization tracers this plugin provides.
+
+    Called once when the registry is gathered. `TracerSpec.trace(run_dir, options)` reads a
+    finished run (its checkpoints, through `spurcore.rundir.RunDir`) and writes its analysis.
+
+    Example::
+
+        @hookimpl
+        def spurcore_register_tracers():
+            return [TracerSpec(name="gradient", trace=trace_by_gradient, options=TraceOptions)]
+    """
+
+
+@hookspec
+def spurcore_register_mitigations() -> list[MitigationSpec]:
+    """Return the mitigations (stage methods) this plugin provides.
+
+    Called once when the registry is gathered. A pipeline stage names one by `method`; its
+    `factory(options)` builds the stage object, which implements any of the stage hooks
+    below and is registered only while its stage runs.
+
+    Example::
+
+        class UpWeight:
+            def __init__(self, options): self.options = options
+            @hookimpl
+            def spurcore_train_loss(self, model, batch):
+                ...
+
+        @hookimpl
+        def spurcore_register_mitigations():
+            return [MitigationSpec(name="upweight", factory=UpWeight, options=UpWeightOptions)]
+    """
+
+
+@hookspec
+def spurcore_register_selectors() -> list[SelectorSpec]:
+    """Return the model selectors this plugin provides.
+
+    Called once when the registry is gathered. A selector scores each candidate
+    (`spurcore.context.Candidate`: an epoch of a stage with its metrics per split) and the
+    highest score wins. It declares whether it reads attribute labels.
+
+    Example::
+
+        @hookimpl
+        def spurcore_register_selectors():
+            return [SelectorSpec(name="val-loss", score=lambda c: -c.metrics["val"]["loss"])]
+    """
+
+
+@hookspec
+def spurcore_register_metrics() -> list[MetricSpec]:
+    """Return the metrics this plugin provides.
+
+    Called once when the registry is gathered. `MetricSpec.compute(predictions)` returns a
+    mapping merged into the split's metrics; `predictions` holds `y`, `pred`, `a`, groups
+    and names (`spurcore.evaluation.Predictions`).
+
+    Example::
+
+        @hookimpl
+        def spurcore_register_metrics():
+            return [MetricSpec(name="error", compute=lambda p: {"error": float((p.pred != p.y).mean())})]
+    """
+
+
+@hookspec
+def spurcore_register_commands(cli: click.Group) -> None:
+    """Add subcommands to the `spur` command line.
+
+    Called once when `spur` starts, after the registry is gathered, with the root click
+    group. Tracers and dataset plugins use it for `spur trace`, `spur data`, ...
+
+    Example::
+
+        @hookimpl
+        def spurcore_register_commands(cli):
+            @cli.command()
+            def hello():
+                click.echo("hello")
+    """
+
+
+# --- lifecycle notifications ------------------------------------------------------------------
+
+
+@hookspec
+def spurcore_run_start(run: RunContext) -> None:
+    """A run begins: the configuration is validated, data and device are ready.
+
+    Called once, before the first stage (also on `--resume`). `run.resumed` tells which.
+
+    Example::
+
+        @hookimpl
+        def spurcore_run_start(run):
+            print("writing to", run.out.path)
+    """
+
+
+@hookspec
+def spurcore_run_end(run: RunContext, summary: dict[str, Any]) -> None:
+    """A run finished; `summary` is what was written to `summary.json`.
+
+    Called once, after the last stage and after every file of the run is written.
+
+    Example::
+
+        @hookimpl
+        def spurcore_run_end(run, summary):
+            print(summary["metrics"]["test"]["worst_group_acc"])
+    """
+
+
+@hookspec
+def spurcore_run_error(run: RunContext, stage: StageContext | None, error: BaseException) -> None:
+    """A run failed (including KeyboardInterrupt). `stage` is None outside any stage.
+
+    Called once, before the exception propagates; checkpoints of finished epochs are kept,
+    so `spur run --resume` continues from the last one.
+
+    Example::
+
+        @hookimpl
+        def spurcore_run_error(run, stage, error):
+            close_my_files()
+    """
+
+
+@hookspec
+def spurcore_stage_start(run: RunContext, stage: StageContext) -> None:
+    """A stage begins; `stage.model` holds the model the previous stage selected.
+
+    Called once per stage, after the stage object is registered and before
+    `spurcore_prepare_model`. Not called for a stage that a resumed run finds finished.
+
+    Example::
+
+        @hookimpl
+        def spurcore_stage_start(run, stage):
+            print("stage", stage.index, stage.name)
+    """
+
+
+@hookspec
+def spurcore_stage_end(run: RunContext, stage: StageContext, result: dict[str, Any]) -> None:
+    """A stage finished; `result` is its entry of `summary.json` (name, selected epoch, metrics).
+
+    Called once per stage, after the selected epoch's weights are loaded into `stage.model`.
+
+    Example::
+
+        @hookimpl
+        def spurcore_stage_end(run, stage, result):
+            print(stage.name, result["metrics"]["val"]["worst_group_acc"])
+    """
+
+
+@hookspec
+def spurcore_epoch_start(run: RunContext, stage: StageContext, epoch: int) -> None:
+    """A training epoch begins (epochs count from 1), the model in train mode.
+
+    Called once per epoch of a train stage. Pruned-twin fine-tuning rebuilds its neuron mask
+    here.
+
+    Example::
+
+        @hookimpl
+        def spurcore_epoch_start(self, stage, epoch):
+            self.mask = top_neurons(stage.model, self.options.q)
+    """
+
+
+@hookspec
+def spurcore_epoch_end(run: RunContext, stage: StageContext, epoch: int, metrics: dict[str, Any]) -> None:
+    """An epoch finished, was evaluated and checkpointed.
+
+    `metrics` maps split -> metrics (see `spurcore_evaluation_end`) plus "train_loss".
+
+    Example::
+
+        @hookimpl
+        def spurcore_epoch_end(stage, epoch, metrics):
+            print(epoch, metrics["val"]["worst_group_acc"])
+    """
+
+
+@hookspec
+def spurcore_batch_end(run: RunContext, stage: StageContext, epoch: int, step: int, batch: Batch, loss: torch.Tensor) -> None:
+    """A training step finished (optimizer stepped). `step` counts batches within the epoch.
+
+    Called once per training batch: keep implementations cheap (no `.item()` on CUDA unless
+    needed).
+
+    Example::
+
+        @hookimpl
+        def spurcore_batch_end(step, loss):
+            if step % 100 == 0:
+                print(float(loss))
+    """
+
+
+@hookspec
+def spurcore_evaluation_start(run: RunContext, stage: StageContext, epoch: int, split: str) -> None:
+    """Evaluation of one split begins, the model in eval mode, gradients off.
+
+    Called per split and epoch. Activation loggers attach their forward hooks here.
+
+    Example::
+
+        @hookimpl
+        def spurcore_evaluation_start(stage, split):
+            self.handle = stage.model.embed.register_forward_hook(self.record)
+    """
+
+
+@hookspec
+def spurcore_evaluation_batch(run: RunContext, stage: StageContext, epoch: int, split: str, batch: Batch, logits: torch.Tensor) -> None:
+    """One evaluation batch was forwarded; `logits` are the model's outputs for `batch`.
+
+    Called per evaluation batch, after the forward pass (so forward hooks have fired).
+
+    Example::
+
+        @hookimpl
+        def spurcore_evaluation_batch(batch, logits):
+            self.rows.append((batch.index, logits.argmax(1)))
+    """
+
+
+@hookspec
+def spurcore_evaluation_end(run: RunContext, stage: StageContext, epoch: int, split: str, metrics: dict[str, Any]) -> None:
+    """Evaluation of one split finished; `metrics` is its metrics mapping.
+
+    Keys follow the pipeline's metrics (`avg_acc`, `worst_group_acc`, `worst_class_acc`,
+    `group_acc`, `group_count`, ...), accuracies as fractions in [0, 1].
+
+    Example::
+
+        @hookimpl
+        def spurcore_evaluation_end(split, metrics):
+            print(split, metrics["avg_acc"])
+    """
+
+
+# --- stage hooks ----------------------------------------------------------------------------------
+
+
+@hookspec
+def spurcore_prepare_model(run: RunContext, stage: StageContext, model: SpurModel) -> None:
+    """Change the model's structure before a train stage trains it (in place).
+
+    Called once per train stage, after `spurcore_stage_start`, and again with the same
+    options whenever the stage's checkpoints are loaded into a freshly built model, so it must
+    be deterministic. Inserted layers read the batch's example indices from
+    `model.context.index` during the forward pass.
+
+    Example::
+
+        @hookimpl
+        def spurcore_prepare_model(self, model):
+            model.embed.block2 = nn.Sequential(model.embed.block2, MyLayer(model.context))
+    """
+
+
+@hookspec(firstresult=True)
+def spurcore_train_sampler(run: RunContext, stage: StageContext, epoch: int, generator: torch.Generator) -> Any:
+    """Return the order of training examples for one epoch, or None for a plain shuffle.
+
+    Called once per epoch of a train stage; the first non-None result is used: a sequence
+    of example indices (repeats allowed, e.g. up-weighting). Draw randomness only from
+    `generator`, which is seeded by (seed, stage, epoch), so a resumed run sees the same
+    order.
+
+    Example::
+
+        @hookimpl
+        def spurcore_train_sampler(self, epoch, generator):
+            weights = torch.as_tensor(self.weights)
+            return torch.multinomial(weights, len(weights), replacement=True, generator=generator)
+    """
+
+
+@hookspec(firstresult=True)
+def spurcore_train_loss(run: RunContext, stage: StageContext, model: SpurModel, batch: Batch) -> torch.Tensor:
+    """Return the scalar loss of one training batch; this is where a method shapes the loss
+    and the forward pass.
+
+    Called once per training batch, inside autocast when AMP is on, with `batch` on the
+    device and the model in train mode. The first non-None result is used; the built-in
+    ERM implementation (cross-entropy on `model(batch.x, index=batch.index)`) runs last.
+    Pass `index=batch.index` to the model so example-tied layers see it.
+
+    Example::
+
+        @hookimpl
+        def spurcore_train_loss(self, model, batch):
+            losses = F.cross_entropy(model(batch.x, index=batch.index), batch.y, reduction="none")
+            return (losses * self.weights[batch.index]).mean()
+    """
+
+
+@hookspec(firstresult=True)
+def spurcore_posthoc_head(run: RunContext, stage: StageContext, model: SpurModel, embeddings: Embeddings) -> torch.nn.Module:
+    """Return a new head for a post-hoc stage, fitted on frozen embeddings.
+
+    Called once per post-hoc stage with `embeddings` (penultimate features, labels and
+    attributes of every split, from the model in eval mode without augmentation). The
+    returned module maps features to logits and replaces `model.head`.
+
+    Example::
+
+        @hookimpl
+        def spurcore_posthoc_head(self, embeddings):
+            train = embeddings["val"]
+            return fit_linear_head(train.features, train.y)
+    """

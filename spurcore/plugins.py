@@ -1,0 +1,242 @@
+"""The plugin manager: discovery, allow- and block-lists, validation, and the registry.
+
+Plugins are found through the `spurcore` entry-point group; the built-ins are registered the
+same way, through the same hooks. A plugin that fails to import is reported by name and
+skipped; it becomes an error only when a pipeline needs it. A function named `spurcore_*`
+that matches no hook is rejected, naming the plugin and the closest hook.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.metadata
+import inspect
+import os
+import sys
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import attrs
+import pluggy
+
+from spurcore import hookspecs
+from spurcore.errors import SpurcoreError
+from spurcore.specs import KINDS, SPEC_TYPES
+
+ENTRY_POINT_GROUP = "spurcore"
+ALLOW_ENV = "SPURCORE_PLUGINS"
+TRACE_ENV = "SPURCORE_TRACE_HOOKS"
+BUILTIN_MODULES = (
+    "spurcore.builtins.erm",
+    "spurcore.builtins.metrics",
+    "spurcore.builtins.selectors",
+    "spurcore.builtins.backbones",
+    "spurcore.builtins.waterdigits",
+    "spurcore.builtins.progress",
+)
+
+
+class PluginError(SpurcoreError):
+    """A plugin is missing, broken, or clashes with another; the message names it."""
+
+
+@attrs.frozen
+class Registered:
+    """A spec and the plugin that registered it."""
+
+    spec: Any
+    plugin: str
+
+
+@attrs.frozen
+class PluginInfo:
+    name: str
+    version: str
+    hooks: tuple[str, ...]
+    builtin: bool
+
+
+class _Manager(pluggy.PluginManager):
+    """Treats every `spurcore_*` callable as a hook implementation, marked or not, so a
+    misspelled name is caught instead of silently ignored (as pytest does)."""
+
+    def parse_hookimpl_opts(self, plugin: Any, name: str) -> Any:
+        opts = super().parse_hookimpl_opts(plugin, name)
+        if opts is None and name.startswith(f"{hookspecs.PROJECT}_"):
+            method = getattr(plugin, name, None)
+            if inspect.isroutine(method):
+                return {}
+        return opts
+
+
+class PluginManager:
+    """Loads plugins and answers: which hooks, which specs of each kind, which failed."""
+
+    def __init__(
+        self,
+        *,
+        entry_points: bool = True,
+        enable: Sequence[str] = (),
+        block: Sequence[str] = (),
+        allow: Sequence[str] | None = None,
+    ) -> None:
+        self.pm = _Manager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.failed: dict[str, str] = {}
+        self.blocked = set(block)
+        self._versions: dict[str, str] = {}
+        self._builtin: set[str] = set()
+        self._registry: dict[str, dict[str, Registered]] | None = None
+        if os.environ.get(TRACE_ENV):
+            self.pm.trace.root.setwriter(lambda text: sys.stderr.write(text))
+            self.pm.enable_tracing()
+        for module in BUILTIN_MODULES:
+            name = module.rsplit(".", 1)[-1]
+            if name not in self.blocked:
+                self.register(importlib.import_module(module), name)
+                self._builtin.add(name)
+        if allow is None and os.environ.get(ALLOW_ENV):
+            allow = [p.strip() for p in os.environ[ALLOW_ENV].split(",") if p.strip()]
+        wanted = None if allow is None else set(allow) | set(enable)
+        found = set()
+        if entry_points:
+            found = self._load_entry_points(wanted)
+        for name in enable:
+            if name not in found and name not in self.blocked and self.pm.get_plugin(name) is None:
+                self._load(name, name, lambda n=name: importlib.import_module(n), version="")
+
+    @property
+    def hook(self) -> Any:
+        return self.pm.hook
+
+    # --- loading ---------------------------------------------------------------------------
+
+    def _load_entry_points(self, wanted: set[str] | None) -> set[str]:
+        found = set()
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if ep.name in self.blocked or (wanted is not None and ep.name not in wanted):
+                continue
+            if self.pm.get_plugin(ep.name) is not None:
+                continue
+            found.add(ep.name)
+            version = ep.dist.version if ep.dist is not None else ""
+            self._load(ep.name, ep.value, ep.load, version)
+        return found
+
+    def _load(self, name: str, where: str, load: Any, version: str) -> None:
+        try:
+            plugin = load()
+        except Exception as exc:  # a broken plugin must not take the others down
+            self.failed[name] = f"{type(exc).__name__}: {exc}"
+            warnings.warn(f"spurcore plugin {name!r} ({where}) failed to load and is skipped: {self.failed[name]}", stacklevel=2)
+            return
+        try:
+            self.register(plugin, name)
+        except PluginError as exc:
+            self.failed[name] = str(exc)
+            warnings.warn(str(exc), stacklevel=2)
+            return
+        self._versions[name] = version
+
+    def register(self, plugin: object, name: str | None = None) -> str:
+        """Register a plugin (a module or an object); refuse hooks that match no spec."""
+        name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
+        try:
+            registered = self.pm.register(plugin, name)
+        except (pluggy.PluginValidationError, ValueError) as exc:
+            raise PluginError(f"plugin {name!r} is invalid: {exc}") from None
+        unknown = [
+            hook_name
+            for hook_name in dir(plugin)
+            if hook_name.startswith(f"{hookspecs.PROJECT}_")
+            and not self._has_spec(hook_name)
+            and self.pm.parse_hookimpl_opts(plugin, hook_name) is not None
+        ]
+        if unknown:
+            self.pm.unregister(plugin)
+            close = difflib.get_close_matches(unknown[0], self.hook_names(), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise PluginError(f"plugin {name!r} implements unknown hook {unknown[0]!r}{hint}")
+        self._registry = None
+        return registered
+
+    def unregister(self, plugin: object) -> None:
+        self.pm.unregister(plugin)
+        self._registry = None
+
+    def _has_spec(self, hook_name: str) -> bool:
+        caller = getattr(self.pm.hook, hook_name, None)
+        return caller is not None and caller.spec is not None
+
+    def hook_names(self) -> list[str]:
+        return sorted(n for n in dir(hookspecs) if n.startswith(f"{hookspecs.PROJECT}_"))
+
+    # --- the registry ------------------------------------------------------------------------
+
+    def registry(self, kind: str) -> Mapping[str, Registered]:
+        """Every spec of one kind by name; a name registered twice names both plugins."""
+        if kind not in KINDS:
+            raise PluginError(f"unknown kind {kind!r}: use one of {', '.join(KINDS)}")
+        if self._registry is None:
+            self._registry = {k: self._gather(k) for k in KINDS}
+        return self._registry[kind]
+
+    def _gather(self, kind: str) -> dict[str, Registered]:
+        caller = getattr(self.pm.hook, f"spurcore_register_{kind}")
+        expected = SPEC_TYPES[kind]
+        found: dict[str, Registered] = {}
+        for impl in reversed(caller.get_hookimpls()):  # registration order
+            for spec in impl.function() or ():
+                if not isinstance(spec, expected):
+                    raise PluginError(
+                        f"plugin {impl.plugin_name!r} returned {type(spec).__name__} from "
+                        f"spurcore_register_{kind}; expected {expected.__name__}"
+                    )
+                if spec.name in found:
+                    raise PluginError(
+                        f"{kind[:-1]} {spec.name!r} is registered by two plugins: "
+                        f"{found[spec.name].plugin!r} and {impl.plugin_name!r}"
+                    )
+                found[spec.name] = Registered(spec, impl.plugin_name)
+        return found
+
+    def get(self, kind: str, name: str) -> Any:
+        """The spec called `name`, or an error that lists what exists and what failed."""
+        entries = self.registry(kind)
+        if name in entries:
+            return entries[name].spec
+        message = f"no {kind[:-1]} named {name!r}"
+        close = difflib.get_close_matches(name, list(entries), n=1)
+        if close:
+            message += f" (did you mean {close[0]!r}?)"
+        message += f"; available: {', '.join(sorted(entries)) or 'none'}"
+        if self.failed:
+            failures = "; ".join(f"{p!r}: {e}" for p, e in self.failed.items())
+            message += f". Plugins that failed to load: {failures}"
+        raise PluginError(message)
+
+    def require(self, names: Iterable[str]) -> None:
+        """Stop unless every named plugin is loaded (a pipeline's `requires`)."""
+        for name in names:
+            if name in self.failed:
+                raise PluginError(f"this pipeline requires plugin {name!r}, which failed to load: {self.failed[name]}")
+            if self.pm.get_plugin(name) is None:
+                hint = " (blocked with -p no:)" if name in self.blocked else f"; install spurcore-{name}"
+                raise PluginError(f"this pipeline requires plugin {name!r}, which is not loaded{hint}")
+
+    # --- listing -------------------------------------------------------------------------------
+
+    def infos(self) -> list[PluginInfo]:
+        """Name, version and implemented hooks of every loaded plugin (for `spur plugins`)."""
+        from spurcore import __version__
+
+        rows = []
+        for name, plugin in self.pm.list_name_plugin():
+            if name is None or plugin is None:
+                continue
+            hooks = tuple(sorted(c.name for c in self.pm.get_hookcallers(plugin) or ()))
+            builtin = name in self._builtin
+            rows.append(PluginInfo(name, __version__ if builtin else self._versions.get(name, ""), hooks, builtin))
+        return sorted(rows, key=lambda r: (not r.builtin, r.name))

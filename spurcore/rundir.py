@@ -1,0 +1,83 @@
+"""A run directory: its layout, its checkpoints, and reading a finished run back.
+
+    config.toml           the resolved pipeline
+    metrics.jsonl         one line per (stage, epoch, split)
+    checkpoints/<i>-<stage>/epoch_NNN.pt    model, optimizer, scheduler, RNG states, history
+    checkpoints/<i>-<stage>/result.json     written when the stage finishes
+    summary.json, report.md, group_acc.png  written when the run finishes
+
+Checkpoints are written atomically and read with `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spurcore import atomic
+from spurcore.errors import SpurcoreError
+
+EPOCH_FILE = re.compile(r"epoch_(\d+)\.pt$")
+
+
+class RunDirError(SpurcoreError):
+    pass
+
+
+class RunDir:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    config = property(lambda self: self.path / "config.toml")
+    metrics = property(lambda self: self.path / "metrics.jsonl")
+    summary = property(lambda self: self.path / "summary.json")
+    report = property(lambda self: self.path / "report.md")
+    figure = property(lambda self: self.path / "group_acc.png")
+
+    def stage_dir(self, stage_key: str) -> Path:
+        return self.path / "checkpoints" / stage_key
+
+    def checkpoint(self, stage_key: str, epoch: int) -> Path:
+        return self.stage_dir(stage_key) / f"epoch_{epoch:03d}.pt"
+
+    def stage_result_path(self, stage_key: str) -> Path:
+        return self.stage_dir(stage_key) / "result.json"
+
+    def epochs(self, stage_key: str) -> list[int]:
+        """Epochs that have a checkpoint, in order."""
+        folder = self.stage_dir(stage_key)
+        if not folder.is_dir():
+            return []
+        return sorted(int(m.group(1)) for p in folder.iterdir() if (m := EPOCH_FILE.match(p.name)))
+
+    def save_checkpoint(self, stage_key: str, epoch: int, state: dict[str, Any]) -> None:
+        with atomic.atomic_open(self.checkpoint(stage_key, epoch), "wb") as handle:
+            torch.save(state, handle)
+
+    def load_checkpoint(self, stage_key: str, epoch: int, map_location: Any = "cpu") -> dict[str, Any]:
+        path = self.checkpoint(stage_key, epoch)
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True)
+        except FileNotFoundError:
+            raise RunDirError(f"{path}: no checkpoint for stage {stage_key!r} epoch {epoch}") from None
+        except Exception as exc:
+            raise RunDirError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})") from None
+
+    def stage_result(self, stage_key: str) -> dict[str, Any] | None:
+        path = self.stage_result_path(stage_key)
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def write_stage_result(self, stage_key: str, result: dict[str, Any]) -> None:
+        atomic.write_json(self.stage_result_path(stage_key), result)
+
+    def read_summary(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.summary.read_text())
+        except FileNotFoundError:
+            raise RunDirError(f"{self.path}: no summary.json; the run has not finished (spur run --resume continues it)") from None
+        except json.JSONDecodeError as exc:
+            raise RunDirError(f"{self.summary}: not valid JSON ({exc})") from None

@@ -1,0 +1,436 @@
+"""The runner: validates a pipeline, then runs its stages and announces every event.
+
+Everything that can be checked is checked before any work starts (plugin names, options,
+labels each method and selector needs, the run directory), so a bad input stops the run
+before it writes anything. Each epoch ends with a checkpoint; `resume=True` continues from
+the last one and reaches the same result as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+from torch import nn
+
+from spurcore import atomic, config as cfg
+from spurcore.context import Candidate, RunContext, StageContext
+from spurcore.data import SpuriousData, iterate_batches
+from spurcore.device import Device
+from spurcore.embeddings import extract
+from spurcore.errors import SpurcoreError
+from spurcore.evaluation import evaluate, evaluation_splits
+from spurcore.model import SpurModel, build_model
+from spurcore.plugins import PluginManager
+from spurcore.rundir import RunDir
+from spurcore.specs import MitigationSpec, SelectorSpec
+
+
+class RunError(SpurcoreError):
+    """The pipeline cannot run as configured; the message says why and what to do."""
+
+
+@attrs.frozen(kw_only=True)
+class PlannedStage:
+    index: int
+    config: cfg.StageConfig
+    spec: MitigationSpec
+    options: Any
+    train: cfg.TrainConfig
+
+    @property
+    def key(self) -> str:
+        return f"{self.index}-{self.config.label}"
+
+
+@attrs.frozen(kw_only=True)
+class Plan:
+    """A pipeline with every plugin resolved and every option validated."""
+
+    config: cfg.PipelineConfig
+    dataset_options: Any
+    backbone_options: Any
+    stages: tuple[PlannedStage, ...]
+    selector: SelectorSpec
+
+
+def _options(spec: Any, values: dict[str, Any], where: str) -> Any:
+    if spec.options is None:
+        if values:
+            raise cfg.ConfigError(f"{where}: {spec.name!r} takes no options, got {', '.join(values)}")
+        return None
+    return cfg.structure(spec.options, values, where)
+
+
+def plan(config: cfg.PipelineConfig, plugins: PluginManager) -> Plan:
+    """Resolve every name and validate every option, or raise naming the key."""
+    plugins.require(config.requires)
+    dataset = plugins.get("datasets", config.dataset.name)
+    backbone = plugins.get("backbones", config.backbone.name)
+    selector = plugins.get("selectors", config.selector)
+    for name in config.metrics:
+        plugins.get("metrics", name)
+    missing = [m for m in selector.metrics if m not in config.metrics]
+    if missing:
+        raise cfg.ConfigError(f"metrics: selector {selector.name!r} reads {', '.join(missing)}; add it to `metrics`")
+    base = cfg.to_dict(config.train)
+    stages = []
+    for i, stage in enumerate(config.stages):
+        spec = plugins.get("mitigations", stage.method)
+        train = cfg.structure(cfg.TrainConfig, {**base, **spec.train_defaults, **stage.train}, f"stages[{i}].train")
+        options = _options(spec, stage.options, f"stages[{i}].options")
+        stages.append(PlannedStage(index=i, config=stage, spec=spec, options=options, train=train))
+    if stages[0].spec.kind != "train":
+        raise RunError(f"stages[0]: {stages[0].spec.name!r} is a post-hoc method; a pipeline starts with a training stage")
+    return Plan(
+        config=config,
+        dataset_options=_options(dataset, config.dataset.options, "dataset.options"),
+        backbone_options=_options(backbone, config.backbone.options, "backbone.options"),
+        stages=tuple(stages),
+        selector=selector,
+    )
+
+
+def check_labels(plan: Plan, data: SpuriousData) -> None:
+    """Refuse methods and selectors that need attribute labels the data lacks."""
+    if plan.selector.needs_attributes and not data.splits["val"].has_attributes:
+        raise RunError(
+            f"selector {plan.selector.name!r} needs attribute labels on val, and dataset "
+            f"{data.name!r} has none there; use a selector that needs none (val-worst-class)"
+        )
+    for stage in plan.stages:
+        for split in stage.spec.needs_attributes:
+            if split not in data.splits or not data.splits[split].has_attributes:
+                raise RunError(
+                    f"stages[{stage.index}]: method {stage.spec.name!r} needs attribute labels on "
+                    f"{split!r}, and dataset {data.name!r} has none there"
+                )
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, stage: int, epoch: int) -> int:
+    """The data-order seed of one epoch: fixed by (seed, stage, epoch), so resume matches."""
+    return (seed * 1_000_003 + stage * 10_007 + epoch) % 2**63
+
+
+def build_data(plan: Plan, plugins: PluginManager) -> SpuriousData:
+    spec = plugins.get("datasets", plan.config.dataset.name)
+    data = spec.build(plan.dataset_options)
+    if not isinstance(data, SpuriousData):
+        raise RunError(f"dataset {spec.name!r} built {type(data).__name__}, not spurcore.data.SpuriousData")
+    return data
+
+
+def build_base_model(plan: Plan, data: SpuriousData, plugins: PluginManager) -> SpurModel:
+    seed_everything(plan.config.seed)
+    spec = plugins.get("backbones", plan.config.backbone.name)
+    return build_model(spec.build(plan.backbone_options, data), data.n_classes)
+
+
+class Runner:
+    """Runs one planned pipeline into one run directory."""
+
+    def __init__(self, plan: Plan, out: RunDir, plugins: PluginManager, *, device: Device,
+                 data: SpuriousData, resume: bool = False, log: Callable[[str], None] = print) -> None:
+        self.plan = plan
+        self.plugins = plugins
+        self.hook = plugins.hook
+        self.run = RunContext(config=plan.config, data=data, device=device, out=out,
+                              plugins=plugins, resumed=resume, log=log)
+        self.histories: dict[str, list[dict[str, Any]]] = {}
+
+    # --- the whole run -------------------------------------------------------------------------
+
+    def execute(self) -> dict[str, Any]:
+        run = self.run
+        model = build_base_model(self.plan, run.data, self.plugins).to(run.device.device)
+        stage_ctx: StageContext | None = None
+        results = []
+        try:
+            self.hook.spurcore_run_start(run=run)
+            for planned in self.plan.stages:
+                stage_ctx = self._stage_context(planned, model)
+                self.plugins.register(stage_ctx.method, f"stage:{planned.key}")
+                try:
+                    results.append(self._run_stage(stage_ctx))
+                finally:
+                    self.plugins.unregister(stage_ctx.method)
+                model = stage_ctx.model
+            stage_ctx = None
+            summary = self._summary(results)
+            self._write_outputs(summary)
+            self.hook.spurcore_run_end(run=run, summary=summary)
+            return summary
+        except BaseException as error:
+            self.hook.spurcore_run_error(run=run, stage=stage_ctx, error=error)
+            raise
+
+    def _stage_context(self, planned: PlannedStage, model: SpurModel) -> StageContext:
+        return StageContext(index=planned.index, config=planned.config, spec=planned.spec,
+                            options=planned.options, train=planned.train,
+                            method=planned.spec.factory(planned.options), model=model)
+
+    def _run_stage(self, stage: StageContext) -> dict[str, Any]:
+        run, out = self.run, self.run.out
+        finished = out.stage_result(stage.key) if run.resumed else None
+        if stage.spec.kind == "train":
+            self.hook.spurcore_prepare_model(run=run, stage=stage, model=stage.model)
+            stage.model.to(run.device.device)
+        if finished is not None:
+            self._load_weights(stage, finished["selected"]["epoch"])
+            self.histories[stage.key] = finished["history"]
+            return finished
+        self.hook.spurcore_stage_start(run=run, stage=stage)
+        if stage.spec.kind == "train":
+            history = self._train(stage)
+        else:
+            history = self._posthoc(stage)
+        self.histories[stage.key] = history
+        selected = self._select(stage, history)
+        self._load_weights(stage, selected)
+        if stage.train.keep_checkpoints == "selected":
+            for epoch in out.epochs(stage.key):
+                if epoch != selected:
+                    out.checkpoint(stage.key, epoch).unlink()
+        entry = next(h for h in history if h["epoch"] == selected)
+        result = {
+            "name": stage.name,
+            "method": stage.spec.name,
+            "kind": stage.spec.kind,
+            "selected": {"selector": self.plan.selector.name if stage.spec.kind == "train" else None, "epoch": selected},
+            "metrics": entry["metrics"],
+            "history": history,
+        }
+        out.write_stage_result(stage.key, result)
+        self.hook.spurcore_stage_end(run=run, stage=stage, result=result)
+        return result
+
+    # --- training stages -----------------------------------------------------------------------
+
+    def _train(self, stage: StageContext) -> list[dict[str, Any]]:
+        run, out, train = self.run, self.run.out, stage.train
+        model = stage.model
+        stage.optimizer = make_optimizer(train, model.parameters())
+        stage.scheduler = make_scheduler(train, stage.optimizer)
+        scaler = run.device.grad_scaler()
+        history: list[dict[str, Any]] = []
+        done = out.epochs(stage.key) if run.resumed else []
+        if done:
+            state = out.load_checkpoint(stage.key, done[-1])
+            model.load_state_dict(state["model"])
+            stage.optimizer.load_state_dict(state["optimizer"])
+            if stage.scheduler is not None:
+                stage.scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            set_rng_state(state["rng"])
+            history = list(state["history"])
+        elif out.stage_dir(stage.key).exists():
+            shutil.rmtree(out.stage_dir(stage.key))
+        split = run.data.splits["train"]
+        for epoch in range(len(history) + 1, train.epochs + 1):
+            model.train()
+            self.hook.spurcore_epoch_start(run=run, stage=stage, epoch=epoch)
+            generator = torch.Generator().manual_seed(epoch_seed(run.config.seed, stage.index, epoch))
+            order = self.hook.spurcore_train_sampler(run=run, stage=stage, epoch=epoch, generator=generator)
+            if order is None:
+                order = torch.randperm(len(split), generator=generator)
+            total = torch.zeros((), device=run.device.device)
+            seen = 0
+            batches = iterate_batches(split, order, train.batch_size, num_workers=train.num_workers,
+                                      pin_memory=run.device.pin_memory)
+            for step, batch in enumerate(batches):
+                batch = run.device.move(batch)
+                with run.device.autocast():
+                    loss = self.hook.spurcore_train_loss(run=run, stage=stage, model=model, batch=batch)
+                stage.optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(stage.optimizer)
+                scaler.update()
+                total += loss.detach() * len(batch)
+                seen += len(batch)
+                self.hook.spurcore_batch_end(run=run, stage=stage, epoch=epoch, step=step, batch=batch, loss=loss)
+            metrics = {s: evaluate(run, stage, epoch, s) for s in evaluation_splits(run)}
+            entry = {"epoch": epoch, "train_loss": float(total) / max(seen, 1), "metrics": metrics}
+            history.append(entry)
+            self._step_scheduler(stage, entry)
+            out.save_checkpoint(stage.key, epoch, {
+                "model": model.state_dict(),
+                "optimizer": stage.optimizer.state_dict(),
+                "scheduler": stage.scheduler.state_dict() if stage.scheduler is not None else {},
+                "scaler": scaler.state_dict(),
+                "rng": get_rng_state(),
+                "history": history,
+            })
+            self._write_metrics(stage.key, history)
+            self.hook.spurcore_epoch_end(run=run, stage=stage, epoch=epoch,
+                                         metrics={**metrics, "train_loss": entry["train_loss"]})
+        return history
+
+    def _step_scheduler(self, stage: StageContext, entry: dict[str, Any]) -> None:
+        if stage.scheduler is None:
+            return
+        if isinstance(stage.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            stage.scheduler.step(self.plan.selector.score(self._candidate(stage, entry)))
+        else:
+            stage.scheduler.step()
+
+    # --- post-hoc stages -----------------------------------------------------------------------
+
+    def _posthoc(self, stage: StageContext) -> list[dict[str, Any]]:
+        run, model = self.run, stage.model
+        embeddings = extract(model, run.data, run.device, stage.train.eval_batch_size)
+        head = self.hook.spurcore_posthoc_head(run=run, stage=stage, model=model, embeddings=embeddings)
+        expected = (model.feature_dim, run.data.n_classes)
+        if not isinstance(head, nn.Linear) or (head.in_features, head.out_features) != expected:
+            raise RunError(
+                f"stages[{stage.index}]: method {stage.spec.name!r} must return nn.Linear"
+                f"{expected} from spurcore_posthoc_head, got {head!r}"
+            )
+        model.head = head.to(run.device.device)
+        metrics = {s: evaluate(run, stage, 0, s) for s in evaluation_splits(run)}
+        run.out.save_checkpoint(stage.key, 0, {"model": model.state_dict(), "history": [], "rng": get_rng_state()})
+        history = [{"epoch": 0, "train_loss": None, "metrics": metrics}]
+        self._write_metrics(stage.key, history)
+        return history
+
+    # --- selection and outputs ------------------------------------------------------------------
+
+    def _candidate(self, stage: StageContext, entry: dict[str, Any]) -> Candidate:
+        epoch = entry["epoch"]
+
+        def load() -> SpurModel:
+            model = build_base_model(self.plan, self.run.data, self.plugins)
+            for planned in self.plan.stages[: stage.index + 1]:
+                if planned.spec.kind == "train":
+                    ctx = self._stage_context(planned, model)
+                    self.hook.spurcore_prepare_model(run=self.run, stage=ctx, model=model)
+            model.load_state_dict(self.run.out.load_checkpoint(stage.key, epoch)["model"])
+            return model.to(self.run.device.device)
+
+        return Candidate(stage=stage.key, epoch=epoch, metrics=entry["metrics"], load_model=load, data=self.run.data)
+
+    def _select(self, stage: StageContext, history: list[dict[str, Any]]) -> int:
+        if len(history) == 1:
+            return history[0]["epoch"]
+        scores = [float(self.plan.selector.score(self._candidate(stage, h))) for h in history]
+        return history[int(np.argmax(scores))]["epoch"]
+
+    def _load_weights(self, stage: StageContext, epoch: int) -> None:
+        state = self.run.out.load_checkpoint(stage.key, epoch, map_location=self.run.device.device)
+        stage.model.load_state_dict(state["model"])
+
+    def _write_metrics(self, key: str, history: list[dict[str, Any]]) -> None:
+        self.histories[key] = history
+        lines = []
+        for stage_key, entries in self.histories.items():
+            for entry in entries:
+                for split, metrics in entry["metrics"].items():
+                    row = {"stage": stage_key, "epoch": entry["epoch"], "split": split,
+                           "train_loss": entry["train_loss"], **metrics}
+                    lines.append(_json_line(row))
+        atomic.write_text(self.run.out.metrics, "".join(lines))
+
+    def _summary(self, results: list[dict[str, Any]]) -> dict[str, Any]:
+        final = results[-1]
+        chosen = next(r for r in reversed(results) if r["selected"]["selector"] is not None)
+        return {
+            "metrics": {s: final["metrics"][s] for s in ("val", "test")},
+            "selected": {"selector": chosen["selected"]["selector"], "stage": chosen["name"], "epoch": chosen["selected"]["epoch"]},
+            "stages": [
+                {"name": r["name"], "method": r["method"], "kind": r["kind"], "selected": r["selected"], "metrics": r["metrics"]}
+                for r in results
+            ],
+        }
+
+    def _write_outputs(self, summary: dict[str, Any]) -> None:
+        from spurcore import report
+
+        atomic.write_json(self.run.out.summary, summary)
+        atomic.write_text(self.run.out.report, report.markdown(summary, self.plan.config))
+        report.plot_group_acc(summary, self.run.out.figure)
+
+
+def make_optimizer(train: cfg.TrainConfig, params: Any) -> torch.optim.Optimizer:
+    if train.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
+    if train.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
+    return torch.optim.Adam(params, lr=train.lr, weight_decay=train.weight_decay)
+
+
+def make_scheduler(train: cfg.TrainConfig, optimizer: torch.optim.Optimizer) -> Any:
+    if train.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train.epochs)
+    if train.scheduler == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=1)
+    return None
+
+
+def get_rng_state() -> dict[str, Any]:
+    """Every RNG the training step may draw from, as tensors (loadable with weights_only)."""
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "python": torch.tensor(random.getstate()[1], dtype=torch.int64),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    random.setstate((3, tuple(int(v) for v in state["python"].tolist()), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _json_line(row: dict[str, Any]) -> str:
+    return json.dumps(row) + "\n"
+
+
+def run_pipeline(config: cfg.PipelineConfig, out_path: Any, plugins: PluginManager, *,
+                 resume: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Validate everything, then run the pipeline into `out_path` (or continue it with `resume`)."""
+    planned = plan(config, plugins)
+    out = RunDir(out_path)
+    resolved = cfg.to_dict(config)
+    if out.config.exists():
+        if not resume:
+            raise RunError(f"{out.path} already holds a run: pass --resume to continue it, or choose another --out")
+        _check_same_pipeline(out, resolved)
+    elif out.path.exists() and any(out.path.iterdir()):
+        raise RunError(f"{out.path} is not empty and holds no run; choose another --out")
+    device = Device.from_config(config.device, config.amp)
+    data = build_data(planned, plugins)
+    check_labels(planned, data)
+    atomic.write_text(out.config, cfg.dumps(config))
+    runner = Runner(planned, out, plugins, device=device, data=data, resume=resume, log=log)
+    return runner.execute()
+
+
+RESUMABLE_DIFFERENCES = ("device", "amp")
+
+
+def _check_same_pipeline(out: RunDir, resolved: dict[str, Any]) -> None:
+    saved = cfg.tomllib.loads(out.config.read_text())
+    for key in sorted(set(saved) | set(resolved)):
+        if key not in RESUMABLE_DIFFERENCES and saved.get(key) != resolved.get(key):
+            raise RunError(
+                f"{out.config}: the saved pipeline differs from this one at {key!r} "
+                f"({saved.get(key)!r} != {resolved.get(key)!r}); resume with the same pipeline or choose another --out"
+            )

@@ -1,0 +1,130 @@
+"""The records that registration hooks yield: one frozen attrs class per kind of plugin.
+
+A spec says what a plugin offers (a name, how to build it, which labels it needs); the
+kernel gathers them from every plugin and refuses a name registered twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+KINDS = ("datasets", "backbones", "tracers", "mitigations", "selectors", "metrics")
+
+STAGE_KINDS = ("train", "posthoc")
+
+
+def _name(instance: Any, attribute: attrs.Attribute, value: str) -> None:
+    if not isinstance(value, str) or not value or value.strip() != value or " " in value:
+        raise ValueError(f"{type(instance).__name__}.name must be a non-empty word, got {value!r}")
+
+
+def _frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return dict(value or {})
+
+
+@attrs.frozen(kw_only=True)
+class DatasetSpec:
+    """A dataset: `build(options)` returns a `spurcore.data.SpuriousData`.
+
+    `options` is an attrs class validated from the pipeline's `[dataset.options]`
+    (None when the dataset takes none).
+    """
+
+    name: str = attrs.field(validator=_name)
+    build: Callable[[Any], Any]
+    options: type | None = None
+    description: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class BackboneSpec:
+    """A feature extractor: `build(options, data)` returns a `spurcore.model.Backbone`.
+
+    `data` is the `SpuriousData` it will be trained on (input shape, number of classes).
+    """
+
+    name: str = attrs.field(validator=_name)
+    build: Callable[[Any, Any], Any]
+    options: type | None = None
+    description: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class MitigationSpec:
+    """A method that forms one stage of a pipeline.
+
+    `kind` is "train" (the stage trains the model by epochs; the method's object shapes the
+    model, the sampler and the loss) or "posthoc" (the stage fits a new head on frozen
+    embeddings). `factory(options)` returns the stage object: a plugin whose hook
+    implementations are registered for the duration of the stage only.
+    `needs_attributes` names the splits on which the method reads attribute labels
+    (e.g. ("val",) for DFR); the kernel refuses to run it on data without them.
+    `train_defaults` overrides the pipeline's `[train]` settings for this stage unless the
+    stage sets them itself (e.g. a fine-tuning stage with its own learning rate).
+    `search_space` declares the options a sweep may draw: {option: [values]}.
+    """
+
+    name: str = attrs.field(validator=_name)
+    factory: Callable[[Any], object]
+    kind: str = attrs.field(default="train", validator=attrs.validators.in_(STAGE_KINDS))
+    options: type | None = None
+    needs_attributes: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    train_defaults: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping)
+    search_space: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping)
+    description: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class SelectorSpec:
+    """Chooses among candidate models: `score(candidate)` -> float, higher is better.
+
+    Ties go to the earliest candidate. `needs_attributes` is True when the score reads
+    attribute labels (validation worst-group accuracy does; worst-class accuracy does not).
+    `metrics` names the metrics the score reads; a pipeline must compute them.
+    """
+
+    name: str = attrs.field(validator=_name)
+    score: Callable[[Any], float]
+    needs_attributes: bool = False
+    metrics: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    description: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class MetricSpec:
+    """A metric: `compute(predictions)` -> {key: value} merged into a split's metrics.
+
+    `predictions` is a `spurcore.evaluation.Predictions`. A metric that needs attribute
+    labels is left out, with a note, on splits that have none.
+    """
+
+    name: str = attrs.field(validator=_name)
+    compute: Callable[[Any], Mapping[str, Any]]
+    needs_attributes: bool = False
+    description: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class TracerSpec:
+    """A memorization tracer: `trace(run_dir, options)` analyses a finished run.
+
+    Tracers read a run's checkpoints and never change what the run computed.
+    """
+
+    name: str = attrs.field(validator=_name)
+    trace: Callable[[Any, Any], Any]
+    options: type | None = None
+    description: str = ""
+
+
+SPEC_TYPES: Mapping[str, type] = {
+    "datasets": DatasetSpec,
+    "backbones": BackboneSpec,
+    "tracers": TracerSpec,
+    "mitigations": MitigationSpec,
+    "selectors": SelectorSpec,
+    "metrics": MetricSpec,
+}

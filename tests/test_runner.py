@@ -1,0 +1,272 @@
+"""The runner on the tiny dataset: determinism, resume, events, the stage contract."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spurcore import hookimpl
+from spurcore.rundir import RunDir
+from spurcore.runner import RunError, run_pipeline
+from spurcore.specs import MitigationSpec
+
+
+def _weights(run_dir, stage="0-erm"):
+    out = RunDir(run_dir)
+    return out.load_checkpoint(stage, out.epochs(stage)[-1])["model"]
+
+
+def test_same_seed_gives_identical_metrics_and_weights(tmp_path, plugins, tiny_config):
+    a = run_pipeline(tiny_config(), tmp_path / "a", plugins)
+    b = run_pipeline(tiny_config(), tmp_path / "b", plugins)
+    assert a == b
+    for key, value in _weights(tmp_path / "a").items():
+        assert torch.equal(value, _weights(tmp_path / "b")[key]), key
+    c = run_pipeline(tiny_config(seed=1), tmp_path / "c", plugins)
+    assert c["stages"][0]["metrics"] != a["stages"][0]["metrics"] or any(
+        not torch.equal(v, _weights(tmp_path / "c")[k]) for k, v in _weights(tmp_path / "a").items()
+    )
+
+
+class Interrupt:
+    """Stops the run at the start of one epoch, as a Ctrl-C would."""
+
+    def __init__(self, at_epoch):
+        self.at_epoch = at_epoch
+        self.errors = []
+
+    @hookimpl
+    def spurcore_epoch_start(self, epoch):
+        if epoch == self.at_epoch:
+            raise KeyboardInterrupt
+
+    @hookimpl
+    def spurcore_run_error(self, stage, error):
+        self.errors.append((stage.key if stage else None, type(error).__name__))
+
+
+def test_resume_reaches_the_uninterrupted_result(tmp_path, plugins, tiny_config):
+    config = tiny_config(train={"epochs": 4, "batch_size": 32, "lr": 0.01})
+    whole = run_pipeline(config, tmp_path / "whole", plugins)
+
+    stopper = Interrupt(at_epoch=3)
+    plugins.register(stopper, "interrupt")
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(config, tmp_path / "cut", plugins)
+    plugins.unregister(stopper)
+    assert stopper.errors == [("0-erm", "KeyboardInterrupt")]
+    assert RunDir(tmp_path / "cut").epochs("0-erm") == [1, 2]
+    assert not (tmp_path / "cut" / "summary.json").exists()
+
+    with pytest.raises(RunError, match="--resume"):
+        run_pipeline(config, tmp_path / "cut", plugins)
+    resumed = run_pipeline(config, tmp_path / "cut", plugins, resume=True)
+    assert resumed == whole
+    for key, value in _weights(tmp_path / "whole").items():
+        assert torch.equal(value, _weights(tmp_path / "cut")[key]), key
+    lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    assert [(json.loads(l)["epoch"], json.loads(l)["split"]) for l in lines] == [
+        (e, s) for e in range(1, 5) for s in ("val", "test")
+    ]
+
+
+def test_resume_refuses_a_different_pipeline(tmp_path, plugins, tiny_config):
+    run_pipeline(tiny_config(), tmp_path / "r", plugins)
+    with pytest.raises(RunError, match="'train'"):
+        run_pipeline(tiny_config(train={"epochs": 5}), tmp_path / "r", plugins, resume=True)
+
+
+class Recorder:
+    def __init__(self):
+        self.events = []
+
+    def __getattr__(self, name):
+        raise AttributeError(name)
+
+    @hookimpl
+    def spurcore_run_start(self):
+        self.events.append("run_start")
+
+    @hookimpl
+    def spurcore_stage_start(self, stage):
+        self.events.append(f"stage_start:{stage.key}")
+
+    @hookimpl
+    def spurcore_epoch_start(self, epoch):
+        self.events.append(f"epoch_start:{epoch}")
+
+    @hookimpl
+    def spurcore_evaluation_end(self, epoch, split):
+        self.events.append(f"eval:{epoch}:{split}")
+
+    @hookimpl
+    def spurcore_epoch_end(self, epoch):
+        self.events.append(f"epoch_end:{epoch}")
+
+    @hookimpl
+    def spurcore_stage_end(self, stage):
+        self.events.append(f"stage_end:{stage.key}")
+
+    @hookimpl
+    def spurcore_run_end(self):
+        self.events.append("run_end")
+
+
+def test_events_arrive_in_the_documented_order(tmp_path, plugins, tiny_config):
+    recorder = Recorder()
+    plugins.register(recorder, "recorder")
+    run_pipeline(tiny_config(train={"epochs": 2}), tmp_path / "r", plugins)
+    per_epoch = lambda e: [f"epoch_start:{e}", f"eval:{e}:val", f"eval:{e}:test", f"epoch_end:{e}"]
+    assert recorder.events == ["run_start", "stage_start:0-erm", *per_epoch(1), *per_epoch(2),
+                               "stage_end:0-erm", "run_end"]
+
+
+class IndexedScale(nn.Module):
+    """An inserted layer that reads the batch's example indices from the model's context."""
+
+    def __init__(self, context, seen):
+        super().__init__()
+        self.context = context
+        self.seen = seen
+
+    def forward(self, x):
+        if self.training:
+            assert self.context.index is not None and len(self.context.index) == len(x)
+            self.seen.update(self.context.index.tolist())
+        return x
+
+
+class Shaping:
+    """A stage method using every train-stage hook: it changes the model, the order and the loss."""
+
+    def __init__(self, options):
+        self.seen: set[int] = set()
+        self.losses = 0
+
+    @hookimpl
+    def spurcore_prepare_model(self, model):
+        model.embed = nn.Sequential(model.embed, IndexedScale(model.context, self.seen))
+
+    @hookimpl
+    def spurcore_train_sampler(self, run, generator):
+        n = len(run.data.splits["train"])
+        return torch.arange(n // 2)  # only the first half, in order
+
+    @hookimpl
+    def spurcore_stage_end(self):
+        self.seen_in_stage = set(self.seen)
+
+    @hookimpl
+    def spurcore_train_loss(self, model, batch):
+        self.losses += 1
+        return F.cross_entropy(model(batch.x, index=batch.index), batch.y)
+
+
+def test_stage_hooks_shape_model_order_and_loss_only_in_their_stage(tmp_path, plugins, tiny_config):
+    made = []
+
+    class Plugin:
+        @hookimpl
+        def spurcore_register_mitigations(self):
+            return [MitigationSpec(name="shaping", factory=lambda o: made.append(Shaping(o)) or made[-1])]
+
+    plugins.register(Plugin(), "shaping-plugin")
+    config = tiny_config(train={"epochs": 2, "batch_size": 25},
+                         stages=[{"method": "shaping"}, {"method": "erm", "name": "after"}])
+    summary = run_pipeline(config, tmp_path / "r", plugins)
+    method = made[0]
+    assert method.seen_in_stage == set(range(100))  # n_train 200, first half only
+    assert method.losses == 2 * 4  # 2 epochs x 100 examples / 25, none in the second stage
+    assert method.seen == set(range(200))  # the inserted layer stays in the model afterwards
+    assert [s["name"] for s in summary["stages"]] == ["shaping", "after"]
+    assert plugins.pm.get_plugin("stage:0-shaping") is None  # unregistered after its stage
+
+
+class HeadFitter:
+    """A post-hoc method: least-squares head on the validation embeddings."""
+
+    def __init__(self, options):
+        pass
+
+    @hookimpl
+    def spurcore_posthoc_head(self, model, embeddings):
+        val = embeddings["val"]
+        feats = torch.from_numpy(val.features)
+        assert feats.shape == (120, model.feature_dim)
+        target = F.one_hot(torch.tensor(val.y), 2).float()
+        design = torch.cat([feats, torch.ones(len(feats), 1)], 1)
+        solution = torch.linalg.lstsq(design, target).solution
+        head = nn.Linear(model.feature_dim, 2)
+        with torch.no_grad():
+            head.weight.copy_(solution[:-1].T)
+            head.bias.copy_(solution[-1])
+        return head
+
+
+def test_posthoc_stage_replaces_the_head_and_is_reported(tmp_path, plugins, tiny_config):
+    class Plugin:
+        @hookimpl
+        def spurcore_register_mitigations(self):
+            return [MitigationSpec(name="lstsq", kind="posthoc", factory=HeadFitter)]
+
+    plugins.register(Plugin(), "lstsq-plugin")
+    config = tiny_config(stages=[{"method": "erm"}, {"method": "lstsq"}])
+    summary = run_pipeline(config, tmp_path / "r", plugins)
+    erm, post = summary["stages"]
+    assert post["selected"] == {"selector": None, "epoch": 0}
+    assert summary["metrics"] == post["metrics"]
+    assert summary["selected"]["stage"] == "erm"
+    assert post["metrics"]["test"] != erm["metrics"]["test"]
+    assert RunDir(tmp_path / "r").epochs("1-lstsq") == [0]
+
+
+def test_posthoc_stage_must_return_a_linear_head(tmp_path, plugins, tiny_config):
+    class Bad:
+        def __init__(self, options):
+            pass
+
+        @hookimpl
+        def spurcore_posthoc_head(self):
+            return nn.Identity()
+
+    class Plugin:
+        @hookimpl
+        def spurcore_register_mitigations(self):
+            return [MitigationSpec(name="bad", kind="posthoc", factory=Bad)]
+
+    plugins.register(Plugin(), "bad-plugin")
+    with pytest.raises(RunError, match="must return nn.Linear"):
+        run_pipeline(tiny_config(stages=[{"method": "erm"}, {"method": "bad"}]), tmp_path / "r", plugins)
+
+
+def test_attribute_labels_are_required_where_declared(tmp_path, plugins, tiny_config):
+    no_attrs = {"name": "tiny", "options": {"attributes": False}}
+    with pytest.raises(RunError, match="val-wga.*needs attribute labels"):
+        run_pipeline(tiny_config(dataset=no_attrs), tmp_path / "a", plugins)
+    assert not (tmp_path / "a").exists()  # refused before writing anything
+
+    summary = run_pipeline(tiny_config(dataset=no_attrs, selector="val-worst-class"), tmp_path / "b", plugins)
+    assert set(summary["metrics"]["test"]) == {"avg_acc", "worst_class_acc"}
+
+    class Plugin:
+        @hookimpl
+        def spurcore_register_mitigations(self):
+            return [MitigationSpec(name="needs-val", factory=lambda o: object(), needs_attributes=["val"])]
+
+    plugins.register(Plugin(), "needs")
+    with pytest.raises(RunError, match="'needs-val' needs attribute labels on 'val'"):
+        run_pipeline(tiny_config(dataset=no_attrs, selector="val-worst-class",
+                                 stages=[{"method": "needs-val"}]), tmp_path / "c", plugins)
+
+
+def test_selected_epoch_is_the_selectors_best_and_its_weights_are_kept(tmp_path, plugins, tiny_config):
+    summary = run_pipeline(tiny_config(train={"epochs": 4, "lr": 0.05}), tmp_path / "r", plugins)
+    history = RunDir(tmp_path / "r").stage_result("0-erm")["history"]
+    scores = [h["metrics"]["val"]["worst_group_acc"] for h in history]
+    best = scores.index(max(scores)) + 1
+    assert summary["selected"] == {"selector": "val-wga", "stage": "erm", "epoch": best}
+    assert summary["metrics"]["test"] == history[best - 1]["metrics"]["test"]
