@@ -20,11 +20,9 @@ from spurcore.plugins import PluginManager
 from spurcore.specs import KINDS
 
 
-def _manager(plugin_args: Sequence[str], quiet: bool = False) -> PluginManager:
+def _manager(plugin_args: Sequence[str]) -> PluginManager:
     enable = [p for p in plugin_args if not p.startswith("no:")]
     block = [p[3:] for p in plugin_args if p.startswith("no:")]
-    if quiet:
-        block.append("progress")
     return PluginManager(enable=enable, block=block)
 
 
@@ -65,9 +63,12 @@ def cli(ctx: click.Context, plugin_args: tuple[str, ...]) -> None:
 
 
 def _plugins(ctx: click.Context, quiet: bool = False) -> PluginManager:
-    if quiet or "manager" not in ctx.obj:
-        ctx.obj["manager"] = _manager(ctx.obj["plugin_args"], quiet)
-    return ctx.obj["manager"]
+    if "manager" not in ctx.obj:
+        ctx.obj["manager"] = _manager(ctx.obj["plugin_args"])
+    manager = ctx.obj["manager"]
+    if quiet:
+        manager.block("progress")
+    return manager
 
 
 @cli.command("plugins")

@@ -245,14 +245,16 @@ def apply_override(data: dict[str, Any], path: Sequence[str | int], value: Any, 
                 raise ConfigError(f"override {text!r}: {where} is not an index of a list of {len(node)}")
             node = node[step]
         else:
-            node = node.setdefault(step, {})
+            node = node.setdefault(str(step), {})
             if not isinstance(node, (dict, list)):
                 raise ConfigError(f"override {text!r}: {where} is a value, not a table")
     last = path[-1]
     if isinstance(node, list):
         if not isinstance(last, int) or last >= len(node):
             raise ConfigError(f"override {text!r}: index {last} outside a list of {len(node)}")
-    node[last] = value
+        node[last] = value
+    else:
+        node[str(last)] = value
 
 
 def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> PipelineConfig:

@@ -277,7 +277,7 @@ def spurcore_epoch_start(run: RunContext, stage: StageContext, epoch: int) -> No
 def spurcore_epoch_end(run: RunContext, stage: StageContext, epoch: int, metrics: dict[str, Any]) -> None:
     """An epoch finished, was evaluated and checkpointed.
 
-    `metrics` maps split -> metrics (see `spurcore_evaluation_end`) plus "train_loss".
+    Called once per epoch of a train stage, after its checkpoint is written. `metrics` maps split -> metrics (see `spurcore_evaluation_end`) plus "train_loss".
 
     Example::
 
@@ -312,7 +312,7 @@ def spurcore_evaluation_start(run: RunContext, stage: StageContext, epoch: int, 
     Example::
 
         @hookimpl
-        def spurcore_evaluation_start(stage, split):
+        def spurcore_evaluation_start(self, stage, split):
             self.handle = stage.model.embed.register_forward_hook(self.record)
     """
 
@@ -326,7 +326,7 @@ def spurcore_evaluation_batch(run: RunContext, stage: StageContext, epoch: int, 
     Example::
 
         @hookimpl
-        def spurcore_evaluation_batch(batch, logits):
+        def spurcore_evaluation_batch(self, batch, logits):
             self.rows.append((batch.index, logits.argmax(1)))
     """
 
@@ -335,6 +335,8 @@ def spurcore_evaluation_batch(run: RunContext, stage: StageContext, epoch: int, 
 def spurcore_evaluation_end(run: RunContext, stage: StageContext, epoch: int, split: str, metrics: dict[str, Any]) -> None:
     """Evaluation of one split finished; `metrics` is its metrics mapping.
 
+    Called per split after every epoch (`epoch` = 0 in post-hoc stages), after the last
+    `spurcore_evaluation_batch`.
     Keys follow the pipeline's metrics (`avg_acc`, `worst_group_acc`, `worst_class_acc`,
     `group_acc`, `group_count`, ...), accuracies as fractions in [0, 1].
 
@@ -408,8 +410,9 @@ def spurcore_posthoc_head(run: RunContext, stage: StageContext, model: SpurModel
     """Return a new head for a post-hoc stage, fitted on frozen embeddings.
 
     Called once per post-hoc stage with `embeddings` (penultimate features, labels and
-    attributes of every split, from the model in eval mode without augmentation). The
-    returned module maps features to logits and replaces `model.head`.
+    attributes of every split, from the model in eval mode without augmentation). The first
+    non-None result is used: an `nn.Linear(model.feature_dim, n_classes)` (fold any feature
+    standardization into its weights) that replaces `model.head`.
 
     Example::
 

@@ -166,6 +166,13 @@ class PluginManager:
         self.pm.unregister(plugin)
         self._registry = None
 
+    def block(self, name: str) -> None:
+        """Unregister the plugin called `name`, if loaded, and keep it out (`-p no:name`)."""
+        self.blocked.add(name)
+        plugin = self.pm.get_plugin(name)
+        if plugin is not None:
+            self.unregister(plugin)
+
     def _has_spec(self, hook_name: str) -> bool:
         caller = getattr(self.pm.hook, hook_name, None)
         return caller is not None and caller.spec is not None
@@ -187,7 +194,7 @@ class PluginManager:
         caller = getattr(self.pm.hook, f"spurcore_register_{kind}")
         expected = SPEC_TYPES[kind]
         found: dict[str, Registered] = {}
-        for impl in reversed(caller.get_hookimpls()):  # registration order
+        for impl in caller.get_hookimpls():  # registration order
             for spec in impl.function() or ():
                 if not isinstance(spec, expected):
                     raise PluginError(

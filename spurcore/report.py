@@ -62,7 +62,7 @@ def plot_group_acc(summary: dict[str, Any], path: str | Path) -> None:
 
     metrics = summary["metrics"]
     groups = list(metrics["test"].get("group_acc", {}))
-    fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(groups) + 2), 3.6))
+    fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(groups) + 2), 4.2))
     x = np.arange(len(groups))
     for offset, split in ((-0.2, "val"), (0.2, "test")):
         values = [100 * (metrics[split]["group_acc"].get(g) or 0) for g in groups]
@@ -77,7 +77,7 @@ def plot_group_acc(summary: dict[str, Any], path: str | Path) -> None:
     ax.set_ylim(0, 105)
     stage = summary["stages"][-1]["name"]
     ax.set_title(f"Per-group accuracy, stage {stage}")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=3, fontsize=8, frameon=False)
     fig.tight_layout()
     with atomic.atomic_open(path, "wb") as handle:
         fig.savefig(handle, format="png", dpi=120)

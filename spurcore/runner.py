@@ -184,15 +184,14 @@ class Runner:
     def _run_stage(self, stage: StageContext) -> dict[str, Any]:
         run, out = self.run, self.run.out
         finished = out.stage_result(stage.key) if run.resumed else None
-        if stage.spec.kind == "train":
-            self.hook.spurcore_prepare_model(run=run, stage=stage, model=stage.model)
-            stage.model.to(run.device.device)
         if finished is not None:
+            self._prepare(stage)
             self._load_weights(stage, finished["selected"]["epoch"])
             self.histories[stage.key] = finished["history"]
             return finished
         self.hook.spurcore_stage_start(run=run, stage=stage)
         if stage.spec.kind == "train":
+            self._prepare(stage)
             history = self._train(stage)
         else:
             history = self._posthoc(stage)
@@ -215,6 +214,11 @@ class Runner:
         out.write_stage_result(stage.key, result)
         self.hook.spurcore_stage_end(run=run, stage=stage, result=result)
         return result
+
+    def _prepare(self, stage: StageContext) -> None:
+        if stage.spec.kind == "train":
+            self.hook.spurcore_prepare_model(run=self.run, stage=stage, model=stage.model)
+            stage.model.to(self.run.device.device)
 
     # --- training stages -----------------------------------------------------------------------
 
@@ -245,6 +249,8 @@ class Runner:
             order = self.hook.spurcore_train_sampler(run=run, stage=stage, epoch=epoch, generator=generator)
             if order is None:
                 order = torch.randperm(len(split), generator=generator)
+            elif len(order) == 0:
+                raise RunError(f"stages[{stage.index}]: method {stage.spec.name!r} returned an empty training order")
             total = torch.zeros((), device=run.device.device)
             seen = 0
             batches = iterate_batches(split, order, train.batch_size, num_workers=train.num_workers,
@@ -308,17 +314,29 @@ class Runner:
 
     def _candidate(self, stage: StageContext, entry: dict[str, Any]) -> Candidate:
         epoch = entry["epoch"]
+        return Candidate(stage=stage.key, epoch=epoch, metrics=entry["metrics"],
+                         load_model=lambda: self.load_model(stage.index, epoch), data=self.run.data)
 
-        def load() -> SpurModel:
-            model = build_base_model(self.plan, self.run.data, self.plugins)
-            for planned in self.plan.stages[: stage.index + 1]:
-                if planned.spec.kind == "train":
-                    ctx = self._stage_context(planned, model)
-                    self.hook.spurcore_prepare_model(run=self.run, stage=ctx, model=model)
-            model.load_state_dict(self.run.out.load_checkpoint(stage.key, epoch)["model"])
-            return model.to(self.run.device.device)
-
-        return Candidate(stage=stage.key, epoch=epoch, metrics=entry["metrics"], load_model=load, data=self.run.data)
+    def load_model(self, stage_index: int = -1, epoch: int | None = None) -> SpurModel:
+        """Rebuild the model of one stage (default: the last) at one epoch (default: the one
+        its selector chose) from this run's checkpoints, replaying `spurcore_prepare_model`."""
+        planned_stages = self.plan.stages[: stage_index % len(self.plan.stages) + 1]
+        target = planned_stages[-1]
+        if epoch is None:
+            result = self.run.out.stage_result(target.key)
+            if result is None:
+                raise RunError(f"{self.run.out.path}: stage {target.key!r} has not finished; name an epoch")
+            epoch = result["selected"]["epoch"]
+        model = build_base_model(self.plan, self.run.data, self.plugins)
+        for planned in planned_stages:
+            ctx = self._stage_context(planned, model)
+            self.plugins.register(ctx.method, f"restore:{planned.key}")
+            try:
+                self._prepare(ctx)
+            finally:
+                self.plugins.unregister(ctx.method)
+        model.load_state_dict(self.run.out.load_checkpoint(target.key, epoch)["model"])
+        return model.to(self.run.device.device).eval()
 
     def _select(self, stage: StageContext, history: list[dict[str, Any]]) -> int:
         if len(history) == 1:
@@ -421,6 +439,17 @@ def run_pipeline(config: cfg.PipelineConfig, out_path: Any, plugins: PluginManag
     atomic.write_text(out.config, cfg.dumps(config))
     runner = Runner(planned, out, plugins, device=device, data=data, resume=resume, log=log)
     return runner.execute()
+
+
+def open_run(path: Any, plugins: PluginManager, *, device: str = "cpu") -> Runner:
+    """A finished (or interrupted) run, read back for analysis: `open_run(p, pm).load_model()`."""
+    out = RunDir(path)
+    if not out.config.exists():
+        raise RunError(f"{out.path}: not a run directory (no config.toml)")
+    config = cfg.load_pipeline(out.config, [f"device={json.dumps(device)}"])
+    planned = plan(config, plugins)
+    return Runner(planned, out, plugins, device=Device.from_config(config.device, config.amp),
+                  data=build_data(planned, plugins), resume=True, log=lambda message: None)
 
 
 RESUMABLE_DIFFERENCES = ("device", "amp")

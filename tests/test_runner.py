@@ -270,3 +270,31 @@ def test_selected_epoch_is_the_selectors_best_and_its_weights_are_kept(tmp_path,
     best = scores.index(max(scores)) + 1
     assert summary["selected"] == {"selector": "val-wga", "stage": "erm", "epoch": best}
     assert summary["metrics"]["test"] == history[best - 1]["metrics"]["test"]
+
+
+def test_a_finished_run_can_be_reopened_and_its_models_rebuilt(tmp_path, plugins, tiny_config):
+    from spurcore.evaluation import Predictions, compute_metrics, run_metrics
+    from spurcore.runner import open_run
+
+    plugins.register(_ShapingPlugin(), "shaping-plugin")
+    config = tiny_config(train={"epochs": 3}, stages=[{"method": "shaping"}, {"method": "erm", "name": "after"}])
+    summary = run_pipeline(config, tmp_path / "r", plugins)
+    reopened = open_run(tmp_path / "r", plugins)
+    model = reopened.load_model()  # the last stage at its selected epoch, layers re-inserted
+    assert isinstance(model.embed[1], IndexedScale)
+    test = reopened.run.data.splits["test"]
+    with torch.no_grad():
+        pred = model(test.inputs).argmax(1).numpy()
+    metrics = compute_metrics(Predictions(y=test.y, pred=pred, a=test.a, class_names=("neg", "pos"),
+                                          attr_names=("off", "on")), run_metrics(reopened.run))
+    assert metrics == summary["metrics"]["test"]
+    first = reopened.load_model(0, epoch=1)
+    assert not torch.equal(first.head.weight, model.head.weight)
+    with pytest.raises(RunError, match="not a run directory"):
+        open_run(tmp_path, plugins)
+
+
+class _ShapingPlugin:
+    @hookimpl
+    def spurcore_register_mitigations(self):
+        return [MitigationSpec(name="shaping", factory=Shaping)]

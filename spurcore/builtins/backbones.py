@@ -62,9 +62,9 @@ class ResNetOptions:
 
 
 def _resnet(arch: str):
-    import torchvision
-
     def build(options: ResNetOptions, data) -> Backbone:
+        import torchvision  # imported on use: listing plugins stays fast
+
         net = getattr(torchvision.models, arch)(weights=None)
         if options.weights or options.pretrained:
             net.load_state_dict(_load_weights(arch, options))

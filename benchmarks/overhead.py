@@ -1,0 +1,107 @@
+"""The runner's overhead against a plain hand-written PyTorch loop.
+
+Both train the same small CNN from the same initial weights on the same waterdigits data in
+the same batch order, and evaluate val and test with per-group accuracy after every epoch;
+the runner additionally calls its hooks, checkpoints every epoch, writes metrics.jsonl, the
+summary, the report and the figure. After one warm-up of each, the two alternate in one
+process (R rounds, ABBA order) so machine noise hits both alike. Prints JSON
+{"runner_s", "plain_s", "ratio"} (sums over rounds).
+
+    python benchmarks/overhead.py [--rounds 4] [--epochs 3] [--scale 1.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+from spurcore import hookimpl
+from spurcore.builtins.waterdigits import WaterdigitsOptions, build
+from spurcore.config import pipeline_from_dict
+from spurcore.data import group_ids
+from spurcore.model import build_model
+from spurcore.plugins import PluginManager
+from spurcore.runner import epoch_seed, run_pipeline, seed_everything
+from spurcore.specs import DatasetSpec
+from spurcore.builtins.backbones import SmallCNNOptions, build_small_cnn
+
+
+def pipeline(epochs: int, seed: int) -> dict:
+    return {
+        "selector": "val-worst-class", "seed": seed, "device": "cpu",
+        "dataset": {"name": "bench-data"}, "backbone": {"name": "small-cnn"},
+        "train": {"epochs": epochs, "batch_size": 64, "lr": 1e-3, "weight_decay": 1e-4},
+        "stages": [{"method": "erm"}],
+    }
+
+
+def plain_loop(data, epochs: int, seed: int) -> float:
+    """What a researcher writes by hand: train, then per-group accuracy on val and test."""
+    seed_everything(seed)
+    model = build_model(build_small_cnn(SmallCNNOptions(), data), data.n_classes)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    train = data.splits["train"]
+    x, y = train.inputs, torch.tensor(train.y)
+    start = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        model.train()
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(epoch_seed(seed, 0, epoch)))
+        for idx in torch.split(order, 64):
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            for name in ("val", "test"):
+                split = data.splits[name]
+                pred = torch.cat([model(chunk).argmax(1) for chunk in torch.split(split.inputs, 512)]).numpy()
+                correct = pred == split.y
+                g = group_ids(split.y, split.a, data.n_attrs)
+                [correct[g == k].mean() for k in range(data.n_groups)]
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--scale", type=float, default=1.0)
+    args = parser.parse_args()
+    data = build(WaterdigitsOptions(scale=args.scale))
+
+    class BenchData:
+        @hookimpl
+        def spurcore_register_datasets(self):
+            return [DatasetSpec(name="bench-data", build=lambda options: data)]
+
+    plugins = PluginManager(entry_points=False, block=["progress"])
+    plugins.register(BenchData(), "bench-data")
+
+    def runner(seed: int, epochs: int) -> float:
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            run_pipeline(pipeline_from_dict(pipeline(epochs, seed)), f"{tmp}/run", plugins, log=lambda m: None)
+            return time.perf_counter() - start
+
+    runner(0, 1), plain_loop(data, 1, 0)  # warm-up: imports, allocator, caches
+    runner_s = plain_s = 0.0
+    for round_ in range(args.rounds):  # ABBA order cancels slow drift of the machine
+        if round_ % 2 == 0:
+            runner_s += runner(round_, args.epochs)
+            plain_s += plain_loop(data, args.epochs, round_)
+        else:
+            plain_s += plain_loop(data, args.epochs, round_)
+            runner_s += runner(round_, args.epochs)
+    print(json.dumps({"runner_s": round(runner_s, 3), "plain_s": round(plain_s, 3),
+                      "ratio": round(runner_s / plain_s, 4), "rounds": args.rounds, "epochs": args.epochs,
+                      "scale": args.scale, "torch_threads": torch.get_num_threads()}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,295 @@
+"""The `spur` command line, through click's test runner, with the tiny test plugin."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+
+import numpy as np
+import pytest
+import tomli_w
+from click.testing import CliRunner
+from conftest import TinyOptions, TinyPlugin, make_tiny, tiny_pipeline
+
+import spurcore
+from spurcore.cli import cli
+from spurcore.config import load_pipeline, pipeline_from_dict
+from spurcore.plugins import PluginManager
+
+TABLE_HEAD = "| group | val n | val acc % | test n | test acc % |"
+GROUPS = ("neg/off", "neg/on", "pos/off", "pos/on")
+
+
+def invoke(manager, *args):
+    return CliRunner().invoke(cli, list(map(str, args)), obj={"manager": manager, "plugin_args": []})
+
+
+def write_pipeline(path, **overrides):
+    path.write_text(tomli_w.dumps(tiny_pipeline(**overrides)))
+    return path
+
+
+def tiny_manager() -> PluginManager:
+    """What the conftest `plugins` fixture builds, for the module-scoped run below."""
+    manager = PluginManager(entry_points=False, block=["progress"])
+    manager.register(TinyPlugin(), "tiny")
+    return manager
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One finished tiny run (3 epochs of ERM) shared by the tests that read it."""
+    root = tmp_path_factory.mktemp("cli")
+    pipeline = write_pipeline(root / "tiny.toml")
+    out = root / "run"
+    result = invoke(tiny_manager(), "run", pipeline, "--out", out)
+    return pipeline, out, result
+
+
+# --- listing -------------------------------------------------------------------------------------
+
+
+def test_plugins_json(plugins):
+    result = invoke(plugins, "plugins", "--json")
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row for row in json.loads(result.output)}
+    assert {"erm", "metrics", "selectors", "backbones", "waterdigits", "tiny"} <= set(rows)
+    assert "progress" not in rows  # blocked by the fixture
+    for name in ("erm", "metrics", "selectors", "backbones", "waterdigits"):
+        assert rows[name]["version"] == spurcore.__version__
+        assert rows[name]["builtin"] is True
+        assert set(rows[name]) >= {"name", "version", "hooks"}
+    assert rows["erm"]["hooks"] == ["spurcore_register_mitigations", "spurcore_train_loss"]
+    assert rows["waterdigits"]["hooks"] == ["spurcore_register_datasets"]
+    assert rows["tiny"] == {"name": "tiny", "version": "", "hooks": ["spurcore_register_backbones", "spurcore_register_datasets"],
+                            "builtin": False}
+
+
+def test_plugins_text_lists_failures(plugins):
+    plugins.failed["broken"] = "ImportError: no module named torchaudio"
+    result = invoke(plugins, "plugins")
+    assert result.exit_code == 0
+    assert f"erm {spurcore.__version__} (built-in)" in result.output
+    assert "    hooks: spurcore_register_mitigations, spurcore_train_loss" in result.output
+    assert "broken FAILED TO LOAD: ImportError: no module named torchaudio" in result.output
+    rows = json.loads(invoke(plugins, "plugins", "--json").output)
+    assert {"name": "broken", "version": "", "hooks": [], "builtin": False,
+            "error": "ImportError: no module named torchaudio"} in rows
+
+
+def test_list_mitigations_json(plugins):
+    result = invoke(plugins, "list", "mitigations", "--json")
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row for row in json.loads(result.output)}
+    assert rows["erm"]["plugin"] == "erm"
+    assert rows["erm"]["kind"] == "train"
+    assert rows["erm"]["needs_attributes"] == []
+    assert rows["erm"]["description"].startswith("Empirical risk minimisation")
+
+
+def test_list_datasets(plugins):
+    result = invoke(plugins, "list", "datasets")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("tiny ") and lines[0].endswith("tiny test data  (tiny)")
+    assert lines[1].startswith("waterdigits ") and lines[1].endswith("(waterdigits)")
+    assert len(lines) == 2
+
+
+def test_list_selectors_flags_attribute_labels(plugins):
+    result = invoke(plugins, "list", "selectors")
+    flagged = {line.split()[0] for line in result.output.splitlines() if "[needs attribute labels]" in line}
+    assert flagged == {"val-wga"}
+
+
+def test_list_unknown_kind_is_a_usage_error(plugins):
+    result = invoke(plugins, "list", "models")
+    assert result.exit_code == 2
+    assert "'models' is not one of" in result.output
+
+
+# --- run ---------------------------------------------------------------------------------------
+
+
+def test_run_quiet(plugins, tmp_path):
+    """`--quiet` must leave out the progress bar, not the plugin manager it was given."""
+    pipeline = write_pipeline(tmp_path / "tiny.toml", train={"epochs": 1, "batch_size": 64})
+    result = invoke(plugins, "run", pipeline, "--out", tmp_path / "run", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(TABLE_HEAD + "\n")
+    assert "selected: {'selector': 'val-wga', 'stage': 'erm', 'epoch': 1}" in result.output
+    assert (tmp_path / "run" / "summary.json").is_file()
+
+
+def test_run_prints_the_group_table(finished):
+    _, out, result = finished
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert TABLE_HEAD in lines
+    for group in GROUPS:
+        assert any(line.startswith(f"| {group} | ") for line in lines), group
+    for label in ("average (all examples)", "worst group", "worst class"):
+        assert any(line.startswith(f"| **{label}** |") for line in lines), label
+    assert lines[-1].startswith("selected: {'selector': 'val-wga', 'stage': 'erm', 'epoch': ")
+    assert lines[-1].endswith(f"run directory: {out}")
+
+
+def test_run_writes_the_run_directory(finished):
+    pipeline, out, _ = finished
+    names = {p.name for p in out.iterdir() if not p.name.startswith(".")}
+    assert names == {"config.toml", "metrics.jsonl", "summary.json", "report.md", "group_acc.png", "checkpoints"}
+    assert sorted(p.name for p in (out / "checkpoints" / "0-erm").iterdir()) == [
+        "epoch_001.pt", "epoch_002.pt", "epoch_003.pt", "result.json",
+    ]
+    assert (out / "group_acc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # config.toml is the resolved pipeline: it loads back to the one that was run
+    assert load_pipeline(out / "config.toml") == pipeline_from_dict(tomllib.loads(pipeline.read_text()))
+    assert tomllib.loads((out / "config.toml").read_text())["train"]["eval_batch_size"] == 512
+
+
+def test_metrics_jsonl_has_a_line_per_epoch_and_split(finished):
+    _, out, _ = finished
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["epoch"], r["split"]) for r in rows] == [
+        ("0-erm", e, s) for e in (1, 2, 3) for s in ("val", "test")
+    ]
+    for r in rows:
+        assert r["train_loss"] > 0
+        assert 0 <= r["worst_group_acc"] <= r["avg_acc"] <= 1
+
+
+def test_summary_has_the_documented_structure(finished):
+    _, out, _ = finished
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == {"metrics", "selected", "stages"}
+    data = make_tiny(TinyOptions())
+    for split in ("val", "test"):
+        m = summary["metrics"][split]
+        assert set(m) == {"avg_acc", "worst_group_acc", "worst_class_acc", "group_acc", "group_count"}
+        assert list(m["group_acc"]) == list(GROUPS)
+        # the counts are the dataset's, the accuracies agree with each other
+        assert m["group_count"] == data.group_counts(split)
+        weighted = sum(m["group_acc"][g] * m["group_count"][g] for g in GROUPS) / len(data.splits[split])
+        assert weighted == pytest.approx(m["avg_acc"])
+        assert m["worst_group_acc"] == min(m["group_acc"].values())
+    selected = summary["selected"]
+    assert selected["selector"] == "val-wga" and selected["stage"] == "erm"
+    # the selected epoch is the one with the best validation worst-group accuracy (earliest on ties)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    val = {r["epoch"]: r["worst_group_acc"] for r in rows if r["split"] == "val"}
+    assert selected["epoch"] == max(sorted(val), key=lambda e: (val[e], -e))
+    best = {r["split"]: r for r in rows if r["epoch"] == selected["epoch"]}
+    assert summary["metrics"]["test"]["avg_acc"] == best["test"]["avg_acc"]
+    assert summary["stages"] == [{
+        "name": "erm", "method": "erm", "kind": "train",
+        "selected": {"selector": "val-wga", "epoch": selected["epoch"]},
+        "metrics": summary["metrics"],
+    }]
+
+
+def test_report_md(finished):
+    _, out, _ = finished
+    report = (out / "report.md").read_text()
+    assert report.startswith("# spurcore run report\n")
+    assert "Dataset `tiny`, backbone `mlp`, seed 0." in report
+    assert "## Stage `erm` (erm, epoch " in report
+    assert TABLE_HEAD in report
+
+
+def test_show_prints_the_table(finished):
+    _, out, run = finished
+    summary = json.loads((out / "summary.json").read_text())
+    result = CliRunner().invoke(cli, ["show", str(out)], obj={"plugin_args": []})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == f"stage erm (erm, epoch {summary['selected']['epoch']} by val-wga)"
+    assert lines[1] == TABLE_HEAD
+    # the same table `run` printed
+    table = [line for line in run.output.splitlines() if line.startswith("|")]
+    assert [line for line in lines if line.startswith("|")] == table
+
+
+def test_show_of_an_unfinished_run(tmp_path):
+    result = CliRunner().invoke(cli, ["show", str(tmp_path)], obj={"plugin_args": []})
+    assert result.exit_code == 1
+    assert f"Error: {tmp_path}: no summary.json" in result.output
+
+
+def test_run_into_an_existing_run_needs_resume(finished):
+    pipeline, out, _ = finished
+    before = (out / "summary.json").read_bytes()
+    result = invoke(tiny_manager(), "run", pipeline, "--out", out)
+    assert result.exit_code != 0
+    assert "Error:" in result.output and "--resume" in result.output
+    assert (out / "summary.json").read_bytes() == before
+
+
+def test_resume_of_a_finished_run_gives_the_same_summary(finished):
+    pipeline, out, _ = finished
+    before = json.loads((out / "summary.json").read_text())
+    result = invoke(tiny_manager(), "run", pipeline, "--out", out, "--resume")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "summary.json").read_text()) == before
+
+
+def test_run_into_a_non_empty_directory_is_refused(plugins, tmp_path):
+    pipeline = write_pipeline(tmp_path / "tiny.toml")
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    result = invoke(plugins, "run", pipeline, "--out", out)
+    assert result.exit_code == 1
+    assert "is not empty and holds no run" in result.output
+
+
+def test_config_error_exits_2_naming_the_key(plugins, tmp_path):
+    pipeline = write_pipeline(tmp_path / "bad.toml", train={"epochs": 3, "lrr": 0.1})
+    result = invoke(plugins, "run", pipeline, "--out", tmp_path / "run")
+    assert result.exit_code == 2
+    assert result.output.startswith("Error: ")
+    assert f"{pipeline}: train.lrr: unknown key (did you mean 'lr'?)" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_dataset_lists_the_available_ones(plugins, tmp_path):
+    pipeline = write_pipeline(tmp_path / "p.toml", dataset={"name": "tinny"})
+    result = invoke(plugins, "run", pipeline, "--out", tmp_path / "run")
+    assert result.exit_code == 1
+    assert "Error: no dataset named 'tinny' (did you mean 'tiny'?); available: tiny, waterdigits" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_override_type_error_exits_2(plugins, tmp_path):
+    pipeline = write_pipeline(tmp_path / "p.toml")
+    result = invoke(plugins, "run", pipeline, "--out", tmp_path / "run", "-o", "train.epochs=abc")
+    assert result.exit_code == 2
+    assert "Error: " in result.output
+    assert "train.epochs: expected an integer, got str 'abc'" in result.output
+
+
+def test_seed_and_device_options_are_overrides(plugins, tmp_path):
+    pipeline = write_pipeline(tmp_path / "p.toml", train={"epochs": 1, "batch_size": 64})
+    result = invoke(plugins, "run", pipeline, "--out", tmp_path / "run", "--seed", 7, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    saved = load_pipeline(tmp_path / "run" / "config.toml")
+    assert (saved.seed, saved.device) == (7, "cpu")
+    result = invoke(plugins, "run", pipeline, "--out", tmp_path / "run2", "--device", "gpu")
+    assert result.exit_code == 1
+    assert "unknown device 'gpu'" in result.output
+    assert not (tmp_path / "run2" / "config.toml").exists()
+
+
+def test_missing_pipeline_file(plugins, tmp_path):
+    result = invoke(plugins, "run", tmp_path / "nope.toml", "--out", tmp_path / "run")
+    assert result.exit_code == 2
+    assert f"Error: {tmp_path / 'nope.toml'}: no such pipeline file" in result.output
+
+
+def test_runs_are_reproducible(plugins, tmp_path):
+    pipeline = write_pipeline(tmp_path / "p.toml", train={"epochs": 2, "batch_size": 64})
+    summaries = []
+    for name in ("a", "b"):
+        assert invoke(plugins, "run", pipeline, "--out", tmp_path / name).exit_code == 0
+        summaries.append(json.loads((tmp_path / name / "summary.json").read_text()))
+    assert summaries[0] == summaries[1]
+    assert not np.isnan(summaries[0]["metrics"]["test"]["avg_acc"])

@@ -1,0 +1,290 @@
+"""Pipeline configuration: loading, validation errors that name the file and key, typed
+`-o` overrides, and the `dumps` round trip."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+import tomli_w
+from hypothesis import given, settings, strategies as st
+
+from spurcore.config import (
+    ComponentConfig,
+    PipelineConfig,
+    StageConfig,
+    TrainConfig,
+    dumps,
+    load_pipeline,
+    parse_override,
+    pipeline_from_dict,
+)
+from spurcore.errors import ConfigError
+
+ERM_TOML = Path(__file__).resolve().parents[1] / "examples" / "erm.toml"
+ERM_DATA = tomllib.loads(ERM_TOML.read_text())
+
+
+def write(tmp_path: Path, data: dict, name: str = "pipeline.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(tomli_w.dumps(data))
+    return path
+
+
+def erm_with(**train) -> dict:
+    data = tomllib.loads(ERM_TOML.read_text())  # a fresh copy
+    data["train"].update(train)
+    return data
+
+
+def error_of(path: Path, overrides=()) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_pipeline(path, overrides)
+    return str(info.value)
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+def test_loads_the_erm_example():
+    config = load_pipeline(ERM_TOML)
+    assert isinstance(config, PipelineConfig)
+    assert config.dataset == ComponentConfig(name="waterdigits", options={"scale": 1.0})
+    assert config.backbone == ComponentConfig(name="small-cnn", options={"width": 32})
+    assert config.train == TrainConfig(epochs=10, batch_size=64, optimizer="adam", lr=1e-3, weight_decay=1e-4)
+    assert config.stages == [StageConfig(method="erm")]
+    assert config.stages[0].label == "erm"
+    assert (config.selector, config.seed, config.device) == ("val-worst-class", 0, "auto")
+    assert config.metrics == ["avg_acc", "worst_group_acc", "worst_class_acc", "group_acc"]
+    # defaults fill what the file leaves out
+    assert (config.train.eval_batch_size, config.train.scheduler, config.amp, config.requires) == (512, "none", True, [])
+
+
+def test_integer_written_for_a_float_becomes_a_float(tmp_path):
+    config = load_pipeline(write(tmp_path, erm_with(lr=1)))
+    assert config.train.lr == 1.0 and isinstance(config.train.lr, float)
+
+
+# --- errors name the file and the key -----------------------------------------------------------------
+
+
+def test_unknown_key_names_file_and_key_with_a_suggestion(tmp_path):
+    path = write(tmp_path, erm_with(lrr=0.1))
+    message = error_of(path)
+    assert message.startswith(f"{path}: ")
+    assert "train.lrr: unknown key (did you mean 'lr'?)" in message
+
+
+def test_unknown_key_without_a_close_match_lists_the_known_ones(tmp_path):
+    data = dict(ERM_DATA, zzzzzz=1)
+    message = error_of(write(tmp_path, data))
+    assert "zzzzzz: unknown key (known: dataset, backbone, stages, train, selector" in message
+
+
+def test_unknown_key_inside_a_stage_names_its_index(tmp_path):
+    data = dict(ERM_DATA, stages=[{"method": "erm"}, {"method": "erm", "optoins": {}}])
+    assert "stages[1].optoins: unknown key (did you mean 'options'?)" in error_of(write(tmp_path, data))
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [("ten", "expected an integer, got str 'ten'"), (10.0, "expected an integer, got float 10.0"),
+     (True, "expected an integer, got bool True")],
+)
+def test_wrong_type_names_the_key(tmp_path, value, expected):
+    path = write(tmp_path, erm_with(epochs=value))
+    message = error_of(path)
+    assert message == f"{path}: train.epochs: {expected}"
+
+
+def test_validator_failure_names_the_key(tmp_path):
+    path = write(tmp_path, erm_with(epochs=0))
+    assert error_of(path) == f"{path}: train.epochs: must be positive, got 0"
+    path = write(tmp_path, erm_with(weight_decay=-0.5), "wd.toml")
+    assert error_of(path) == f"{path}: train.weight_decay: must be >= 0, got -0.5"
+
+
+def test_literal_lists_the_allowed_values(tmp_path):
+    path = write(tmp_path, erm_with(optimizer="rmsprop"))
+    assert error_of(path) == f"{path}: train.optimizer: 'rmsprop' is not one of 'sgd', 'adam', 'adamw'"
+
+
+def test_missing_required_key(tmp_path):
+    data = {k: v for k, v in ERM_DATA.items() if k != "dataset"}
+    path = write(tmp_path, data)
+    assert error_of(path) == f"{path}: dataset: missing (required)"
+
+
+def test_missing_required_key_in_a_stage(tmp_path):
+    data = dict(ERM_DATA, stages=[{"name": "first"}])
+    assert error_of(write(tmp_path, data)).endswith("stages[0].method: missing (required)")
+
+
+def test_empty_stage_list(tmp_path):
+    data = dict(ERM_DATA, stages=[])
+    assert error_of(write(tmp_path, data)).endswith("stages: must not be empty")
+
+
+def test_wrong_shape_of_a_table(tmp_path):
+    data = dict(ERM_DATA, train=3)
+    assert error_of(write(tmp_path, data)).endswith("train: expected a table, got int 3")
+    data = dict(ERM_DATA, metrics="avg_acc")
+    assert error_of(write(tmp_path, data, "m.toml")).endswith("metrics: expected a list, got str 'avg_acc'")
+
+
+def test_bad_toml_syntax_names_the_file(tmp_path):
+    path = tmp_path / "broken.toml"
+    path.write_text("[train\nepochs = 3\n")
+    message = error_of(path)
+    assert message.startswith(f"{path}: not valid TOML: ")
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "nope.toml"
+    assert error_of(path) == f"{path}: no such pipeline file"
+
+
+def test_config_error_is_a_value_error_with_exit_code_2():
+    with pytest.raises(ValueError) as info:
+        pipeline_from_dict({"dataset": {"name": "x"}})
+    assert info.value.exit_code == 2
+    assert str(info.value) == "<pipeline>: backbone: missing (required)"
+
+
+# --- overrides ----------------------------------------------------------------------------------------
+
+
+def test_override_sets_a_typed_value():
+    config = pipeline_from_dict(ERM_DATA, ["train.lr=0.01", "train.epochs=3", "amp=false", "device=cpu"])
+    assert config.train.lr == 0.01
+    assert config.train.epochs == 3
+    assert config.amp is False
+    assert config.device == "cpu"  # not TOML: read as a bare string
+
+
+def test_override_does_not_change_the_input_data():
+    data = tomllib.loads(ERM_TOML.read_text())
+    pipeline_from_dict(data, ["train.epochs=3", "stages.0.method=other"])
+    assert data == ERM_DATA
+
+
+def test_override_is_type_checked_and_names_the_key(tmp_path):
+    path = write(tmp_path, ERM_DATA)
+    assert error_of(path, ["train.epochs=abc"]) == f"{path}: train.epochs: expected an integer, got str 'abc'"
+    assert error_of(path, ["train.epochs=0"]) == f"{path}: train.epochs: must be positive, got 0"
+    assert "train.epochs: expected an integer, got float 2.5" in error_of(path, ["train.epochs=2.5"])
+
+
+def test_override_creates_nested_tables():
+    config = pipeline_from_dict(ERM_DATA, ["dataset.options.seed=3", "backbone.options.width=8"])
+    assert config.dataset.options == {"scale": 1.0, "seed": 3}
+    assert config.backbone.options == {"width": 8}
+
+
+def test_override_into_a_list_by_index():
+    data = dict(ERM_DATA, stages=[{"method": "erm"}, {"method": "erm", "name": "second"}])
+    config = pipeline_from_dict(data, ["stages.1.method=dfr", "stages.0.options.alpha=0.5", "stages.1.train.lr=1e-4"])
+    assert config.stages[0] == StageConfig(method="erm", options={"alpha": 0.5})
+    assert config.stages[1] == StageConfig(method="dfr", name="second", train={"lr": 1e-4})
+    config = pipeline_from_dict(ERM_DATA, ["stages.0.method=erm"])
+    assert config.stages == [StageConfig(method="erm")]
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("stages.1.method=erm", "override 'stages.1.method=erm': stages.1 is not an index of a list of 1"),
+        ("stages.5.options.x=1", "override 'stages.5.options.x=1': stages.5 is not an index of a list of 1"),
+        ("metrics.4=avg_acc", "override 'metrics.4=avg_acc': index 4 outside a list of 4"),
+        ("stages.first.method=erm", "override 'stages.first.method=erm': stages.first is not an index of a list of 1"),
+    ],
+)
+def test_override_outside_a_list_is_an_error(override, expected):
+    with pytest.raises(ConfigError) as info:
+        pipeline_from_dict(ERM_DATA, [override])
+    assert str(info.value) == expected
+
+
+def test_override_into_a_value_is_an_error():
+    with pytest.raises(ConfigError, match=r"override 'seed.x=1': seed is a value, not a table"):
+        pipeline_from_dict(ERM_DATA, ["seed.x=1"])
+
+
+@pytest.mark.parametrize("text", ["train.lr", "=3", "train..lr=3"])
+def test_malformed_override(text):
+    with pytest.raises(ConfigError, match=r"override .*(expected KEY=VALUE|empty key)"):
+        parse_override(text)
+
+
+def test_override_list_value_and_quoted_string():
+    config = pipeline_from_dict(ERM_DATA, ['metrics=["avg_acc", "worst_class_acc"]', 'selector="val-avg"'])
+    assert config.metrics == ["avg_acc", "worst_class_acc"]
+    assert config.selector == "val-avg"
+
+
+@pytest.mark.parametrize("override, where", [("train.0=1", r"train(\.0|\[0\])"), ("0=1", r"(^|[\s'\[])0\b")])
+def test_numeric_key_in_a_table_is_a_config_error(override, where):
+    """A number in a key path indexes lists; used on a table it must be a ConfigError naming
+    the key, like any other unknown key (today `difflib` is handed the int key and a
+    TypeError escapes, so `spur run -o train.0=1` ends in a traceback)."""
+    with pytest.raises(ConfigError) as info:
+        pipeline_from_dict(ERM_DATA, [override])
+    assert re.search(where, str(info.value)), str(info.value)
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(st.floats(min_value=0, exclude_min=True, allow_nan=False, allow_infinity=False))
+def test_overriding_lr_with_any_positive_float_gives_exactly_that_value(lr):
+    config = pipeline_from_dict(ERM_DATA, [f"train.lr={lr!r}"])
+    assert config.train.lr == lr
+
+
+@settings(max_examples=60, deadline=None, database=None)
+@given(st.integers(min_value=-10**6, max_value=10**6))
+def test_overriding_epochs_accepts_exactly_the_positive_integers(epochs):
+    if epochs > 0:
+        assert pipeline_from_dict(ERM_DATA, [f"train.epochs={epochs}"]).train.epochs == epochs
+    else:
+        with pytest.raises(ConfigError, match=rf"train\.epochs: must be positive, got {epochs}$"):
+            pipeline_from_dict(ERM_DATA, [f"train.epochs={epochs}"])
+
+
+# --- round trip ---------------------------------------------------------------------------------------
+
+
+def test_dumps_round_trips_the_example():
+    config = load_pipeline(ERM_TOML)
+    assert pipeline_from_dict(tomllib.loads(dumps(config))) == config
+
+
+def test_dumps_round_trips_a_rich_pipeline():
+    data = dict(
+        ERM_DATA,
+        stages=[
+            {"method": "erm", "name": "base", "train": {"epochs": 2, "optimizer": "sgd"}},
+            {"method": "dfr", "options": {"alphas": [0.1, 1.0], "nested": {"k": "v"}}},
+        ],
+        requires=["dfr"],
+        amp=False,
+        train=dict(ERM_DATA["train"], scheduler="cosine", keep_checkpoints="selected"),
+    )
+    config = pipeline_from_dict(data)
+    text = dumps(config)
+    assert pipeline_from_dict(tomllib.loads(text)) == config
+    assert tomllib.loads(text)["train"]["eval_batch_size"] == 512  # the resolved config, defaults included
+
+
+@settings(max_examples=50, deadline=None, database=None)
+@given(
+    lr=st.floats(min_value=1e-8, max_value=10, allow_nan=False),
+    epochs=st.integers(1, 1000),
+    seed=st.integers(0, 2**31),
+    name=st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), max_size=12),
+)
+def test_dumps_round_trip_property(lr, epochs, seed, name):
+    data = dict(ERM_DATA, seed=seed, train=dict(ERM_DATA["train"], lr=lr, epochs=epochs),
+                stages=[{"method": "erm", "name": name}])
+    config = pipeline_from_dict(data)
+    assert pipeline_from_dict(tomllib.loads(dumps(config))) == config

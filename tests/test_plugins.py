@@ -1,0 +1,402 @@
+"""The plugin manager: built-ins through the hooks, entry-point discovery, allow- and
+block-lists, failures that are reported by name, and validation of what plugins register."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+import types
+from pathlib import Path
+
+import pytest
+
+import spurcore
+import spurcore.builtins.erm
+from spurcore import hookimpl
+from spurcore.plugins import ALLOW_ENV, PluginError, PluginManager
+from spurcore.specs import DatasetSpec, MetricSpec
+
+DATASET_PLUGIN = """
+from spurcore import hookimpl
+from spurcore.specs import DatasetSpec
+
+
+@hookimpl
+def spurcore_register_datasets():
+    return [DatasetSpec(name="{dataset}", build=lambda options: None, description="from {module}")]
+"""
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    """A directory on sys.path where tests install fake distributions; modules imported from it
+    are forgotten afterwards so that tests do not see each other's plugins."""
+    monkeypatch.delenv(ALLOW_ENV, raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    for name, module in list(sys.modules.items()):
+        if str(getattr(module, "__file__", "") or "").startswith(str(tmp_path)):
+            del sys.modules[name]
+
+
+def install(site: Path, dist: str, version: str, entry_points: dict[str, str], modules: dict[str, str]) -> None:
+    """Write `<dist>-<version>.dist-info` (METADATA, entry_points.txt) and the modules."""
+    info = site / f"{dist}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    lines = "".join(f"{name} = {target}\n" for name, target in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[spurcore]\n{lines}")
+    for module, source in modules.items():
+        (site / f"{module}.py").write_text(textwrap.dedent(source))
+
+
+def install_dataset_plugin(site: Path, name: str, version: str = "1.0") -> None:
+    """A distribution `<name>` whose entry point `<name>` registers dataset `<name>-data`."""
+    module = f"{name}_mod"
+    install(site, name, version, {name: module}, {module: DATASET_PLUGIN.format(dataset=f"{name}-data", module=module)})
+
+
+def dataset_plugin(dataset: str):
+    class Plugin:
+        @hookimpl
+        def spurcore_register_datasets(self):
+            return [DatasetSpec(name=dataset, build=lambda options: None)]
+
+    return Plugin()
+
+
+# --- built-ins ---------------------------------------------------------------------------------
+
+
+def test_builtins_are_registered_through_the_hooks():
+    manager = PluginManager(entry_points=False)
+    expected = {
+        ("mitigations", "erm"): "erm",
+        ("metrics", "avg_acc"): "metrics",
+        ("metrics", "worst_group_acc"): "metrics",
+        ("metrics", "worst_class_acc"): "metrics",
+        ("metrics", "group_acc"): "metrics",
+        ("selectors", "val-wga"): "selectors",
+        ("selectors", "val-worst-class"): "selectors",
+        ("selectors", "val-avg"): "selectors",
+        ("backbones", "small-cnn"): "backbones",
+        ("datasets", "waterdigits"): "waterdigits",
+    }
+    for (kind, name), plugin in expected.items():
+        entry = manager.registry(kind)[name]
+        assert entry.plugin == plugin, (kind, name)
+        assert entry.spec.name == name
+    # the built-in is an ordinary plugin: its module answers the registration hook
+    impls = manager.hook.spurcore_register_mitigations.get_hookimpls()
+    assert [i.plugin for i in impls if i.plugin_name == "erm"] == [spurcore.builtins.erm]
+    # and its default loss is an implementation of the stage hook like any other
+    assert "erm" in [i.plugin_name for i in manager.hook.spurcore_train_loss.get_hookimpls()]
+
+
+def test_blocking_a_builtin_removes_what_it_registers():
+    manager = PluginManager(entry_points=False, block=["erm"])
+    assert "erm" not in manager.registry("mitigations")
+    assert "avg_acc" in manager.registry("metrics")
+    with pytest.raises(PluginError, match=r"no mitigation named 'erm'"):
+        manager.get("mitigations", "erm")
+    with pytest.raises(PluginError, match=r"'erm'.*blocked with -p no:"):
+        manager.require(["erm"])
+
+
+def test_get_suggests_close_name_and_lists_available():
+    manager = PluginManager(entry_points=False)
+    with pytest.raises(PluginError) as info:
+        manager.get("selectors", "val-wgaa")
+    message = str(info.value)
+    assert "did you mean 'val-wga'?" in message
+    assert "available: val-avg, val-wga, val-worst-class" in message
+
+
+def test_unknown_kind_is_an_error():
+    with pytest.raises(PluginError, match=r"unknown kind 'models'.*datasets"):
+        PluginManager(entry_points=False).registry("models")
+
+
+# --- discovery through entry points ------------------------------------------------------------
+
+
+def test_entry_point_plugin_is_discovered_with_its_version(site):
+    install(site, "fakeplug", "0.1", {"fakeplug": "fakeplug_mod"},
+            {"fakeplug_mod": DATASET_PLUGIN.format(dataset="fake-data", module="fakeplug_mod")})
+    manager = PluginManager()
+    assert "fakeplug" not in manager.failed
+    assert manager.pm.get_plugin("fakeplug") is sys.modules["fakeplug_mod"]
+    entry = manager.registry("datasets")["fake-data"]
+    assert entry.plugin == "fakeplug"
+    assert entry.spec.description == "from fakeplug_mod"
+    info = {i.name: i for i in manager.infos()}["fakeplug"]
+    assert info.version == "0.1"
+    assert info.hooks == ("spurcore_register_datasets",)
+    assert info.builtin is False
+
+
+def test_entry_points_are_ignored_when_disabled(site):
+    install_dataset_plugin(site, "plugoff")
+    manager = PluginManager(entry_points=False)
+    assert manager.pm.get_plugin("plugoff") is None
+    assert "plugoff-data" not in manager.registry("datasets")
+
+
+def test_allow_env_limits_external_loading(site, monkeypatch):
+    for name in ("alpha", "beta", "gamma"):
+        install_dataset_plugin(site, name)
+    monkeypatch.setenv(ALLOW_ENV, " alpha, beta ,")
+    manager = PluginManager()
+    datasets = manager.registry("datasets")
+    assert {"alpha-data", "beta-data"} <= set(datasets)
+    assert "gamma-data" not in datasets
+    assert manager.pm.get_plugin("gamma") is None
+    # built-ins are not external: the allow-list leaves them alone
+    assert "erm" in manager.registry("mitigations")
+    assert "waterdigits" in datasets
+
+
+def test_enable_adds_to_the_allow_list(site, monkeypatch):
+    for name in ("alpha", "beta", "gamma"):
+        install_dataset_plugin(site, name, version="2.3")
+    monkeypatch.setenv(ALLOW_ENV, "alpha")
+    manager = PluginManager(enable=["gamma"])
+    loaded = {i.name: i.version for i in manager.infos() if not i.builtin}
+    assert loaded == {"alpha": "2.3", "gamma": "2.3"}
+
+
+def test_allow_argument_overrides_the_environment(site, monkeypatch):
+    for name in ("alpha", "beta"):
+        install_dataset_plugin(site, name)
+    monkeypatch.setenv(ALLOW_ENV, "alpha")
+    manager = PluginManager(allow=["beta"])
+    names = {i.name for i in manager.infos() if not i.builtin}
+    assert names == {"beta"}
+
+
+def test_block_skips_an_entry_point(site):
+    for name in ("alpha", "beta"):
+        install_dataset_plugin(site, name)
+    manager = PluginManager(block=["beta"])
+    assert "alpha-data" in manager.registry("datasets")
+    assert "beta-data" not in manager.registry("datasets")
+    assert "beta" not in manager.failed
+    with pytest.raises(PluginError, match=r"requires plugin 'beta', which is not loaded \(blocked with -p no:\)"):
+        manager.require(["beta"])
+    manager.require(["alpha", "erm"])  # loaded ones pass
+
+
+def test_require_of_an_absent_plugin_says_how_to_install_it():
+    manager = PluginManager(entry_points=False)
+    with pytest.raises(PluginError, match=r"requires plugin 'dfr', which is not loaded; install spurcore-dfr"):
+        manager.require(["dfr"])
+
+
+def test_enable_loads_a_plain_module_by_import_name(site):
+    (site / "plainplug_mod.py").write_text(DATASET_PLUGIN.format(dataset="plain-data", module="plainplug_mod"))
+    manager = PluginManager(entry_points=False, enable=["plainplug_mod"])
+    assert manager.pm.get_plugin("plainplug_mod") is sys.modules["plainplug_mod"]
+    assert manager.registry("datasets")["plain-data"].plugin == "plainplug_mod"
+    info = {i.name: i for i in manager.infos()}["plainplug_mod"]
+    assert (info.version, info.hooks, info.builtin) == ("", ("spurcore_register_datasets",), False)
+
+
+def test_enable_of_a_missing_module_is_reported(site):
+    with pytest.warns(UserWarning, match="no_such_plugin_mod"):
+        manager = PluginManager(entry_points=False, enable=["no_such_plugin_mod"])
+    assert manager.failed["no_such_plugin_mod"].startswith("ModuleNotFoundError:")
+    with pytest.raises(PluginError, match=r"'no_such_plugin_mod', which failed to load: ModuleNotFoundError"):
+        manager.require(["no_such_plugin_mod"])
+
+
+# --- failures ---------------------------------------------------------------------------------
+
+
+def test_broken_plugin_is_reported_by_name_and_skipped(site):
+    install(site, "brokenplug", "0.3", {"broken": "brokenplug_mod"},
+            {"brokenplug_mod": 'raise RuntimeError("boom on import")\n'})
+    install_dataset_plugin(site, "healthy")
+    with pytest.warns(UserWarning, match=r"'broken' \(brokenplug_mod\) failed to load"):
+        manager = PluginManager()
+    assert manager.failed["broken"] == "RuntimeError: boom on import"
+    assert "healthy" not in manager.failed
+    # the others still load
+    assert manager.registry("datasets")["healthy-data"].plugin == "healthy"
+    assert "erm" in manager.registry("mitigations")
+    assert "broken" not in {i.name for i in manager.infos()}
+    # it becomes an error only when something needs it, and the error names it
+    with pytest.raises(PluginError, match=r"requires plugin 'broken', which failed to load: RuntimeError: boom on import"):
+        manager.require(["broken"])
+    with pytest.raises(PluginError) as info:
+        manager.get("datasets", "broken-data")
+    message = str(info.value)
+    assert "no dataset named 'broken-data'" in message
+    assert "Plugins that failed to load: 'broken': RuntimeError: boom on import" in message
+
+
+def test_same_dataset_from_two_plugins_names_both():
+    manager = PluginManager(entry_points=False)
+    manager.register(dataset_plugin("dup"), "alpha")
+    manager.register(dataset_plugin("dup"), "beta")
+    with pytest.raises(PluginError) as info:
+        manager.registry("datasets")
+    message = str(info.value)
+    assert "dataset 'dup' is registered by two plugins" in message
+    assert "'alpha'" in message and "'beta'" in message
+    # any look-up of the registry reports it, not only the clashing kind
+    with pytest.raises(PluginError, match="'dup'"):
+        manager.get("metrics", "avg_acc")
+
+
+def test_clash_with_a_builtin_names_the_builtin():
+    manager = PluginManager(entry_points=False)
+    manager.register(dataset_plugin("waterdigits"), "mine")
+    with pytest.raises(PluginError, match=r"dataset 'waterdigits' is registered by two plugins: .*'waterdigits'.*'mine'|"
+                                          r"dataset 'waterdigits' is registered by two plugins: .*'mine'.*'waterdigits'"):
+        manager.registry("datasets")
+
+
+def test_registry_follows_registration_order():
+    """plugins.py `_gather` says it walks the implementations "in registration order"; a clash
+    should name the plugin that registered the name first, first."""
+    manager = PluginManager(entry_points=False, block=["waterdigits"])
+    manager.register(dataset_plugin("first-data"), "first")
+    manager.register(dataset_plugin("second-data"), "second")
+    assert list(manager.registry("datasets")) == ["first-data", "second-data"]
+    manager.register(dataset_plugin("first-data"), "third")
+    with pytest.raises(PluginError, match=r"registered by two plugins: 'first' and 'third'"):
+        manager.registry("datasets")
+
+
+def test_unregister_drops_the_plugins_specs():
+    manager = PluginManager(entry_points=False)
+    plugin = dataset_plugin("temporary")
+    manager.register(plugin, "temp")
+    assert "temporary" in manager.registry("datasets")
+    manager.unregister(plugin)
+    assert "temporary" not in manager.registry("datasets")
+
+
+class MarkedTypo:
+    @hookimpl
+    def spurcore_train_los(self, model, batch):
+        return None
+
+
+class UnmarkedTypo:
+    def spurcore_train_los(self, model, batch):
+        return None
+
+
+def _typo_module():
+    module = types.ModuleType("typo_module")
+
+    def spurcore_train_los(model, batch):
+        return None
+
+    module.spurcore_train_los = spurcore_train_los
+    return module
+
+
+@pytest.mark.parametrize("make", [MarkedTypo, UnmarkedTypo, _typo_module], ids=["marked", "unmarked", "module"])
+def test_misspelled_hook_is_rejected_with_a_suggestion(make):
+    manager = PluginManager(entry_points=False)
+    plugin = make()
+    with pytest.raises(PluginError) as info:
+        manager.register(plugin, "typo")
+    assert str(info.value) == (
+        "plugin 'typo' implements unknown hook 'spurcore_train_los'; did you mean 'spurcore_train_loss'?"
+    )
+    assert manager.pm.get_plugin("typo") is None
+    assert "typo" not in {i.name for i in manager.infos()}
+    assert "typo" not in [i.plugin_name for i in manager.hook.spurcore_train_loss.get_hookimpls()]
+
+
+def test_misspelled_hook_in_an_entry_point_plugin_is_reported(site):
+    source = DATASET_PLUGIN.format(dataset="typo-data", module="typoplug_mod") + textwrap.dedent("""
+        def spurcore_train_los(model, batch):
+            return None
+    """)
+    install(site, "typoplug", "1.0", {"typoplug": "typoplug_mod"}, {"typoplug_mod": source})
+    install_dataset_plugin(site, "healthy")
+    with pytest.warns(UserWarning, match="spurcore_train_los"):
+        manager = PluginManager()
+    assert manager.failed["typoplug"] == (
+        "plugin 'typoplug' implements unknown hook 'spurcore_train_los'; did you mean 'spurcore_train_loss'?"
+    )
+    # nothing of the rejected plugin stays registered; the others load
+    assert "typo-data" not in manager.registry("datasets")
+    assert "healthy-data" in manager.registry("datasets")
+
+
+def test_hookimpl_with_an_argument_the_spec_lacks_is_rejected():
+    class BadArgs:
+        @hookimpl
+        def spurcore_epoch_start(self, stage, epochs):
+            pass
+
+    manager = PluginManager(entry_points=False)
+    with pytest.raises(PluginError, match=r"(?s)plugin 'badargs' is invalid:.*'epochs'.*can not be found in the hookspec"):
+        manager.register(BadArgs(), "badargs")
+    assert manager.pm.get_plugin("badargs") is None
+
+
+def test_spec_of_the_wrong_type_is_an_error():
+    class WrongSpec:
+        @hookimpl
+        def spurcore_register_datasets(self):
+            return [MetricSpec(name="oops", compute=lambda p: {})]
+
+    manager = PluginManager(entry_points=False)
+    manager.register(WrongSpec(), "wrongspec")
+    with pytest.raises(PluginError) as info:
+        manager.registry("datasets")
+    assert str(info.value) == (
+        "plugin 'wrongspec' returned MetricSpec from spurcore_register_datasets; expected DatasetSpec"
+    )
+
+
+def test_plain_dict_instead_of_a_spec_is_an_error():
+    class DictSpec:
+        @hookimpl
+        def spurcore_register_selectors(self):
+            return [{"name": "mine", "score": lambda c: 0.0}]
+
+    manager = PluginManager(entry_points=False)
+    manager.register(DictSpec(), "dictspec")
+    with pytest.raises(PluginError, match=r"plugin 'dictspec' returned dict from spurcore_register_selectors; expected SelectorSpec"):
+        manager.registry("selectors")
+
+
+# --- listing ------------------------------------------------------------------------------------
+
+
+def test_infos_lists_name_version_hooks():
+    manager = PluginManager(entry_points=False)
+    manager.register(dataset_plugin("listed"), "listed")
+    infos = manager.infos()
+    by_name = {i.name: i for i in infos}
+    builtins = {"erm", "metrics", "selectors", "backbones", "waterdigits", "progress"}
+    assert builtins <= set(by_name)
+    for name in builtins:
+        assert by_name[name].builtin is True
+        assert by_name[name].version == spurcore.__version__
+    assert by_name["erm"].hooks == ("spurcore_register_mitigations", "spurcore_train_loss")
+    assert by_name["metrics"].hooks == ("spurcore_register_metrics",)
+    assert by_name["progress"].hooks == (
+        "spurcore_epoch_end", "spurcore_run_error", "spurcore_stage_end", "spurcore_stage_start",
+    )
+    assert (by_name["listed"].version, by_name["listed"].hooks, by_name["listed"].builtin) == (
+        "", ("spurcore_register_datasets",), False,
+    )
+    # built-ins first, each part sorted by name
+    flags = [i.builtin for i in infos]
+    assert flags == sorted(flags, reverse=True)
+    assert [i.name for i in infos if i.builtin] == sorted(builtins)
+
+
+def test_infos_leaves_out_blocked_builtins():
+    manager = PluginManager(entry_points=False, block=["progress", "waterdigits"])
+    names = {i.name for i in manager.infos()}
+    assert "progress" not in names and "waterdigits" not in names
+    assert "waterdigits" not in manager.registry("datasets")
