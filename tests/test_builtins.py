@@ -1,0 +1,75 @@
+"""The built-in dataset and backbones."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from spurcore.builtins import waterdigits
+from spurcore.builtins.backbones import BackboneError, ResNetOptions, SmallCNN, SmallCNNOptions, build_small_cnn
+from spurcore.builtins.waterdigits_gen import GROUP_COUNTS, generate
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv(waterdigits.CACHE_ENV, str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_waterdigits_has_waterbirds_group_counts_scaled():
+    arrays = generate(seed=0, scale=0.05, size=16)
+    for split, (x, y, a) in arrays.items():
+        assert x.shape == (len(y), 3, 16, 16) and x.dtype == np.uint8
+        counts = np.bincount(y * 2 + a, minlength=4)
+        assert counts.tolist() == [max(1, round(c * 0.05)) for c in GROUP_COUNTS[split]]
+
+
+def test_waterdigits_is_deterministic_and_seeded():
+    first, again, other = generate(0, 0.05, 16), generate(0, 0.05, 16), generate(1, 0.05, 16)
+    for split in first:
+        for left, right in zip(first[split], again[split]):
+            assert np.array_equal(left, right)
+    assert not np.array_equal(first["train"][0], other["train"][0])
+
+
+def test_waterdigits_dataset_is_cached_and_normalised(cache):
+    options = waterdigits.WaterdigitsOptions(scale=0.05, size=16)
+    data = waterdigits.build(options)
+    files = list(cache.glob("waterdigits-*.npz"))
+    assert len(files) == 1
+    assert data.group_names == ("curved digit/land", "curved digit/water", "straight digit/land", "straight digit/water")
+    x = data.splits["train"].inputs
+    assert x.dtype == torch.float32 and -1.0 <= float(x.min()) and float(x.max()) <= 1.0
+    files[0].write_bytes(b"damaged")  # a damaged cache is rebuilt, not trusted
+    rebuilt = waterdigits.build(options)
+    assert torch.equal(rebuilt.splits["test"].inputs, data.splits["test"].inputs)
+
+
+def test_small_cnn_features_have_the_declared_width():
+    class Data:
+        input_shape = (3, 16, 16)
+
+    backbone = build_small_cnn(SmallCNNOptions(width=8), Data())
+    assert isinstance(backbone.module, SmallCNN)
+    assert backbone.module(torch.zeros(2, 3, 16, 16)).shape == (2, backbone.feature_dim) == (2, 32)
+
+
+def test_resnet_never_downloads_and_says_how_to_proceed(tmp_path, monkeypatch, plugins):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    spec = plugins.get("backbones", "resnet18")
+
+    class Data:
+        name, input_shape = "toy", (3, 32, 32)
+
+    with pytest.raises(BackboneError, match=r"no pretrained weights for resnet18 at .*never downloads.*weights.*pretrained = false"):
+        spec.build(ResNetOptions(pretrained=True), Data())
+    random_init = spec.build(ResNetOptions(), Data())
+    assert random_init.feature_dim == 512
+    path = tmp_path / "r18.pth"
+    torch.save(random_init.module.state_dict() | {"fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)}, path)
+    loaded = spec.build(ResNetOptions(weights=str(path)), Data())
+    assert torch.equal(loaded.module.conv1.weight, random_init.module.conv1.weight)
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(BackboneError, match="not a readable state dict"):
+        spec.build(ResNetOptions(weights=str(path)), Data())
