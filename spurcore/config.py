@@ -94,6 +94,16 @@ class StageConfig:
 
 
 @attrs.frozen(kw_only=True)
+class InitConfig:
+    """Start from another run's model (weights and inserted layers) instead of a fresh backbone:
+    a finished ERM run reused by post-hoc stages, or a fine-tuning stage's kick-in checkpoint."""
+
+    run: str
+    stage: int = -1  # the stage's index in that run; -1: its last stage
+    epoch: int = -1  # -1: the epoch that stage's selector chose
+
+
+@attrs.frozen(kw_only=True)
 class PipelineConfig:
     """A whole pipeline: what `spur run` reads and saves, resolved, as `config.toml`."""
 
@@ -106,6 +116,7 @@ class PipelineConfig:
         factory=lambda: ["avg_acc", "worst_group_acc", "worst_class_acc", "group_acc"]
     )
     requires: list[str] = attrs.field(factory=list)
+    init: InitConfig | None = None
     seed: int = 0
     device: str = "auto"
     amp: bool = True
@@ -286,7 +297,7 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def dumps(config: PipelineConfig) -> str:
-    return tomli_w.dumps(to_dict(config))
+    return tomli_w.dumps({k: v for k, v in to_dict(config).items() if v is not None})
 
 
 def _plain(data: Any) -> Any:

@@ -1,10 +1,21 @@
-"""Penultimate features of every split, for post-hoc stages that refit the head."""
+"""Penultimate features of every split, for post-hoc stages that refit the head.
+
+Extracted once per model (eval mode, no augmentation) and cached in HDF5 next to the run,
+keyed by a fingerprint of the embedding weights and the dataset, so a second post-hoc stage,
+run or sweep over the same model skips extraction and a changed checkpoint never reads stale
+features.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from collections.abc import Mapping
+from pathlib import Path
 
 import attrs
+import h5py
 import numpy as np
 import torch
 
@@ -33,10 +44,13 @@ class Embeddings:
 
 
 @torch.no_grad()
-def extract(model: SpurModel, data: SpuriousData, device: Device, batch_size: int = 512) -> Embeddings:
+def extract(model: SpurModel, data: SpuriousData, device: Device, batch_size: int = 512,
+            splits: tuple[str, ...] | None = None) -> Embeddings:
+    """Features of every split (or of `splits`) in eval mode."""
     model.eval()
     out = {}
-    for name, split in data.splits.items():
+    for name in splits or tuple(data.splits):
+        split = data.splits[name]
         chunks = []
         for batch in iterate_batches(split, torch.arange(len(split)), batch_size, pin_memory=device.pin_memory):
             batch = device.move(batch)
@@ -44,3 +58,60 @@ def extract(model: SpurModel, data: SpuriousData, device: Device, batch_size: in
                 chunks.append(model.features(batch.x, index=batch.index).float())
         out[name] = SplitEmbeddings(features=torch.cat(chunks).cpu().numpy(), y=split.y, a=split.a)
     return Embeddings(out)
+
+
+def fingerprint(model: SpurModel, dataset: dict) -> str:
+    """What embeddings depend on: the embedding network's weights and the dataset (its config
+    and split sizes). The head is left out, so every head fitted on one model shares them."""
+    digest = hashlib.sha256(json.dumps(dataset, sort_keys=True).encode())
+    for name, tensor in sorted(model.embed.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:20]
+
+
+@attrs.frozen
+class CacheResult:
+    embeddings: Embeddings
+    path: Path
+    reused: bool
+
+
+def cached(model: SpurModel, data: SpuriousData, device: Device, dataset: dict, *,
+           write_to: Path, look_in: tuple[Path, ...] = (), batch_size: int = 512) -> CacheResult:
+    """Embeddings of every split, read from `<dir>/<fingerprint>.h5` in `write_to` or `look_in`
+    when present, else extracted and written (atomically) to `write_to`."""
+    name = f"{fingerprint(model, dataset)}.h5"
+    for folder in (write_to, *look_in):
+        path = Path(folder) / name
+        if path.exists():
+            try:
+                return CacheResult(_read(path), path, True)
+            except (OSError, KeyError):
+                pass  # an unreadable cache file is rebuilt below
+    embeddings = extract(model, data, device, batch_size)
+    path = Path(write_to) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
+    try:
+        with h5py.File(tmp, "w") as handle:
+            handle.attrs["fingerprint"] = name[:-3]
+            for split, emb in embeddings.splits.items():
+                group = handle.create_group(split)
+                group.create_dataset("features", data=emb.features, compression="lzf")
+                group.create_dataset("y", data=emb.y)
+                if emb.a is not None:
+                    group.create_dataset("a", data=emb.a)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return CacheResult(embeddings, path, False)
+
+
+def _read(path: Path) -> Embeddings:
+    with h5py.File(path, "r") as handle:
+        return Embeddings({
+            split: SplitEmbeddings(features=group["features"][()], y=group["y"][()],
+                                   a=group["a"][()] if "a" in group else None)
+            for split, group in handle.items()
+        })

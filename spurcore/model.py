@@ -60,5 +60,16 @@ class SpurModel(nn.Module):
             return self.head(self.embed(x))
 
 
+def linear_head(weight: Any, bias: Any) -> nn.Linear:
+    """A head with the given weight (classes x features) and bias, e.g. from a fitted
+    scikit-learn model with its feature standardization folded in."""
+    weight = torch.as_tensor(weight, dtype=torch.float32)
+    head = nn.Linear(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        head.weight.copy_(weight)
+        head.bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+    return head
+
+
 def build_model(backbone: Backbone, n_classes: int) -> SpurModel:
     return SpurModel(backbone.module, nn.Linear(backbone.feature_dim, n_classes), backbone.feature_dim)

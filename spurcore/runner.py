@@ -12,6 +12,7 @@ import json
 import random
 import shutil
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -23,7 +24,7 @@ from spurcore import atomic, config as cfg
 from spurcore.context import Candidate, RunContext, StageContext
 from spurcore.data import SpuriousData, iterate_batches
 from spurcore.device import Device
-from spurcore.embeddings import extract
+from spurcore.embeddings import cached
 from spurcore.errors import SpurcoreError
 from spurcore.evaluation import evaluate, evaluation_splits
 from spurcore.model import SpurModel, build_model
@@ -86,8 +87,11 @@ def plan(config: cfg.PipelineConfig, plugins: PluginManager) -> Plan:
         train = cfg.structure(cfg.TrainConfig, {**base, **spec.train_defaults, **stage.train}, f"stages[{i}].train")
         options = _options(spec, stage.options, f"stages[{i}].options")
         stages.append(PlannedStage(index=i, config=stage, spec=spec, options=options, train=train))
-    if stages[0].spec.kind != "train":
-        raise RunError(f"stages[0]: {stages[0].spec.name!r} is a post-hoc method; a pipeline starts with a training stage")
+    if stages[0].spec.kind != "train" and config.init is None:
+        raise RunError(
+            f"stages[0]: {stages[0].spec.name!r} is a post-hoc method; start with a training stage, "
+            f"or start from a trained model with [init] run = \"RUN_DIR\""
+        )
     return Plan(
         config=config,
         dataset_options=_options(dataset, config.dataset.options, "dataset.options"),
@@ -105,7 +109,7 @@ def check_labels(plan: Plan, data: SpuriousData) -> None:
             f"{data.name!r} has none there; use a selector that needs none (val-worst-class)"
         )
     for stage in plan.stages:
-        for split in stage.spec.needs_attributes:
+        for split in stage.spec.attribute_splits(stage.options):
             if split not in data.splits or not data.splits[split].has_attributes:
                 raise RunError(
                     f"stages[{stage.index}]: method {stage.spec.name!r} needs attribute labels on "
@@ -133,9 +137,18 @@ def build_data(plan: Plan, plugins: PluginManager) -> SpuriousData:
 
 
 def build_base_model(plan: Plan, data: SpuriousData, plugins: PluginManager) -> SpurModel:
+    """A fresh backbone and head, or the model `[init]` names, seeded by the pipeline's seed."""
+    init = plan.config.init
+    if init is None:
+        seed_everything(plan.config.seed)
+        spec = plugins.get("backbones", plan.config.backbone.name)
+        return build_model(spec.build(plan.backbone_options, data), data.n_classes)
+    model = open_run(init.run, plugins).load_model(init.stage, None if init.epoch < 0 else init.epoch)
+    if model.head.out_features != data.n_classes:
+        raise RunError(f"init.run: {init.run} predicts {model.head.out_features} classes; "
+                       f"dataset {data.name!r} has {data.n_classes}")
     seed_everything(plan.config.seed)
-    spec = plugins.get("backbones", plan.config.backbone.name)
-    return build_model(spec.build(plan.backbone_options, data), data.n_classes)
+    return model.cpu()
 
 
 class Runner:
@@ -295,7 +308,14 @@ class Runner:
 
     def _posthoc(self, stage: StageContext) -> list[dict[str, Any]]:
         run, model = self.run, stage.model
-        embeddings = extract(model, run.data, run.device, stage.train.eval_batch_size)
+        trained_here = any(s.spec.kind == "train" for s in self.plan.stages[: stage.index])
+        source = self.plan.config.init
+        own = run.out.path / "embeddings"
+        origin = own if trained_here or source is None else Path(source.run) / "embeddings"
+        found = cached(model, run.data, run.device, cfg.to_dict(self.plan.config.dataset),
+                       write_to=origin, look_in=(own,), batch_size=stage.train.eval_batch_size)
+        run.log(f"stage {stage.key}: embeddings {'reused from' if found.reused else 'extracted to'} {found.path}")
+        embeddings = found.embeddings
         head = self.hook.spurcore_posthoc_head(run=run, stage=stage, model=model, embeddings=embeddings)
         expected = (model.feature_dim, run.data.n_classes)
         if not isinstance(head, nn.Linear) or (head.in_features, head.out_features) != expected:
@@ -361,7 +381,7 @@ class Runner:
 
     def _summary(self, results: list[dict[str, Any]]) -> dict[str, Any]:
         final = results[-1]
-        chosen = next(r for r in reversed(results) if r["selected"]["selector"] is not None)
+        chosen = next((r for r in reversed(results) if r["selected"]["selector"] is not None), final)
         return {
             "metrics": {s: final["metrics"][s] for s in ("val", "test")},
             "selected": {"selector": chosen["selected"]["selector"], "stage": chosen["name"], "epoch": chosen["selected"]["epoch"]},

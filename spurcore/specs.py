@@ -61,7 +61,8 @@ class MitigationSpec:
     embeddings). `factory(options)` returns the stage object: a plugin whose hook
     implementations are registered for the duration of the stage only.
     `needs_attributes` names the splits on which the method reads attribute labels
-    (e.g. ("val",) for DFR); the kernel refuses to run it on data without them.
+    (e.g. ("val",) for DFR), or is a function of the stage's options returning them; the
+    kernel refuses to run the method on data without them.
     `train_defaults` overrides the pipeline's `[train]` settings for this stage unless the
     stage sets them itself (e.g. a fine-tuning stage with its own learning rate).
     `search_space` declares the options a sweep may draw: {option: [values]}.
@@ -71,10 +72,17 @@ class MitigationSpec:
     factory: Callable[[Any], object]
     kind: str = attrs.field(default="train", validator=attrs.validators.in_(STAGE_KINDS))
     options: type | None = None
-    needs_attributes: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    needs_attributes: tuple[str, ...] | Callable[[Any], tuple[str, ...]] = attrs.field(
+        default=(), converter=lambda v: v if callable(v) else tuple(v)
+    )
     train_defaults: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping)
     search_space: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping)
     description: str = ""
+
+    def attribute_splits(self, options: Any) -> tuple[str, ...]:
+        """The splits whose attribute labels this method reads, with these options."""
+        needs = self.needs_attributes
+        return tuple(needs(options)) if callable(needs) else needs
 
 
 @attrs.frozen(kw_only=True)

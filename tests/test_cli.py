@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tomli_w
 from click.testing import CliRunner
-from conftest import TinyOptions, TinyPlugin, make_tiny, tiny_pipeline
+from spurcore.testing import TinyOptions, TinyPlugin, make_tiny, tiny_pipeline
 
 import spurcore
 from spurcore.cli import cli

@@ -1,5 +1,10 @@
-"""Shared fixtures: a tiny spurious dataset and a tiny backbone, registered as a test plugin,
-and a factory for plugin managers that see them."""
+"""spurcore's pytest plugin (entry point `pytest11: spurcore`): fixtures for testing spurcore
+and its plugins against a tiny spurious dataset (`tiny`) and a tiny backbone (`mlp`).
+
+    def test_my_method(plugins, tiny_config, tmp_path):
+        plugins.register(MyPlugin(), "mine")
+        summary = run_pipeline(tiny_config(stages=[{"method": "mine"}]), tmp_path / "run", plugins)
+"""
 
 from __future__ import annotations
 
