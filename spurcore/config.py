@@ -117,6 +117,7 @@ class PipelineConfig:
     )
     requires: list[str] = attrs.field(factory=list)
     init: InitConfig | None = None
+    settings: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     seed: int = 0
     device: str = "auto"
     amp: bool = True

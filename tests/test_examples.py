@@ -1,0 +1,26 @@
+"""Every example pipeline loads, and resolves against the installed plugins."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from spurcore.config import load_pipeline
+from spurcore.plugins import PluginManager
+from spurcore.runner import plan
+
+EXAMPLES = sorted((Path(__file__).parents[1] / "examples").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_pipeline_is_valid(path):
+    config = load_pipeline(path)
+    planned = plan(config, PluginManager())
+    assert planned.stages[0].spec.name == config.stages[0].method
+    assert config.dataset.name == "waterdigits"
+
+
+def test_there_are_examples():
+    assert {p.name for p in EXAMPLES} >= {"erm.toml", "dfr.toml", "neurontune.toml", "fairdropout.toml",
+                                          "fairdropout_dfr.toml"}
