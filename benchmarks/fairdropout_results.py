@@ -27,7 +27,7 @@ from spurcore.plugins import PluginManager
 from spurcore.runner import open_run, run_pipeline
 from spurcore_fairdropout import set_inference_mode
 
-GRID = {"p_gen": [0.5], "p_mem": [0.1, 0.5], "placement": [["block3"], ["features"]]}
+GRID = {"p_gen": [0.5], "p_mem": [0.1, 0.5], "placement": [["block3"], ["block2"]]}
 
 
 def options_table(setting: dict) -> str:

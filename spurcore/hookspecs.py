@@ -191,6 +191,8 @@ def spurcore_run_start(run: RunContext) -> None:
     """A run begins: the configuration is validated, data and device are ready.
 
     Called once, before the first stage (also on `--resume`). `run.resumed` tells which.
+    Observer plugins read and validate their `[settings.<name>]` table from
+    `run.config.settings` here, so a bad setting stops the run before any training.
 
     Example::
 

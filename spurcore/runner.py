@@ -476,7 +476,8 @@ RESUMABLE_DIFFERENCES = ("device", "amp")
 
 
 def _check_same_pipeline(out: RunDir, resolved: dict[str, Any]) -> None:
-    saved = cfg.tomllib.loads(out.config.read_text())
+    """Compare after filling defaults, so runs saved before a new key existed still resume."""
+    saved = cfg.to_dict(cfg.load_pipeline(out.config))
     for key in sorted(set(saved) | set(resolved)):
         if key not in RESUMABLE_DIFFERENCES and saved.get(key) != resolved.get(key):
             raise RunError(

@@ -298,3 +298,12 @@ class _ShapingPlugin:
     @hookimpl
     def spurcore_register_mitigations(self):
         return [MitigationSpec(name="shaping", factory=Shaping)]
+
+
+def test_runs_saved_before_a_key_existed_still_resume(tmp_path, plugins, tiny_config):
+    first = run_pipeline(tiny_config(), tmp_path / "r", plugins)
+    config = tmp_path / "r" / "config.toml"
+    text = config.read_text()
+    assert "seed = 0" in text
+    config.write_text("\n".join(line for line in text.splitlines() if line != "seed = 0") + "\n")  # a default
+    assert run_pipeline(tiny_config(), tmp_path / "r", plugins, resume=True) == first

@@ -1,0 +1,190 @@
+"""Replay: re-evaluate a model after a local change without recomputing what cannot change.
+
+Tracing evaluates the same model hundreds of times, each time with a few neurons of one or
+two layers changed. Everything the forward pass computes *before* the first changed layer
+runs is the same every time. `Replay` records, once, the outputs of the model's top-level
+blocks (the children of `model.embed`, in the order they are called, and `model.embed`
+itself) for every batch of every split; an evaluation whose changes all lie after block B
+makes B return its recorded output (and the blocks before B return nothing), so only the
+rest of the network runs.
+
+This is sound only for a chain of blocks each called once per forward, which is checked:
+when recording, every block must be called exactly once per batch; and every replay point is
+verified once against a full forward pass of the unchanged model (identical logits), and
+dropped if it differs. Recorded outputs are kept up to `max_mb` megabytes, latest blocks
+first; a model with any other structure simply gets full forward passes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping
+
+import torch
+from torch import nn
+
+from spurcore.data import SplitData, iterate_batches
+from spurcore.device import to_device
+
+
+def _mb(tensor: torch.Tensor) -> float:
+    return tensor.numel() * tensor.element_size() / 2**20
+
+
+class Replay:
+    def __init__(self, model: nn.Module, splits: Mapping[str, SplitData], batch_size: int = 512,
+                 max_mb: float = 1024.0) -> None:
+        self.model, self.splits, self.batch_size = model, dict(splits), batch_size
+        self.device = next(model.parameters()).device
+        self.points: list[tuple[str, nn.Module]] = []   # (path, module) in call order, embed last
+        self.cache: dict[str, dict[str, list[torch.Tensor]]] = {}
+        self.base: dict[str, torch.Tensor] = {}
+        self.full_passes = 0
+        self._record(max_mb)
+
+    # --- recording ---------------------------------------------------------------------------
+
+    def _candidates(self) -> list[tuple[str, nn.Module]]:
+        embed = getattr(self.model, "embed", None)
+        if not isinstance(embed, nn.Module) or not isinstance(getattr(self.model, "head", None), nn.Module):
+            return []
+        return [(f"embed.{name}", child) for name, child in embed.named_children()] + [("embed", embed)]
+
+    def _batches(self, split: str) -> Iterator:
+        data = self.splits[split]
+        return iterate_batches(data, torch.arange(len(data)), self.batch_size)
+
+    @torch.no_grad()
+    def _record(self, max_mb: float) -> None:
+        self.order: list[str] = []
+        candidates = self._candidates()
+        if not candidates:
+            self.base = self._evaluate(None)
+            return
+        calls: list[str] = []
+        kept: set[str] | None = None   # decided from the first batch's sizes
+        sizes: dict[str, float] = {}
+        outputs: dict[str, dict[str, list[torch.Tensor]]] = {p: {s: [] for s in self.splits} for p, _ in candidates}
+        current = {"split": None}
+        total = sum(len(d) for d in self.splits.values())
+
+        def hook(path):
+            def record(module, args, output):
+                calls.append(path)
+                if not isinstance(output, torch.Tensor):
+                    return
+                if kept is None:
+                    sizes[path] = _mb(output)
+                if kept is None or path in kept:
+                    outputs[path][current["split"]].append(output.detach().clone())
+            return record
+
+        handles = [m.register_forward_hook(hook(p)) for p, m in candidates]
+        self.model.eval()
+        once = True
+        try:
+            for split in self.splits:
+                current["split"] = split
+                logits = []
+                for batch in self._batches(split):
+                    calls.clear()
+                    logits.append(self.model(to_device(batch.x, self.device), index=batch.index.to(self.device)).float().cpu())
+                    once = once and sorted(calls) == sorted(p for p, _ in candidates)
+                    if kept is None:
+                        self.order = list(calls)
+                        kept, used = set(), 0.0
+                        for path in reversed(self.order):   # latest blocks first, within budget
+                            estimate = sizes.get(path, float("inf")) * total / len(batch)
+                            if used + estimate <= max_mb:
+                                kept.add(path)
+                                used += estimate
+                        for path in set(outputs) - kept:
+                            outputs[path] = {s: [] for s in self.splits}
+                self.base[split] = torch.cat(logits)
+        finally:
+            for h in handles:
+                h.remove()
+        self.full_passes += 1
+        if not once:
+            return
+        by_path = dict(candidates)
+        self.cache = {p: outputs[p] for p in kept}
+        self.points = [(p, by_path[p]) for p in self.order if p in self.cache]
+        for path, _ in list(self.points):
+            try:
+                replayed = self._evaluate(path)
+                same = all(torch.allclose(replayed[s], self.base[s], rtol=0, atol=1e-5) for s in self.splits)
+            except Exception:  # a block reads an output that replay withholds: not a chain
+                same = False
+            if not same:
+                del self.cache[path]
+        self.points = [(p, m) for p, m in self.points if p in self.cache]
+
+    # --- evaluation -----------------------------------------------------------------------------
+
+    def point_for(self, changed: Iterable[str]) -> str | None:
+        """The latest replay point that runs before every changed module path."""
+        changed = list(changed)
+        if not changed or not self.points:
+            return None
+        positions = []
+        for path in changed:
+            position = None
+            for i, block in enumerate(self.order):
+                if block != "embed" and (path == block or path.startswith(block + ".")):
+                    position = i
+            if position is None:
+                if path == "head" or path.startswith("head."):
+                    position = len(self.order)  # after every block, embed included
+                else:
+                    return None
+            positions.append(position)
+        first = min(positions)
+        usable = [p for p, _ in self.points if self.order.index(p) < first]
+        return usable[-1] if usable else None
+
+    @contextlib.contextmanager
+    def _replaying(self, path: str, split: str, step: dict) -> Iterator[None]:
+        target = self.order.index(path)
+        patched = []
+        for i, block in enumerate(self.order):
+            if i > target or block == "embed" and path != "embed":
+                continue
+            module = dict(self._candidates())[block]
+            if block == path:
+                module.forward = lambda *a, _c=self.cache[path][split], **k: _c[step["i"]].clone()
+            else:
+                module.forward = lambda *a, **k: None
+            patched.append(module)
+        try:
+            yield
+        finally:
+            for module in patched:
+                del module.forward
+
+    @torch.no_grad()
+    def _evaluate(self, point: str | None) -> dict[str, torch.Tensor]:
+        out = {}
+        training = self.model.training
+        self.model.eval()
+        try:
+            for split in self.splits:
+                step = {"i": 0}
+                logits = []
+                context = self._replaying(point, split, step) if point else contextlib.nullcontext()
+                with context:
+                    for i, batch in enumerate(self._batches(split)):
+                        step["i"] = i
+                        x = None if point else to_device(batch.x, self.device)
+                        logits.append(self.model(x, index=batch.index.to(self.device)).float().cpu())
+                out[split] = torch.cat(logits)
+        finally:
+            self.model.train(training)
+        if point is None:
+            self.full_passes += 1
+        return out
+
+    def logits(self, changed: Iterable[str]) -> dict[str, torch.Tensor]:
+        """Logits of every split with the model as it is now, knowing only the module paths
+        in `changed` differ from when it was recorded."""
+        return self._evaluate(self.point_for(changed))

@@ -1,0 +1,368 @@
+"""The whole trace of one finished run: score, select, intervene, measure, rewind, write.
+
+`trace(run_dir, options, out=...)` loads the model of one stage at one epoch, scores every
+neuron by each criterion, and for every selection (criterion x group x scope x k) applies
+every intervention and measures the change of every group's accuracy on train and test,
+next to a control of as many random non-critical neurons. It then rewinds each layer to
+earlier checkpoints and compares the two criteria's rankings. Everything goes to
+`trace.json` (written atomically) and the figures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from spurcore import atomic
+from spurcore.config import FieldError, non_negative, positive
+from spurcore.errors import SpurcoreError
+from spurcore_tracer import criteria as crit
+from spurcore_tracer.effects import Evaluator, minority_groups, summarize_changes
+from spurcore_tracer.interventions import KINDS, intervene
+from spurcore_tracer.neurons import NeuronIndex
+from spurcore_tracer.overlap import rank_overlap
+from spurcore_tracer.rewinding import OFFSETS, layer_state, rewind_plan, rewound, sensitive_counts
+from spurcore_tracer.selection import non_critical, top_k, top_k_per_layer
+
+SCHEMA = 1
+
+
+class TracerError(SpurcoreError):
+    """The run cannot be traced as asked; the message says why and what to do."""
+
+
+def _subset_of(choices: tuple[str, ...]):
+    def check(instance, attribute, value):
+        bad = [v for v in value if v not in choices]
+        if bad or not value:
+            raise FieldError(attribute.name, f"must be a non-empty list of {', '.join(choices)}; got {value}")
+    return check
+
+
+def _positive_ints(instance, attribute, value):
+    if not value or any(int(v) != v or v < 1 for v in value):
+        raise FieldError(attribute.name, f"must be a non-empty list of positive integers, got {value}")
+
+
+def _non_negative_list(attribute, value):
+    if not value or any(v < 0 for v in value):
+        raise FieldError(attribute.name, f"must be a non-empty list of numbers >= 0, got {value}")
+
+
+def _epoch(instance, attribute, value):
+    if not (value in ("last", "selected") or (isinstance(value, int) and value >= 0)):
+        raise FieldError(attribute.name, f"must be 'last', 'selected' or an epoch number, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class TraceOptions:
+    """Everything `spur trace` can be told; the defaults keep waterdigits to a few minutes."""
+
+    stage: int = -1                                   # stage index; -1: the last stage
+    epoch: int | str = attrs.field(default="last", validator=_epoch)  # "last", "selected" or N
+    criteria: list[str] = attrs.field(factory=lambda: ["gradient", "magnitude"], validator=_subset_of(crit.CRITERIA))
+    k: list[int] = attrs.field(factory=lambda: [1, 2, 3], validator=_positive_ints)
+    interventions: list[str] = attrs.field(factory=lambda: list(KINDS), validator=_subset_of(KINDS))
+    sigma: list[float] = attrs.field(factory=lambda: [0.005], validator=lambda i, a, v: _non_negative_list(a, v))
+    repeats: int = attrs.field(default=3, validator=positive)
+    subset: Literal["lowest-confidence", "all"] = "lowest-confidence"
+    subset_size: int = attrs.field(default=200, validator=positive)
+    reduction: Literal["sum", "mean"] = "sum"
+    include_bias: bool = True
+    per_layer_k: list[int] = attrs.field(factory=lambda: [3])    # [] turns structured tracing off
+    control: bool = True
+    control_exclude_percent: float = attrs.field(default=10.0, validator=positive)
+    rewind_offsets: list[int] = attrs.field(factory=lambda: list(OFFSETS))
+    sensitive_threshold: float = attrs.field(default=1.0, validator=non_negative)
+    overlap_percents: list[float] = attrs.field(factory=lambda: [0.01, 5.0])
+    exclude: list[str] = attrs.field(factory=list)    # module paths (and their children) not traced
+    batch_size: int = attrs.field(default=1024, validator=positive)
+    max_cache_mb: float = attrs.field(default=1024.0, validator=non_negative)
+    seed: int = 0
+    device: str = "cpu"
+    figures: bool = True
+
+
+def stable_seed(*parts: Any) -> int:
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") % 2**63
+
+
+@attrs.frozen
+class Selection:
+    """One ranking to select from: a criterion, and the group its scores were computed on."""
+
+    criterion: str
+    group: int | None
+    scores: np.ndarray = attrs.field(eq=False)
+
+    @property
+    def name(self) -> str:
+        return self.criterion if self.group is None else f"{self.criterion}:{self.group}"
+
+
+def _open(run_dir: Any, options: TraceOptions, plugins: Any):
+    from spurcore.runner import open_run
+
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise TracerError(f"{path}: no such run directory")
+    if not (path / "config.toml").exists():
+        raise TracerError(f"{path}: not a run directory (no config.toml); pass the --out of a `spur run`")
+    try:
+        runner = open_run(path, plugins, device=options.device)
+    except SpurcoreError as exc:
+        raise TracerError(f"{path}: cannot read the run back: {exc}") from None
+    stages = runner.plan.stages
+    if not -len(stages) <= options.stage < len(stages):
+        raise TracerError(f"{path}: --stage {options.stage}: the run has {len(stages)} stage(s) (0..{len(stages) - 1})")
+    planned = stages[options.stage]
+    epochs = runner.run.out.epochs(planned.key)
+    if not epochs:
+        raise TracerError(f"{path}: stage {planned.key!r} has no checkpoint; has it run?")
+    if options.epoch == "last":
+        epoch = epochs[-1]
+    elif options.epoch == "selected":
+        result = runner.run.out.stage_result(planned.key)
+        if result is None:
+            raise TracerError(f"{path}: stage {planned.key!r} has not finished, so no epoch was selected; pass --epoch N")
+        epoch = result["selected"]["epoch"]
+    else:
+        epoch = int(options.epoch)
+        if epoch not in epochs:
+            raise TracerError(f"{path}: stage {planned.key!r} has no checkpoint for epoch {epoch} "
+                              f"(it has {', '.join(map(str, epochs))})")
+    data = runner.run.data
+    if not data.splits["train"].has_attributes:
+        raise TracerError(
+            f"{path}: dataset {data.name!r} has no attribute labels on train; tracing measures each "
+            f"group's training accuracy and the per-group gradient criterion reads D_j, so both need them")
+    return runner, planned, epoch, epochs
+
+
+def _records(base: dict, change: dict, meta: dict, group_names, minority) -> list[dict]:
+    out = []
+    for split, values in change.items():
+        for g, name in enumerate(group_names):
+            if np.isnan(base[split][g]):
+                continue
+            out.append({**meta, "split": split, "group": name, "minority": g in minority,
+                        "acc_before": round(float(base[split][g]), 4),
+                        "signed": round(float(values["signed"][g]), 4), "abs": round(float(values["abs"][g]), 4)})
+    return out
+
+
+def trace(run_dir: Any, options: TraceOptions | None = None, *, out: Any = None, plugins: Any = None,
+          progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Trace one finished run into `out` (default: RUN_DIR/trace); returns what trace.json holds."""
+    from spurcore.plugins import PluginManager
+
+    options = options or TraceOptions()
+    plugins = plugins if plugins is not None else PluginManager()
+    started = time.perf_counter()
+    runner, planned, epoch, epochs = _open(run_dir, options, plugins)
+    out = Path(out) if out is not None else Path(run_dir) / "trace"
+    data = runner.run.data
+    names = list(data.group_names)
+    notes: list[str] = []
+    torch.manual_seed(options.seed)
+
+    model = runner.load_model(planned.index, epoch)
+    index = NeuronIndex.of(model, options.exclude)
+    if index.total == 0:
+        raise TracerError(f"{run_dir}: the model has no conv or linear layer to trace")
+    evaluator = Evaluator(model, data, ("train", "test"), options.batch_size, options.max_cache_mb)
+    if "test" not in evaluator.splits:
+        notes.append("test split has no attribute labels: effects are reported on train only")
+    minority = set(minority_groups(data, "train"))
+    train = data.splits["train"]
+    groups = data.groups("train")
+
+    # --- scores ----------------------------------------------------------------------------------
+    kw = dict(include_bias=options.include_bias, reduction=options.reduction, batch_size=options.batch_size)
+    magnitude = crit.magnitude(index, options.include_bias)
+    selections: list[Selection] = []
+    scores_out: dict[str, Any] = {}
+    gradient = None
+    if "gradient" in options.criteria:
+        gradient, used = crit.group_gradient_scores(
+            model, train, groups, data.n_groups, index=index, subset=options.subset, n=options.subset_size,
+            logits=evaluator.base_logits["train"], **kw)
+        for j in range(data.n_groups):
+            if j in used:
+                selections.append(Selection("gradient", j, gradient[j]))
+        scores_out["gradient"] = {names[j]: {"examples": int(len(used[j]))} for j in used}
+    if "magnitude" in options.criteria:
+        selections.append(Selection("magnitude", None, magnitude))
+    if "loss-gradient" in options.criteria:
+        loss_scores, rows = crit.loss_gradient_scores(model, train, index=index, n=options.subset_size,
+                                                      logits=evaluator.base_logits["train"], **kw)
+        selections.append(Selection("loss-gradient", None, loss_scores))
+        counts = np.bincount(groups[rows], minlength=data.n_groups)
+        scores_out["loss-gradient"] = {"examples": int(len(rows)),
+                                       "examples_by_group": dict(zip(names, counts.tolist()))}
+    max_k = max(options.k)
+    if max_k > index.total:
+        raise TracerError(f"--k {max_k}: the model has only {index.total} neurons")
+    for sel in selections:
+        top = top_k(sel.scores, max_k)
+        scores_out.setdefault("top", {})[sel.name] = [
+            {"neuron": str(index.neuron(i)), "score": float(sel.scores[i])} for i in top]
+
+    # --- the evaluation plan -------------------------------------------------------------------
+    cache: dict[tuple, dict[str, np.ndarray]] = {}
+    jobs: list[tuple[dict, list[Callable[[], dict[str, np.ndarray]]]]] = []
+
+    def evaluate(neurons: np.ndarray, kind: str, sigma: float, repeat: int) -> dict[str, np.ndarray]:
+        key = (tuple(sorted(int(n) for n in neurons)), kind, sigma if kind != "zero" else None,
+               repeat if kind != "zero" else 0)
+        if key not in cache:
+            generator = torch.Generator().manual_seed(stable_seed(options.seed, *key))
+            changed = [layer.path for layer in index.group_by_layer(neurons)]
+            with intervene(index, neurons, kind, sigma=sigma, generator=generator, include_bias=options.include_bias):
+                cache[key] = evaluator.change(evaluator.accuracy(changed))
+        return cache[key]
+
+    def job(meta: dict, neurons: np.ndarray, kind: str, sigma: float | None) -> None:
+        repeats = 1 if kind == "zero" else options.repeats
+        runs = [lambda r=r: evaluate(neurons, kind, sigma or 0.0, r) for r in range(repeats)]
+        jobs.append(({**meta, "intervention": kind, "sigma": sigma, "repeats": repeats,
+                      "neurons": [str(index.neuron(i)) for i in neurons]}, runs))
+
+    def control(meta: dict, sel: Selection, k: int) -> None:
+        pool = non_critical(sel.scores, options.control_exclude_percent)
+        if len(pool) < k:
+            notes.append(f"control for {sel.name} k={k} skipped: only {len(pool)} non-critical neurons")
+            return
+        runs = []
+        for r in range(options.repeats):
+            rng = np.random.default_rng(stable_seed(options.seed, "control", sel.name, meta["scope"], meta.get("layer"), k, r))
+            picked = np.sort(rng.choice(pool, size=k, replace=False))
+            runs.append(lambda p=picked: evaluate(p, "zero", 0.0, 0))
+        jobs.append(({**meta, "intervention": "control", "sigma": None, "repeats": options.repeats,
+                      "neurons": None}, runs))
+
+    for sel in selections:
+        for k in options.k:
+            meta = {"criterion": sel.criterion, "selected_for": None if sel.group is None else names[sel.group],
+                    "scope": "global", "layer": None, "k": k, "k_effective": k}
+            neurons = top_k(sel.scores, k)
+            for kind in options.interventions:
+                for sigma in ([None] if kind == "zero" else options.sigma):
+                    job(meta, neurons, kind, sigma)
+            if options.control:
+                control(meta, sel, k)
+        for k in options.per_layer_k:
+            for path, neurons in top_k_per_layer(sel.scores, index, k).items():
+                meta = {"criterion": sel.criterion, "selected_for": None if sel.group is None else names[sel.group],
+                        "scope": "per-layer", "layer": path, "k": k, "k_effective": int(len(neurons))}
+                job(meta, neurons, "zero", None)
+
+    plan, rewind_notes = rewind_plan(epoch, epochs, options.rewind_offsets)
+    notes += rewind_notes
+    past_states = {past: runner.run.out.load_checkpoint(planned.key, past)["model"] for _, past in plan}
+    rewind_jobs = []
+    for offset, past in plan:
+        for layer in index.layers:
+            def run_rewind(layer=layer, past=past):
+                with rewound(layer, layer_state(past_states[past], layer)):
+                    return evaluator.change(evaluator.accuracy([layer.path]))
+            rewind_jobs.append(({"layer": layer.path, "offset": offset, "past_epoch": past}, run_rewind))
+
+    # --- run it --------------------------------------------------------------------------------
+    total = sum(len(runs) for _, runs in jobs) + len(rewind_jobs)
+    bar = tqdm(total=total, desc="trace", unit="eval", disable=not progress, dynamic_ncols=True)
+    effects = []
+    try:
+        for meta, runs in jobs:
+            changes = []
+            for run in runs:
+                changes.append(run())
+                bar.update(1)
+            effects += _records(evaluator.base, summarize_changes(changes), meta, names, minority)
+        rewinding = []
+        by_offset: dict[int, dict[str, dict[str, np.ndarray]]] = {}
+        for meta, run in rewind_jobs:
+            change = run()
+            bar.update(1)
+            rewinding += _records(evaluator.base, summarize_changes([change]), meta, names, minority)
+            for split, values in change.items():
+                by_offset.setdefault(meta["offset"], {}).setdefault(split, {})[meta["layer"]] = values
+    finally:
+        bar.close()
+    sensitive = {
+        split: {str(offset): dict(zip(names, sensitive_counts(per_split[split], options.sensitive_threshold).tolist()))
+                for offset, per_split in by_offset.items()}
+        for split in evaluator.splits
+    }
+
+    overlap = None
+    if gradient is not None:
+        overlap = rank_overlap(magnitude, {names[s.group]: s.scores for s in selections if s.criterion == "gradient"},
+                               options.overlap_percents)
+
+    result = {
+        "schema": SCHEMA,
+        "run_dir": str(Path(run_dir)),
+        "stage": planned.key,
+        "epoch": epoch,
+        "options": attrs.asdict(options),
+        "dataset": data.name,
+        "groups": names,
+        "minority_groups": [names[g] for g in sorted(minority)],
+        "group_counts": {s: dict(zip(names, evaluator.counts[s].tolist())) for s in evaluator.splits},
+        "base_accuracy": {s: {n: (None if np.isnan(v) else round(float(v), 4)) for n, v in zip(names, evaluator.base[s])}
+                          for s in evaluator.splits},
+        "neurons": {"total": index.total, "layers": index.describe()},
+        "scores": scores_out,
+        "effects": effects,
+        "summary": summarize(effects),
+        "rewinding": {"plan": [{"offset": o, "past_epoch": p} for o, p in plan],
+                      "threshold": options.sensitive_threshold, "records": rewinding, "sensitive_layers": sensitive},
+        "rank_overlap": overlap,
+        "notes": notes,
+        "cost": {"evaluations": evaluator.evaluations, "full_forward_passes": evaluator.replay.full_passes,
+                 "replay_points": [p for p, _ in evaluator.replay.points],
+                 "seconds": round(time.perf_counter() - started, 1)},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    if options.figures:
+        from spurcore_tracer import figures
+
+        result["figures"] = figures.draw_all(result, out)
+    result["cost"]["seconds"] = round(time.perf_counter() - started, 1)
+    atomic.write_text(out / "trace.json", json.dumps(result, indent=1) + "\n")
+    for note in notes:
+        log(f"note: {note}")
+    return result
+
+
+def summarize(effects: list[dict]) -> list[dict]:
+    """Mean absolute change of minority and of majority groups, per (criterion, intervention,
+    sigma, scope, split), over k and groups. With the per-group gradient a group counts with the
+    neurons selected for it (the paper's Delta(j) with I_j); other criteria select once for all."""
+    table: dict[tuple, dict[str, list[float]]] = {}
+    for e in effects:
+        if e["selected_for"] is not None and e["selected_for"] != e["group"]:
+            continue
+        key = (e["criterion"], e["intervention"], e["sigma"], e["scope"], e["split"])
+        table.setdefault(key, {"minority": [], "majority": [], "minority_signed": [], "majority_signed": []})
+        side = "minority" if e["minority"] else "majority"
+        table[key][side].append(e["abs"])
+        table[key][side + "_signed"].append(e["signed"])
+    rows = []
+    for (criterion, kind, sigma, scope, split), v in table.items():
+        mean = lambda xs: round(float(np.mean(xs)), 3) if xs else None
+        rows.append({"criterion": criterion, "intervention": kind, "sigma": sigma, "scope": scope, "split": split,
+                     "minority_abs": mean(v["minority"]), "majority_abs": mean(v["majority"]),
+                     "minority_signed": mean(v["minority_signed"]), "majority_signed": mean(v["majority_signed"])})
+    return rows
