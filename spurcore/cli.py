@@ -62,7 +62,11 @@ def cli(ctx: click.Context, plugin_args: tuple[str, ...]) -> None:
     ctx.obj.setdefault("plugin_args", list(plugin_args))
 
 
-def _plugins(ctx: click.Context, quiet: bool = False) -> PluginManager:
+def plugin_manager(ctx: click.Context, quiet: bool = False) -> PluginManager:
+    """The plugin manager of this `spur` invocation (honouring -p); plugin commands use it."""
+    ctx = ctx.find_root()
+    ctx.ensure_object(dict)
+    ctx.obj.setdefault("plugin_args", [])
     if "manager" not in ctx.obj:
         ctx.obj["manager"] = _manager(ctx.obj["plugin_args"])
     manager = ctx.obj["manager"]
@@ -76,7 +80,7 @@ def _plugins(ctx: click.Context, quiet: bool = False) -> PluginManager:
 @click.pass_context
 def plugins_cmd(ctx: click.Context, as_json: bool) -> None:
     """List loaded plugins: name, version, hooks (and those that failed to load)."""
-    manager = _plugins(ctx)
+    manager = plugin_manager(ctx)
     infos = manager.infos()
     if as_json:
         rows = [attrs.asdict(i) for i in infos]
@@ -97,7 +101,7 @@ def plugins_cmd(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def list_cmd(ctx: click.Context, kind: str, as_json: bool) -> None:
     """List what plugins offer of one KIND."""
-    entries = _plugins(ctx).registry(kind)
+    entries = plugin_manager(ctx).registry(kind)
     rows = []
     for name, entry in sorted(entries.items()):
         spec = entry.spec
@@ -138,7 +142,7 @@ def run_cmd(ctx: click.Context, pipeline: Path, out: Path, overrides: tuple[str,
     if device is not None:
         extra.append(f"device={json.dumps(device)}")
     config = load_pipeline(pipeline, extra)
-    summary = run_pipeline(config, out, _plugins(ctx, quiet), resume=resume,
+    summary = run_pipeline(config, out, plugin_manager(ctx, quiet), resume=resume,
                            log=(lambda m: None) if quiet else click.echo)
     click.echo(report.group_table(summary["metrics"]), nl=False)
     click.echo(f"selected: {summary['selected']}; run directory: {out}")

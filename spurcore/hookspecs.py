@@ -101,8 +101,8 @@ def spurcore_register_backbones() -> list[BackboneSpec]:
 def spurcore_register_tracers() -> list[TracerSpec]:
     """Return the memorization tracers this plugin provides.
 
-    Called once when the registry is gathered. `TracerSpec.trace(run_dir, options)` reads a
-    finished run (its checkpoints, through `spurcore.rundir.RunDir`) and writes its analysis.
+    Called once when the registry is gathered. `TracerSpec.trace(run_dir, options, plugins)`
+    reads a finished run (its checkpoints, through `spurcore.rundir.RunDir`) and writes its analysis.
 
     Example::
 

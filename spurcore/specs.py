@@ -117,13 +117,15 @@ class MetricSpec:
 
 @attrs.frozen(kw_only=True)
 class TracerSpec:
-    """A memorization tracer: `trace(run_dir, options)` analyses a finished run.
+    """A memorization tracer: `trace(run_dir, options, plugins)` analyses a finished run.
 
-    Tracers read a run's checkpoints and never change what the run computed.
+    `plugins` is the caller's `PluginManager`, with which the tracer reopens the run
+    (`spurcore.runner.open_run(run_dir, plugins)`). Tracers read a run's checkpoints and never
+    change what the run computed.
     """
 
     name: str = attrs.field(validator=_name)
-    trace: Callable[[Any, Any], Any]
+    trace: Callable[[Any, Any, Any], Any]
     options: type | None = None
     description: str = ""
 

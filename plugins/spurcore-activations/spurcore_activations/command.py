@@ -30,13 +30,13 @@ def register(cli: click.Group) -> None:
                         out: Path | None, reduce: str, device: str, stage: int, epoch: int | None,
                         batch_size: int | None, compression: str, quiet: bool) -> None:
         """Record the activations of MODULEs of a finished run's model to HDF5."""
+        from spurcore.cli import plugin_manager
         from spurcore_activations.extract import extract_run
         from spurcore_activations.reader import ActivationFile
 
-        obj = ctx.find_root().obj or {}
         path = extract_run(run_dir, modules, splits=splits, out=out, reduce=reduce, device=device, stage=stage,
                            epoch=epoch, batch_size=batch_size, compression=compression,
-                           plugins=obj.get("manager"), progress=not quiet)
+                           plugins=plugin_manager(ctx), progress=not quiet)
         written = ActivationFile(path)
         units = ", ".join(f"{m} ({written.units[m]})" for m in written.modules)
         click.echo(f"wrote {len(written)} rows of {units} to {path}")

@@ -32,10 +32,9 @@ __all__ = [
 ]
 
 
-def _trace_spec(run_dir, options):
-    """TracerSpec.trace: the spec passes (run_dir, options) only, so the plugin manager is the
-    default one (entry points), and the output goes to RUN_DIR/trace."""
-    return trace(run_dir, options)
+def _trace_spec(run_dir, options, plugins):
+    """TracerSpec.trace: the whole study with the caller's plugins, written to RUN_DIR/trace."""
+    return trace(run_dir, options, plugins=plugins)
 
 
 @hookimpl

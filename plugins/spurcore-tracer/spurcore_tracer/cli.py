@@ -6,7 +6,6 @@ from pathlib import Path
 
 import click
 
-from spurcore.errors import SpurcoreError
 
 
 def _list(kind):
@@ -42,7 +41,7 @@ def add_command(cli: click.Group) -> None:
     @click.option("--k", "ks", callback=_list(int), help="Top-k values [1,2,3].")
     @click.option("--intervention", "interventions", callback=_list(str), help="zero,init,noise [all three].")
     @click.option("--sigma", "sigmas", callback=_list(float), help="Std of init/noise draws [0.005].")
-    @click.option("--repeats", type=int, help="Repeats of random interventions and controls [3].")
+    @click.option("--repeats", type=int, help="Repeats of random interventions and controls [2; the paper: 10].")
     @click.option("--subset", type=click.Choice(["lowest-confidence", "all"]), help="D_j for the per-group gradient.")
     @click.option("--subset-size", type=int, help="N lowest-confidence examples per group [200].")
     @click.option("--per-layer-k", callback=_list(int), help="k for per-layer tracing, '' to skip [3].")
@@ -58,6 +57,7 @@ def add_command(cli: click.Group) -> None:
                   per_layer_k, rewind_offsets, no_control, exclude, seed, out, device, quiet):
         """Trace where the model of RUN_DIR memorizes its minority groups: score neurons, change
         the top ones, measure every group's accuracy on train and test; writes trace.json and figures."""
+        from spurcore.cli import plugin_manager
         from spurcore.config import structure
         from spurcore_tracer.trace import TraceOptions, trace
 
@@ -68,17 +68,8 @@ def add_command(cli: click.Group) -> None:
         if no_control:
             given["control"] = False
         options = structure(TraceOptions, {k: v for k, v in given.items() if v is not None}, "spur trace")
-        manager = ctx.obj.get("manager") if ctx.obj else None
-        if manager is None:
-            from spurcore.plugins import PluginManager
-
-            manager = PluginManager(enable=[p for p in ctx.obj.get("plugin_args", []) if not p.startswith("no:")],
-                                    block=[p[3:] for p in ctx.obj.get("plugin_args", []) if p.startswith("no:")])
         out = out or run_dir / "trace"
-        try:
-            result = trace(run_dir, options, out=out, plugins=manager, progress=not quiet, log=click.echo)
-        except SpurcoreError:
-            raise
+        result = trace(run_dir, options, out=out, plugins=plugin_manager(ctx), progress=not quiet, log=click.echo)
         for row in result["summary"]:
             if row["scope"] != "global":
                 continue

@@ -102,10 +102,10 @@ def layer_heatmap(result: dict, out: Path) -> str | None:
     top = max(1e-9, float(np.nanmax([np.nanmax(g) if np.isfinite(g).any() else 0 for g in grids])))
     fig, axes = plt.subplots(1, len(criteria), figsize=(1.0 + 0.9 * len(layers) * len(criteria), 1.2 + 0.5 * len(groups)),
                              squeeze=False)
-    for ax, criterion, grid in zip(axes[0], criteria, grids):
+    for n, (ax, criterion, grid) in enumerate(zip(axes[0], criteria, grids)):
         image = ax.imshow(grid, cmap="viridis", vmin=0, vmax=top, aspect="auto")
         ax.set_xticks(range(len(layers)), layers, rotation=45, ha="right", fontsize=7)
-        ax.set_yticks(range(len(groups)), [_label(g, minority) for g in groups], fontsize=7)
+        ax.set_yticks(range(len(groups)), [_label(g, minority) for g in groups] if n == 0 else [], fontsize=7)
         ax.set_title(f"{criterion}: zero top-{k} per layer", fontsize=9)
         for (i, j), v in np.ndenumerate(grid):
             if np.isfinite(v):

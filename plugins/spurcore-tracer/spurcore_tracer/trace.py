@@ -73,7 +73,7 @@ class TraceOptions:
     k: list[int] = attrs.field(factory=lambda: [1, 2, 3], validator=_positive_ints)
     interventions: list[str] = attrs.field(factory=lambda: list(KINDS), validator=_subset_of(KINDS))
     sigma: list[float] = attrs.field(factory=lambda: [0.005], validator=lambda i, a, v: _non_negative_list(a, v))
-    repeats: int = attrs.field(default=3, validator=positive)
+    repeats: int = attrs.field(default=2, validator=positive)
     subset: Literal["lowest-confidence", "all"] = "lowest-confidence"
     subset_size: int = attrs.field(default=200, validator=positive)
     reduction: Literal["sum", "mean"] = "sum"
