@@ -1,0 +1,155 @@
+"""Pruned-twin contrastive fine-tuning (METHODS.md section 2; "The Silent Majority", Stage II).
+
+A train stage that fine-tunes the model it receives (ERM's, from an earlier stage or from
+`[init]` at a kick-in epoch). At the start of every epoch it masks the top q of neurons (by
+magnitude or by the gradient on high-loss training examples, scored with `spurcore_tracer`);
+the pruned twin is the same model with that mask applied in its forward pass (shared weights).
+The loss pulls the target's representation of one view towards the twin's representation of
+another view of the same image (NT-Xent), plus lambda x MSE(softmax, one-hot y).
+No attribute labels are read.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+import torch
+from torch import nn
+
+from spurcore import hookimpl
+from spurcore.config import FieldError, non_negative, positive
+from spurcore.specs import MitigationSpec
+from spurcore_prunedtwin.augment import augment, is_image_batch, two_views
+from spurcore_prunedtwin.loss import nt_xent, nt_xent_stopgrad, supervised
+from spurcore_prunedtwin.mask import (
+    PROJECTION,
+    NeuronMask,
+    WeightMask,
+    high_loss_batches,
+    neuron_index,
+    neuron_mask,
+    smallest_weight_mask,
+)
+
+__all__ = [
+    "NeuronMask", "PROJECTION", "PrunedTwinOptions", "PrunedTwinStage", "WeightMask", "augment", "high_loss_batches",
+    "is_image_batch", "neuron_index", "neuron_mask", "nt_xent", "nt_xent_stopgrad", "smallest_weight_mask",
+    "supervised", "two_views",
+]
+
+
+def _open_fraction(instance, attribute, value) -> None:
+    if not 0 < value <= 1:
+        raise FieldError(attribute.name, f"must be in (0, 1], got {value}")
+
+
+def _percent(instance, attribute, value) -> None:
+    if not 0 < value <= 100:
+        raise FieldError(attribute.name, f"must be in (0, 100], got {value}")
+
+
+def _sample(instance, attribute, value) -> None:
+    if value <= 0 or value > instance.pool:
+        raise FieldError(attribute.name, f"must be in 1..pool ({instance.pool}), got {value}")
+
+
+@attrs.frozen(kw_only=True)
+class PrunedTwinOptions:
+    """Paper defaults; the released code's departures are options (see README.md).
+
+    `q`: fraction of neurons masked (0.0001 = 0.01%, at least one). `criterion`: how neurons
+    are scored. `lam`: weight of the supervised term. `tau`: NT-Xent temperature.
+    `projection`: a 2-layer projection head on the features (trained, never masked).
+    `target`: the supervised term's input, "softmax" or "logits". `mask`: "neurons" (top q
+    neurons) or "smallest-weights" (the smallest `weight_percent`% of individual weights).
+    `same_view`: one augmented view on both branches. `space`: "features" (NT-Xent on the
+    penultimate features) or "output" (on the softmax outputs, symmetric with stop-gradient,
+    no projection head). `supervised`: "mse" or "ce". `pool`/`sample`: the gradient criterion's
+    `sample` examples drawn from the `pool` highest-loss training examples.
+    """
+
+    q: float = attrs.field(default=0.0001, validator=_open_fraction)
+    criterion: Literal["magnitude", "gradient"] = "magnitude"
+    lam: float = attrs.field(default=0.2, validator=non_negative)
+    tau: float = attrs.field(default=0.5, validator=positive)
+    projection: bool = True
+    projection_dim: int = attrs.field(default=128, validator=positive)
+    target: Literal["softmax", "logits"] = "softmax"
+    mask: Literal["neurons", "smallest-weights"] = "neurons"
+    weight_percent: float = attrs.field(default=1.0, validator=_percent)
+    same_view: bool = False
+    space: Literal["features", "output"] = "features"
+    supervised: Literal["mse", "ce"] = "mse"
+    pool: int = attrs.field(default=256, validator=positive)
+    sample: int = attrs.field(default=128, validator=_sample)
+    seed: int = 0
+
+    def __attrs_post_init__(self) -> None:
+        if self.space == "output" and self.projection:
+            raise FieldError("projection", "output-space NT-Xent has no projection head: set projection = false")
+
+
+class PrunedTwinStage:
+    def __init__(self, options: PrunedTwinOptions) -> None:
+        self.options = options
+        self.mask: NeuronMask | WeightMask | None = None
+        self.generator: torch.Generator | None = None
+
+    @hookimpl
+    def spurcore_prepare_model(self, model):
+        o = self.options
+        if not o.projection:
+            return
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(o.seed)
+            head = nn.Sequential(nn.Linear(model.feature_dim, model.feature_dim), nn.ReLU(),
+                                 nn.Linear(model.feature_dim, o.projection_dim))
+        setattr(model, PROJECTION, head)
+
+    @hookimpl
+    def spurcore_epoch_start(self, run, stage, epoch):
+        o = self.options
+        # one generator per (seed, stage, epoch): a resumed run draws the same masks and views
+        self.generator = torch.Generator().manual_seed(((o.seed * 1_000_003 + stage.index) * 10_007 + epoch) % 2**63)
+        include_head = o.space == "output"
+        if o.mask == "smallest-weights":
+            self.mask = smallest_weight_mask(stage.model, o.weight_percent, include_head)
+        else:
+            self.mask = neuron_mask(stage.model, o.q, o.criterion, split=run.data.splits["train"],
+                                    generator=self.generator, include_head=include_head,
+                                    pool=o.pool, sample=o.sample)
+
+    @hookimpl
+    def spurcore_train_loss(self, model, batch):
+        return self.loss(model, batch)
+
+    def loss(self, model, batch) -> torch.Tensor:
+        o = self.options
+        if self.mask is None:
+            raise RuntimeError("prunedtwin: no mask yet (spurcore_epoch_start builds it)")
+        generator = self.generator or torch.Generator().manual_seed(o.seed)
+        x1, x2 = two_views(batch.x, generator, o.same_view)
+        features = model.features(x1, index=batch.index)
+        logits = model.head(features)
+        if o.space == "output":
+            twin_logits = self.mask.logits(model, x2, index=batch.index)
+            contrast = nt_xent_stopgrad(logits.float().softmax(1), twin_logits.float().softmax(1), o.tau)
+        else:
+            twin = self.mask.features(model, x2, index=batch.index)
+            if o.projection:
+                project = getattr(model, PROJECTION)
+                features, twin = project(features), project(twin)
+            contrast = nt_xent(features, twin, o.tau)
+        return contrast + o.lam * supervised(logits, batch.y, o.target, o.supervised)
+
+
+@hookimpl
+def spurcore_register_mitigations():
+    return [MitigationSpec(
+        name="prunedtwin", kind="train", options=PrunedTwinOptions, factory=PrunedTwinStage,
+        train_defaults={"optimizer": "adam", "lr": 2e-4, "weight_decay": 0.0, "scheduler": "plateau", "epochs": 20},
+        search_space={"q": [0.0001, 0.001, 0.01], "lam": [0.0, 0.2, 0.5, 1.0], "criterion": ["magnitude", "gradient"]},
+        description="pruned-twin contrastive fine-tuning: NT-Xent against a masked twin sharing the weights "
+                    "(no attribute labels)",
+    )]
