@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--out", default="runs/compare")
     parser.add_argument("-o", dest="overrides", action="append", default=[], help="override for the ERM pipeline")
+    parser.add_argument("--stage-train", default="", help="training overrides of every method stage, e.g. epochs=5")
     args = parser.parse_args()
     plugins = PluginManager(block=["progress"])
     quiet = lambda message: None  # noqa: E731
@@ -44,7 +45,7 @@ def main() -> None:
             method, _, options = label.partition(":")
             table = "{" + ", ".join(options.split(";")) + "}" if options else "{}"
             overrides = [*args.overrides, f"seed={seed}", f'init.run="{erm_dir}"',
-                         f'stages=[{{method="{method}", options={table}}}]']
+                         f'stages=[{{method="{method}", options={table}, train={{{args.stage_train}}}}}]']
             folder = Path(args.out) / f"{label.replace(':', '-').replace(';', '-').replace('=', '')}-seed{seed}"
             summary = run_pipeline(load_pipeline(args.erm, overrides), folder, plugins, resume=True, log=quiet)
             rows.setdefault(label, []).append(_row(summary, f"{erm['selected']['selector']} (ERM epoch)"))

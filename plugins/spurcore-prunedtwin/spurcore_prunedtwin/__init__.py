@@ -153,3 +153,10 @@ def spurcore_register_mitigations():
         description="pruned-twin contrastive fine-tuning: NT-Xent against a masked twin sharing the weights "
                     "(no attribute labels)",
     )]
+
+
+@hookimpl
+def spurcore_register_commands(cli):
+    from spurcore_prunedtwin.gradcam import add_command
+
+    add_command(cli)

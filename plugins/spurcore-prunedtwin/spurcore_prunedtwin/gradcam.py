@@ -1,0 +1,257 @@
+"""Grad-CAM maps, baseline (ERM) next to fine-tuned, for a few test images per group (the
+paper's Figure 10): `gradcam(model, x, target_class, layer_path)` and `spur gradcam RUN_DIR`.
+
+Grad-CAM (Selvaraju et al.): A = the activation (N, C, h, w) of the module at `layer_path`;
+weights alpha_c = spatial mean of d logit[target] / d A_c; map = ReLU(sum_c alpha_c A_c),
+upsampled bilinearly to the input size and min-max normalised per image to [0, 1].
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spurcore.errors import SpurcoreError
+
+
+class GradCAMError(SpurcoreError):
+    """A layer that does not exist or has no spatial output, inputs that are not images, or a
+    run with no baseline stage."""
+
+
+def conv_layers(model: nn.Module) -> list[str]:
+    """Paths of the conv modules of `model` and of the blocks that contain one."""
+    names = []
+    for name, module in model.named_modules():
+        if name and any(isinstance(m, nn.Conv2d) for m in module.modules()):
+            names.append(name)
+    return names
+
+
+def find_layer(model: nn.Module, layer_path: str) -> nn.Module:
+    modules = dict(model.named_modules())
+    if not layer_path or layer_path not in modules:
+        raise GradCAMError(f"no layer {layer_path!r} in the model; conv layers: {', '.join(conv_layers(model)) or '(none)'}")
+    return modules[layer_path]
+
+
+@contextlib.contextmanager
+def capture(module: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
+    """Record `module`'s output while the context is open; the hook is always removed.
+
+    The forward continues on a clone, so in-place ops after the layer (ReLU(inplace=True))
+    never modify the recorded activation."""
+    store: dict[str, torch.Tensor] = {}
+
+    def hook(mod, inputs, output):
+        if not isinstance(output, torch.Tensor):
+            raise GradCAMError(f"layer {type(mod).__name__} returns {type(output).__name__}, not a tensor")
+        store["activation"] = output
+        return output.clone()
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield store
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes.items():
+            m.train(training)
+
+
+def normalise(maps: torch.Tensor) -> torch.Tensor:
+    """Min-max per image to [0, 1]; a constant map becomes zeros."""
+    flat = maps.flatten(1)
+    low, high = flat.min(1).values, flat.max(1).values
+    span = (high - low).clamp_min(1e-12)
+    out = (flat - low[:, None]) / span[:, None]
+    out = torch.where((high - low)[:, None] > 1e-12, out, torch.zeros_like(out))
+    return out.view_as(maps)
+
+
+def gradcam(model: nn.Module, x: torch.Tensor, target_class: Any, layer_path: str) -> torch.Tensor:
+    """Grad-CAM of `target_class` (an int or one class per image) at `layer_path` for images
+    `x` (N, C, H, W): a detached (N, H, W) tensor in [0, 1]. The model runs in eval mode (its
+    modes are restored), parameter .grad is never touched, no hook outlives the call."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 4:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise GradCAMError(f"Grad-CAM needs images (N, C, H, W); got {shape}")
+    layer = find_layer(model, layer_path)
+    target = torch.as_tensor(target_class, dtype=torch.long, device=x.device)
+    if target.ndim == 0:
+        target = target.expand(len(x))
+    x = x.detach().clone().requires_grad_(True)  # gradients flow even through frozen weights
+    with eval_mode(model), torch.enable_grad(), capture(layer) as store:
+        logits = model(x)
+        if "activation" not in store:
+            raise GradCAMError(f"layer {layer_path!r} was not called in the model's forward pass")
+        activation = store["activation"]
+        if activation.ndim != 4:
+            raise GradCAMError(f"layer {layer_path!r} has output shape {tuple(activation.shape)}, not (N, C, h, w); "
+                               f"conv layers: {', '.join(conv_layers(model))}")
+        if target.shape != (len(x),) or bool(((target < 0) | (target >= logits.shape[1])).any()):
+            raise GradCAMError(f"target classes must be one per image in 0..{logits.shape[1] - 1}, "
+                               f"got {target.tolist()}")
+        score = logits.gather(1, target[:, None]).sum()
+        (grads,) = torch.autograd.grad(score, activation)
+    weights = grads.mean(dim=(2, 3), keepdim=True)
+    cam = F.relu((weights * activation).sum(1, keepdim=True)).detach()
+    cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    return normalise(cam.float())
+
+
+# --- the figure -------------------------------------------------------------------------------
+
+
+def pick_examples(groups: np.ndarray, n_groups: int, per_group: int, seed: int) -> list[tuple[int, np.ndarray]]:
+    """(group, sorted indices) for every group with test examples, `per_group` each (fewer if
+    the group is smaller), drawn with `seed`."""
+    rng = np.random.default_rng(seed)
+    picked = []
+    for g in range(n_groups):
+        members = np.flatnonzero(groups == g)
+        if members.size:
+            picked.append((g, np.sort(rng.choice(members, size=min(per_group, members.size), replace=False))))
+    return picked
+
+
+def image_batch(inputs: Any, indices: np.ndarray) -> torch.Tensor:
+    if isinstance(inputs, torch.Tensor):
+        x = inputs[torch.as_tensor(indices)]
+    else:
+        items = [inputs[int(i)] for i in indices]
+        if not all(isinstance(item, torch.Tensor) for item in items):
+            raise GradCAMError(f"Grad-CAM needs image tensors; the test split yields {type(items[0]).__name__}")
+        x = torch.stack(items)
+    if x.ndim != 4:
+        raise GradCAMError(f"Grad-CAM needs image inputs (C, H, W); the test split's inputs have shape {tuple(x.shape[1:])}")
+    return x.float()
+
+
+def display(image: torch.Tensor) -> np.ndarray:
+    """Min-max per image to [0, 1], channels last (a single channel is dropped)."""
+    img = image.detach().cpu().float()
+    img = (img - img.min()) / (img.max() - img.min()).clamp_min(1e-12)
+    img = img.permute(1, 2, 0).numpy()
+    return img[..., 0] if img.shape[-1] == 1 else img
+
+
+def figure(rows: list[dict[str, Any]], labels: tuple[str, str], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(rows), 3, figsize=(7.5, 2.6 * len(rows)), squeeze=False)
+    for r, row in enumerate(rows):
+        img = row["image"]
+        cmap = "gray" if img.ndim == 2 else None
+        axes[r, 0].imshow(img, cmap=cmap)
+        axes[r, 0].set_title(f"{row['group']} (#{row['index']})", fontsize=8)
+        for c, (label, cam, pred) in enumerate(zip(labels, row["cams"], row["preds"]), start=1):
+            axes[r, c].imshow(img, cmap=cmap)
+            axes[r, c].imshow(cam, cmap="jet", alpha=0.5, vmin=0, vmax=1)
+            verdict = "correct" if pred == row["y"] else "wrong"
+            axes[r, c].set_title(f"{label}: {row['class_names'][pred]} ({verdict})", fontsize=8,
+                                 color="green" if verdict == "correct" else "red")
+        for ax in axes[r]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def gradcam_figure(run_dir: Path, plugins, *, baseline_stage: int = 0, stage: int = -1,
+                   baseline_run: Path | None = None, layer: str = "embed.block3", per_group: int = 3,
+                   seed: int = 0, out: Path | None = None, device: str = "cpu") -> dict[str, Any]:
+    from spurcore.runner import open_run
+
+    runner = open_run(run_dir, plugins, device=device)
+    data = runner.run.data
+    stages = runner.plan.stages
+    test = data.splits["test"]
+    groups = data.groups("test")
+    if groups is None:
+        raise GradCAMError(f"{run_dir}: the test split has no attribute labels, so no groups to show")
+    if baseline_run is not None:
+        base = open_run(baseline_run, plugins, device=device)
+        baseline = base.load_model(-1)
+        base_label = f"baseline ({base.plan.stages[-1].key})"
+    else:
+        if len(stages) < 2:
+            init = getattr(runner.plan.config, "init", None)
+            hint = f" (it started from {init.run!r} through [init])" if init is not None else ""
+            raise GradCAMError(f"{run_dir}: a single-stage run{hint} has no baseline stage; "
+                               f"name the run it started from with --baseline-run DIR")
+        baseline = runner.load_model(baseline_stage)
+        base_label = stages[baseline_stage].key
+    tuned = runner.load_model(stage)
+    tuned_label = stages[stage].key
+    for model in (baseline, tuned):
+        find_layer(model, layer)
+
+    rows = []
+    for g, indices in pick_examples(groups, data.n_groups, per_group, seed):
+        x = image_batch(test.inputs, indices)
+        y = torch.as_tensor(test.y[indices])
+        cams, preds = [], []
+        for model in (baseline, tuned):
+            dev = next(model.parameters()).device
+            cams.append(gradcam(model, x.to(dev), y.to(dev), layer).cpu().numpy())
+            with torch.no_grad(), eval_mode(model):
+                preds.append(model(x.to(dev)).argmax(1).cpu().numpy())
+        for j, i in enumerate(indices):
+            rows.append({"group": data.group_names[g], "index": int(i), "y": int(y[j]), "image": display(x[j]),
+                         "cams": [cams[0][j], cams[1][j]], "preds": [int(preds[0][j]), int(preds[1][j])],
+                         "class_names": data.class_names})
+    if not rows:
+        raise GradCAMError(f"{run_dir}: no test examples")
+    path = figure(rows, (base_label, tuned_label), Path(out) if out else Path(run_dir) / "gradcam.png")
+    correct = {label: sum(r["preds"][k] == r["y"] for r in rows) for k, label in enumerate((base_label, tuned_label))}
+    return {"figure": path, "images": len(rows), "correct": correct, "labels": (base_label, tuned_label)}
+
+
+def add_command(cli: click.Group) -> None:
+    if "gradcam" in cli.commands:
+        return
+
+    @cli.command("gradcam")
+    @click.argument("run_dir", type=click.Path(path_type=Path))
+    @click.option("--baseline-stage", type=int, default=0, show_default=True, help="Stage index of the baseline (ERM).")
+    @click.option("--stage", type=int, default=-1, show_default=True, help="Stage index of the fine-tuned model.")
+    @click.option("--baseline-run", type=click.Path(path_type=Path),
+                  help="Take the baseline from this run's final model (for runs that started via [init]).")
+    @click.option("--layer", default="embed.block3", show_default=True, help="Module path of the conv layer.")
+    @click.option("--per-group", type=click.IntRange(min=1), default=3, show_default=True, help="Test images per group.")
+    @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the image choice.")
+    @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Figure file [RUN_DIR/gradcam.png].")
+    @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
+    @click.pass_context
+    def gradcam_cmd(ctx, run_dir, baseline_stage, stage, baseline_run, layer, per_group, seed, out, device):
+        """Grad-CAM maps of a few test images per group, baseline next to fine-tuned, as one figure."""
+        from spurcore.cli import plugin_manager
+
+        result = gradcam_figure(run_dir, plugin_manager(ctx), baseline_stage=baseline_stage, stage=stage,
+                                baseline_run=baseline_run, layer=layer, per_group=per_group, seed=seed,
+                                out=out, device=device)
+        counts = ", ".join(f"{label} {n}/{result['images']} correct" for label, n in result["correct"].items())
+        click.echo(f"wrote {result['figure']} ({counts})")
