@@ -13,7 +13,6 @@ and average accuracy, and the selector that chose each row) and writes JSON with
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np

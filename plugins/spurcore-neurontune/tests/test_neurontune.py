@@ -96,13 +96,15 @@ def test_stage_and_sfit_selector_run_without_attribute_labels(tmp_path, nt_plugi
 
 
 def test_sfit_selector_scores_each_epoch_by_its_own_model(tmp_path, nt_plugins):
+    from spurcore.context import Candidate
     from spurcore.runner import open_run
 
     config = pipeline_from_dict(tiny_pipeline(selector="sfit", train={"epochs": 3}))
     summary = run_pipeline(config, tmp_path / "r", nt_plugins)
     runner = open_run(tmp_path / "r", nt_plugins)
     history = runner.run.out.stage_result("0-erm")["history"]
-    scores = [nt.sfit_score(runner._candidate(runner._stage_context(runner.plan.stages[0], runner.load_model(0, h["epoch"])), h))
+    scores = [nt.sfit_score(Candidate(stage="0-erm", epoch=h["epoch"], metrics=h["metrics"], data=runner.run.data,
+                                      load_model=lambda e=h["epoch"]: runner.load_model(0, e)))
               for h in history]
     assert summary["selected"]["epoch"] == int(np.argmax(scores)) + 1
     assert len(set(np.round(scores, 6))) > 1
