@@ -46,7 +46,7 @@ def test_a_dimension_active_on_the_errors_of_every_class_is_found_and_the_core_o
         seed, n_classes, n_noise, strength):
     """Generated linear data: one core dimension per class (high for its own class), one
     purely spurious dimension that is on for a random 30% of examples, and noise. The model
-    errs where the spurious feature is on and the example's own core evidence is weak."""
+    errs where the spurious feature is on and the example's own core evidence is below average."""
     rng = np.random.default_rng(seed)
     n = 600
     y = rng.integers(0, n_classes, n)
@@ -54,7 +54,7 @@ def test_a_dimension_active_on_the_errors_of_every_class_is_found_and_the_core_o
     spurious_on = rng.random(n) < 0.3
     spurious = strength * spurious_on + rng.normal(0, 0.3, n)
     features = np.column_stack([core, spurious, rng.normal(0, 1, (n, n_noise))])
-    weak = core[np.arange(n), y] < 2.0 + rng.normal(0, 0.5, n)
+    weak = core[np.arange(n), y] < 2.0  # below its class's mean evidence
     correct = ~(spurious_on & weak)
     delta = nt.spuriousness(features, y, correct, n_classes)
     chosen = set(nt.bias_dimensions(delta, "all", 0.0).tolist())
