@@ -20,7 +20,7 @@ from torch import nn
 from spurcore import hookimpl
 from spurcore.config import FieldError, non_negative, positive
 from spurcore.specs import MitigationSpec
-from spurcore_prunedtwin.augment import augment, is_image_batch, two_views
+from spurcore_prunedtwin.augment import augment, distort_colour, is_image_batch, two_views
 from spurcore_prunedtwin.loss import nt_xent, nt_xent_stopgrad, supervised
 from spurcore_prunedtwin.mask import (
     PROJECTION,
@@ -33,7 +33,7 @@ from spurcore_prunedtwin.mask import (
 )
 
 __all__ = [
-    "NeuronMask", "PROJECTION", "PrunedTwinOptions", "PrunedTwinStage", "WeightMask", "augment", "high_loss_batches",
+    "NeuronMask", "PROJECTION", "PrunedTwinOptions", "PrunedTwinStage", "WeightMask", "augment", "distort_colour", "high_loss_batches",
     "is_image_batch", "neuron_index", "neuron_mask", "nt_xent", "nt_xent_stopgrad", "smallest_weight_mask",
     "supervised", "two_views",
 ]
@@ -63,7 +63,8 @@ class PrunedTwinOptions:
     `projection`: a 2-layer projection head on the features (trained, never masked).
     `target`: the supervised term's input, "softmax" or "logits". `mask`: "neurons" (top q
     neurons) or "smallest-weights" (the smallest `weight_percent`% of individual weights).
-    `same_view`: one augmented view on both branches. `space`: "features" (NT-Xent on the
+    `same_view`: one augmented view on both branches. `colour`: add colour distortion to the
+    views (not in the paper; see augment.py). `space`: "features" (NT-Xent on the
     penultimate features) or "output" (on the softmax outputs, symmetric with stop-gradient,
     no projection head). `supervised`: "mse" or "ce". `pool`/`sample`: the gradient criterion's
     `sample` examples drawn from the `pool` highest-loss training examples.
@@ -79,6 +80,7 @@ class PrunedTwinOptions:
     mask: Literal["neurons", "smallest-weights"] = "neurons"
     weight_percent: float = attrs.field(default=1.0, validator=_percent)
     same_view: bool = False
+    colour: bool = False
     space: Literal["features", "output"] = "features"
     supervised: Literal["mse", "ce"] = "mse"
     pool: int = attrs.field(default=256, validator=positive)
@@ -129,7 +131,7 @@ class PrunedTwinStage:
         if self.mask is None:
             raise RuntimeError("prunedtwin: no mask yet (spurcore_epoch_start builds it)")
         generator = self.generator or torch.Generator().manual_seed(o.seed)
-        x1, x2 = two_views(batch.x, generator, o.same_view)
+        x1, x2 = two_views(batch.x, generator, o.same_view, o.colour)
         features = model.features(x1, index=batch.index)
         logits = model.head(features)
         if o.space == "output":

@@ -6,6 +6,12 @@ perspective (distortion 0.2). Parameters are drawn per example from a `torch.Gen
 (the global RNG is never read or reseeded) and applied with `torchvision.transforms.v2.functional`,
 so every example gets its own transform; pixel amounts scale with the input's size.
 
+`colour=True` adds a colour distortion the paper does not use (SimCLR's point: without it,
+two crops of one image share their colour histogram, a shortcut for the contrastive loss):
+with probability 0.8 a per-channel gain (1 +- 0.4) and offset (+- 0.4 x the image's spread)
+about the channel means, then grayscale with probability 0.2. It works on normalised tensors
+of any scale.
+
 Only image batches (N, C, H, W) are augmented. Any other input (the test suite's 8-d
 vectors, token ids) is returned unchanged: the two views are then the same input, and the
 twin differs from the target only by its mask.
@@ -62,14 +68,28 @@ def augment_one(img: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return TF.perspective(img, start, end, interpolation=InterpolationMode.BILINEAR)
 
 
-def augment(x, generator: torch.Generator):
+def distort_colour(img: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Colour distortion of one (C, H, W) image, parameters from `g` (see the module doc)."""
+    c = img.shape[0]
+    if float(torch.rand((), generator=g)) < 0.8:
+        gain = 1 + 0.4 * (2 * torch.rand(c, generator=g) - 1)
+        offset = 0.4 * float(img.std()) * (2 * torch.rand(c, generator=g) - 1)
+        mean = img.mean((1, 2), keepdim=True)
+        img = (img - mean) * gain.to(img)[:, None, None] + mean + offset.to(img)[:, None, None]
+    if float(torch.rand((), generator=g)) < 0.2:
+        img = img.mean(0, keepdim=True).expand_as(img)
+    return img
+
+
+def augment(x, generator: torch.Generator, colour: bool = False):
     """An augmented copy of a batch; non-image inputs are returned as they are (identity)."""
     if not is_image_batch(x):
         return x
-    return torch.stack([augment_one(img, generator) for img in x])
+    one = (lambda img, g: distort_colour(augment_one(img, g), g)) if colour else augment_one
+    return torch.stack([one(img, generator) for img in x])
 
 
-def two_views(x, generator: torch.Generator, same_view: bool = False):
+def two_views(x, generator: torch.Generator, same_view: bool = False, colour: bool = False):
     """(x', x''): two independent augmentations, or the same one twice when `same_view`."""
-    first = augment(x, generator)
-    return (first, first) if same_view else (first, augment(x, generator))
+    first = augment(x, generator, colour)
+    return (first, first) if same_view else (first, augment(x, generator, colour))

@@ -151,6 +151,28 @@ def test_augmentation_is_identity_for_vectors_and_seeded_for_images():
     assert s1 is s2
 
 
+def test_colour_distortion_changes_channel_means_but_not_geometry():
+    # two flat images: a brown one and a blue one; geometry-only views keep each flat colour
+    images = torch.stack([torch.tensor([0.4, 0.3, -0.6]), torch.tensor([-0.7, -0.4, 0.1])])[:, :, None, None]
+    images = images.expand(2, 3, 12, 12).clone()
+    images[:, :, 4:8, 4:8] = 0.9  # a bright stroke, so each image has a spread
+    g = torch.Generator().manual_seed(0)
+    shifts = []
+    for _ in range(50):
+        out = pt.distort_colour(images[0], g)
+        assert out.shape == images[0].shape
+        # a per-channel affine map (or grayscale) keeps the stroke where it was
+        assert bool((out[:, 4:8, 4:8].mean() - out[:, 0:2, 0:2].mean()).abs() > 0)
+        shifts.append((out[:, 0, 0] - images[0, :, 0, 0]).abs().max().item())
+    assert max(shifts) > 0.1 and min(shifts) < 1e-6  # distorted most of the time, not always
+    a = pt.augment(images, torch.Generator().manual_seed(1), colour=True)
+    b = pt.augment(images, torch.Generator().manual_seed(1), colour=True)
+    plain = pt.augment(images, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and not torch.equal(a, plain)
+    x = torch.randn(4, 8)
+    assert pt.augment(x, g, colour=True) is x
+
+
 @pytest.mark.parametrize("options", [{}, {"criterion": "gradient", "pool": 64, "sample": 32},
                                      {"mask": "smallest-weights", "space": "output", "projection": False,
                                       "supervised": "ce", "same_view": True}])
