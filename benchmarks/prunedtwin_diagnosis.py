@@ -15,8 +15,11 @@ thing at a time, and prints per-group test accuracy after every epoch:
 
     python benchmarks/prunedtwin_diagnosis.py --erm runs/compare/erm-seed0 [--epochs 3]
         [--variants paper,no-mask,...] [--out docs/results/prunedtwin_diagnosis.json]
+        [--figure docs/figures/prunedtwin_diagnosis.png]
+    python benchmarks/prunedtwin_diagnosis.py --plot-only   # redraw the figure from --out
 
-Prints JSON {variant: [{epoch, test group accuracies, worst, average}, ...]}.
+Writes JSON {variant: {erm run: [{epoch, test group accuracies, worst, average}, ...]}} and a
+figure of test worst-group accuracy per epoch (mean and range over the ERM runs).
 """
 
 from __future__ import annotations
@@ -93,13 +96,43 @@ def fine_tune(model, data, variant: dict, epochs: int, seed: int, batch_size: in
     return history
 
 
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for name, per_run in results.items():
+        worst = np.array([[100 * h["worst"] for h in history] for history in per_run.values()])
+        epochs = np.arange(worst.shape[1])
+        line, = ax.plot(epochs, worst.mean(0), marker="o", label=f"{name} ({len(worst)} seeds)")
+        ax.fill_between(epochs, worst.min(0), worst.max(0), color=line.get_color(), alpha=0.12)
+    ax.set_xlabel("fine-tuning epoch (0 = the ERM model)")
+    ax.set_ylabel("test worst-group accuracy (%)")
+    ax.set_xticks(epochs)
+    ax.set_title("Pruned twin on waterdigits: which ingredient hurts?")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic.atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--erm", action="append", required=True, help="a finished ERM run directory (repeatable)")
+    parser.add_argument("--erm", action="append", default=[], help="a finished ERM run directory (repeatable)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--out", default="docs/results/prunedtwin_diagnosis.json")
+    parser.add_argument("--figure", default="docs/figures/prunedtwin_diagnosis.png")
+    parser.add_argument("--plot-only", action="store_true")
     args = parser.parse_args()
+    if args.plot_only:
+        plot(json.loads(Path(args.out).read_text()), Path(args.figure))
+        return
+    if not args.erm:
+        parser.error("name at least one finished ERM run with --erm")
     plugins = PluginManager(block=["progress"])
     results: dict[str, dict[str, list]] = {}
     for erm in args.erm:
@@ -111,6 +144,7 @@ def main() -> None:
             history = fine_tune(copy.deepcopy(start), run.run.data, VARIANTS[name], args.epochs, seed)
             results.setdefault(name, {})[Path(erm).name] = history
     atomic.write_json(Path(args.out), results)
+    plot(results, Path(args.figure))
     print(json.dumps({name: {run: [round(100 * h["worst"], 1) for h in hist] for run, hist in per.items()}
                       for name, per in results.items()}))
 
