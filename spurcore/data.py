@@ -41,13 +41,19 @@ def _optional_labels(value: Any) -> np.ndarray | None:
 @attrs.frozen(kw_only=True)
 class SplitData:
     """One split. `inputs` is either a tensor holding every input (row i is example i),
-    or a map-style `torch.utils.data.Dataset` whose item i is the input of example i.
-    `a` is None when the split has no attribute labels."""
+    or a map-style `torch.utils.data.Dataset` whose item i is the input of example i
+    (an image tensor, or a dict of tensors such as tokenized text: batches then carry a dict).
+    `a` is None when the split has no attribute labels.
+
+    `train_inputs`, when given, holds the same examples with training augmentation (random
+    crops, flips); only the training loop reads it, so evaluation and embeddings always see
+    the deterministic `inputs`."""
 
     name: str
     inputs: Any
     y: np.ndarray = attrs.field(converter=_labels)
     a: np.ndarray | None = attrs.field(default=None, converter=_optional_labels)
+    train_inputs: Any = None
 
     def __attrs_post_init__(self) -> None:
         n = len(self.inputs)
@@ -55,6 +61,8 @@ class SplitData:
             raise DataError(f"split {self.name!r}: {n} inputs but {len(self.y)} class labels")
         if self.a is not None and len(self.a) != n:
             raise DataError(f"split {self.name!r}: {n} inputs but {len(self.a)} attribute labels")
+        if self.train_inputs is not None and len(self.train_inputs) != n:
+            raise DataError(f"split {self.name!r}: {n} inputs but {len(self.train_inputs)} training inputs")
 
     def __len__(self) -> int:
         return len(self.y)
@@ -150,26 +158,39 @@ def iterate_batches(
     *,
     num_workers: int = 0,
     pin_memory: bool = False,
+    augment: bool = False,
 ) -> Iterator[Batch]:
-    """Yield batches of `split` in `order`.
+    """Yield batches of `split` in `order` (from `split.train_inputs` when `augment` and present).
 
     In-memory splits are sliced directly (no per-example collation); dataset-backed splits
-    go through a DataLoader over the same order, so batch composition is identical either way.
+    go through a DataLoader over the same order (with `num_workers` worker processes and
+    pinned memory for CUDA), so batch composition is identical either way.
     """
     order = torch.as_tensor(order, dtype=torch.long)
     y = torch.tensor(split.y)
     a = torch.tensor(split.a) if split.a is not None else torch.full_like(y, MISSING_ATTRIBUTE)
+    inputs = split.train_inputs if augment and split.train_inputs is not None else split.inputs
     chunks = torch.split(order, batch_size)
-    if split.in_memory:
+    if isinstance(inputs, torch.Tensor):
         for idx in chunks:
-            yield Batch(idx, split.inputs[idx], y[idx], a[idx])
+            yield Batch(idx, inputs[idx], y[idx], a[idx])
         return
     loader = torch.utils.data.DataLoader(
-        split.inputs,
+        inputs,
         batch_sampler=[c.tolist() for c in chunks],
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=False,
     )
-    for idx, x in zip(chunks, loader):
-        yield Batch(idx, x, y[idx], a[idx])
+    try:
+        for idx, x in zip(chunks, loader):
+            yield Batch(idx, x, y[idx], a[idx])
+    except DataError as error:
+        raise DataError(_worker_message(str(error))) from None
+
+
+def _worker_message(message: str) -> str:
+    """A DataError raised in a DataLoader worker comes back wrapped in the worker's traceback;
+    keep the dataset's own one-line message."""
+    marker = f"{DataError.__name__}: "
+    return message.rsplit(marker, 1)[-1].strip() if "Original Traceback" in message else message

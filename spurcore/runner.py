@@ -267,7 +267,7 @@ class Runner:
             total = torch.zeros((), device=run.device.device)
             seen = 0
             batches = iterate_batches(split, order, train.batch_size, num_workers=train.num_workers,
-                                      pin_memory=run.device.pin_memory)
+                                      pin_memory=run.device.pin_memory, augment=True)
             for step, batch in enumerate(batches):
                 batch = run.device.move(batch)
                 with run.device.autocast():

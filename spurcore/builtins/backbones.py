@@ -1,4 +1,4 @@
-"""The basic backbones: `small-cnn` (fast on two CPU cores) and torchvision ResNets.
+"""The basic backbones: `small-cnn` (fast on two CPU cores), torchvision ResNets and ViT-B/16.
 
 ResNet weights never download: pretrained weights come from the local torch hub cache or
 from a file named in the pipeline, and their absence is an error that says how to proceed.
@@ -54,24 +54,36 @@ def build_small_cnn(options: SmallCNNOptions, data) -> Backbone:
 
 @attrs.frozen(kw_only=True)
 class ResNetOptions:
-    """`pretrained = true` loads ImageNet weights from the torch hub cache; `weights` names a
-    state-dict file instead. Default: random initialisation."""
+    """`pretrained = true` loads ImageNet weights (torchvision's DEFAULT) from the torch hub
+    cache; `weights` names a state-dict file instead. Default: random initialisation."""
 
     pretrained: bool = False
     weights: str = ""
 
 
-def _resnet(arch: str):
+def _torchvision(arch: str):
+    """A torchvision classifier without its last layer: ResNets (`fc`) and ViTs (`heads`)."""
+
     def build(options: ResNetOptions, data) -> Backbone:
         import torchvision  # imported on use: listing plugins stays fast
 
-        net = getattr(torchvision.models, arch)(weights=None)
-        if options.weights or options.pretrained:
-            net.load_state_dict(_load_weights(arch, options))
-        if data.input_shape and data.input_shape[0] != 3:
+        if data.input_shape and (len(data.input_shape) != 3 or data.input_shape[0] != 3):
             raise BackboneError(f"{arch} takes 3-channel images; dataset {data.name!r} has shape {data.input_shape}")
-        feature_dim = net.fc.in_features
-        net.fc = nn.Identity()
+        size = {"image_size": data.input_shape[-1]} if arch.startswith("vit") and data.input_shape else {}
+        net = getattr(torchvision.models, arch)(weights=None, **size)
+        if options.weights or options.pretrained:
+            state = _load_weights(arch, options)
+            try:
+                net.load_state_dict(state)
+            except RuntimeError as exc:
+                raise BackboneError(f"{arch}: the pretrained weights do not fit this network "
+                                    f"({str(exc).splitlines()[1].strip()}); ViT weights need image_size = 224") from None
+        if arch.startswith("vit"):
+            feature_dim = net.hidden_dim
+            net.heads = nn.Identity()
+        else:
+            feature_dim = net.fc.in_features
+            net.fc = nn.Identity()
         return Backbone(net, feature_dim)
 
     return build
@@ -102,8 +114,10 @@ def spurcore_register_backbones():
     return [
         BackboneSpec(name="small-cnn", build=build_small_cnn, options=SmallCNNOptions,
                      description="three conv blocks, 4 x width features; seconds per epoch on a CPU"),
-        BackboneSpec(name="resnet18", build=_resnet("resnet18"), options=ResNetOptions,
+        BackboneSpec(name="resnet18", build=_torchvision("resnet18"), options=ResNetOptions,
                      description="torchvision ResNet-18, 512 features"),
-        BackboneSpec(name="resnet50", build=_resnet("resnet50"), options=ResNetOptions,
-                     description="torchvision ResNet-50, 2048 features"),
+        BackboneSpec(name="resnet50", build=_torchvision("resnet50"), options=ResNetOptions,
+                     description="torchvision ResNet-50 (ImageNet weights IMAGENET1K_V2), 2048 features"),
+        BackboneSpec(name="vit-b-16", build=_torchvision("vit_b_16"), options=ResNetOptions,
+                     description="torchvision ViT-B/16, 768 features; pretrained weights need 224 x 224 images"),
     ]

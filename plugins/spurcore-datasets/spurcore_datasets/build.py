@@ -1,0 +1,61 @@
+"""From a validated `Table` to the kernel's `SpuriousData`: lazy image files or tokenized
+text per split, the training split with its augmented view."""
+
+from __future__ import annotations
+
+import sys
+
+import attrs
+import numpy as np
+
+from spurcore.data import SplitData, SpuriousData
+from spurcore_datasets.images import ImageFiles, eval_transform, train_transform, unreadable
+from spurcore_datasets.tables import SHOWN, Table, validate
+
+
+def to_data(table: Table, options) -> SpuriousData:
+    if table.kind == "image":
+        if options.bad_images == "skip":
+            table = without_unreadable(table)
+        return _images(table, options)
+    return _texts(table, options)
+
+
+def _images(table: Table, options) -> SpuriousData:
+    evaluate = eval_transform(options.image_size)
+    augmented = train_transform(options.image_size, options.augment)
+    splits = {}
+    for name, rows in table.splits.items():
+        paths = [table.items[i] for i in rows]
+        splits[name] = SplitData(name=name, inputs=ImageFiles(paths, evaluate), y=table.y[rows], a=table.a[rows],
+                                 train_inputs=ImageFiles(paths, augmented) if name == "train" else None)
+    return SpuriousData(name=table.name, splits=splits, class_names=table.class_names, attr_names=table.attr_names,
+                        input_shape=(3, options.image_size, options.image_size))
+
+
+def _texts(table: Table, options) -> SpuriousData:
+    from spurcore_text import TokenizedText
+
+    splits = {}
+    for name, rows in table.splits.items():
+        texts = [table.items[i] for i in rows]
+        pairs = None if table.pairs is None else [table.pairs[i] for i in rows]
+        inputs = TokenizedText(texts, options.tokenizer, options.max_length, pairs=pairs)
+        splits[name] = SplitData(name=name, inputs=inputs, y=table.y[rows], a=table.a[rows])
+    return SpuriousData(name=table.name, splits=splits, class_names=table.class_names, attr_names=table.attr_names)
+
+
+def without_unreadable(table: Table) -> Table:
+    """The table without the images that fail to decode; says how many it left out."""
+    bad = unreadable(table.items)
+    if not bad:
+        return table
+    dropped = np.array([i for i, _ in bad])
+    keep = np.setdiff1d(np.arange(len(table.items)), dropped)
+    new_index = np.full(len(table.items), -1)
+    new_index[keep] = np.arange(len(keep))
+    splits = {name: new_index[rows][new_index[rows] >= 0] for name, rows in table.splits.items()}
+    shown = "; ".join(reason for _, reason in bad[:SHOWN])
+    print(f"{table.name}: skipping {len(bad)} unreadable image(s) of {len(table.items)}: {shown}", file=sys.stderr)
+    return validate(attrs.evolve(table, items=[table.items[i] for i in keep], y=table.y[keep], a=table.a[keep],
+                                 splits={k: v for k, v in splits.items() if len(v)}))

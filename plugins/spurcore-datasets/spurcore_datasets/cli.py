@@ -1,0 +1,125 @@
+"""`spur data check NAME --root PATH` and `spur data prepare NAME --raw DIR --out DIR`."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from spurcore import atomic
+from spurcore.cli import plugin_manager
+from spurcore.config import ConfigError, parse_override, structure
+from spurcore.errors import DataError
+from spurcore_datasets.images import unreadable
+from spurcore_datasets.tables import SHOWN, Table
+
+PREPARABLE = ("metashift", "celeba")
+SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
+
+
+@click.group("data")
+def data() -> None:
+    """Check benchmark datasets on disk, or convert them to the SubpopBench table."""
+
+
+def _options(ctx: click.Context, name: str, root: Path, overrides: Sequence[str]) -> tuple[Any, Any]:
+    spec = plugin_manager(ctx, quiet=True).get("datasets", name)
+    values: dict[str, Any] = {"root": str(root)}
+    for text in overrides:
+        path, value = parse_override(text)
+        if len(path) != 1:
+            raise ConfigError(f"override {text!r}: dataset options are flat (KEY=VALUE)")
+        values[str(path[0])] = value
+    if spec.options is None:
+        raise ConfigError(f"dataset {name!r} takes no options, so it has no root to check")
+    return spec, structure(spec.options, values, "dataset.options")
+
+
+@data.command("check")
+@click.argument("name")
+@click.option("--root", required=True, type=click.Path(path_type=Path), help="The dataset folder or its parent.")
+@click.option("-o", "--option", "overrides", multiple=True, metavar="KEY=VALUE", help="A dataset option.")
+@click.option("--images", "decode", is_flag=True, help="Also decode every image (slow on large sets).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def check(ctx: click.Context, name: str, root: Path, overrides: tuple[str, ...], decode: bool, as_json: bool) -> None:
+    """Validate dataset NAME at --root and print its group counts per split."""
+    from spurcore_datasets import FORMATS
+
+    spec, options = _options(ctx, name, root, overrides)
+    if name in FORMATS:
+        table = FORMATS[name].read(options)
+        source, groups, counts = str(table.source), table.group_names, table.group_counts()
+        if decode and table.kind == "image":
+            bad = unreadable(table.items)
+            if bad:
+                shown = "; ".join(reason for _, reason in bad[:SHOWN])
+                raise DataError(f"{table.source}: {len(bad)} of {len(table.items)} images are unreadable: {shown}; "
+                                f"set bad_images = \"skip\" to train without them")
+    else:
+        built = spec.build(options)
+        source, groups = str(root), built.group_names
+        counts = {s: list((built.group_counts(s) or {}).values()) for s in built.splits}
+    if as_json:
+        click.echo(json.dumps({"dataset": name, "source": source, "groups": list(groups), "counts": counts}, indent=2))
+        return
+    click.echo(f"{name}: {source} is valid")
+    click.echo(count_table(groups, counts))
+
+
+def count_table(groups: Sequence[str], counts: dict[str, list[int]]) -> str:
+    """Groups as rows, splits as columns, with totals."""
+    splits = list(counts)
+    width = max(len("group"), *(len(g) for g in groups))
+    cols = [max(len(s), 7) for s in splits]
+    lines = [f"{'group':<{width}}  " + "  ".join(f"{s:>{w}}" for s, w in zip(splits, cols))]
+    for g, group in enumerate(groups):
+        cells = [str(counts[s][g]) if counts[s] else "-" for s in splits]
+        lines.append(f"{group:<{width}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cells, cols)))
+    totals = [str(sum(counts[s])) for s in splits]
+    lines.append(f"{'total':<{width}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(totals, cols)))
+    return "\n".join(lines)
+
+
+@data.command("prepare")
+@click.argument("name", type=click.Choice(PREPARABLE))
+@click.option("--raw", required=True, type=click.Path(path_type=Path), help="The dataset as downloaded.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Where metadata.csv goes.")
+@click.option("-o", "--option", "overrides", multiple=True, metavar="KEY=VALUE", help="A dataset option.")
+@click.pass_context
+def prepare(ctx: click.Context, name: str, raw: Path, out: Path, overrides: tuple[str, ...]) -> None:
+    """Write dataset NAME from --raw as a SubpopBench table (--out/metadata.csv), loadable as `subpop`."""
+    from spurcore_datasets import FORMATS
+
+    _, options = _options(ctx, name, raw, overrides)
+    table = FORMATS[name].read(options)
+    path = write_table(table, out)
+    click.echo(f"wrote {len(table.items)} rows to {path}; load it with [dataset] name = \"subpop\", "
+               f"options.root = \"{out}\", options.class_names = {json.dumps(list(table.class_names))}, "
+               f"options.attr_names = {json.dumps(list(table.attr_names))}")
+
+
+def write_table(table: Table, out: Path) -> Path:
+    """`out/metadata.csv` (filename, split, y, a): file names relative to `out` when the
+    images lie inside it, absolute otherwise."""
+    out = Path(os.path.abspath(out))
+    split_of = {}
+    for split, rows in table.splits.items():
+        if split in SPLIT_IDS:
+            split_of.update({int(i): SPLIT_IDS[split] for i in rows})
+    lines = ["filename,split,y,a\n"]
+    for i, item in enumerate(table.items):
+        image = Path(os.path.abspath(item))
+        name = image.relative_to(out) if out in image.parents else image
+        lines.append(f"{_csv_field(str(name))},{split_of[i]},{table.y[i]},{table.a[i]}\n")
+    path = out / "metadata.csv"
+    atomic.write_text(path, "".join(lines))
+    return path
+
+
+def _csv_field(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text

@@ -1,0 +1,90 @@
+"""Images on disk as a map-style dataset, with the standard transforms.
+
+Evaluation: resize the short side to size * 256 / 224, center crop `size`, ImageNet
+normalization. Training (`augment`): `standard` is the random resized crop (scale 0.7-1,
+aspect 3/4-4/3) and horizontal flip used for Waterbirds and CelebA since group DRO;
+`seed` adds the rest of the seed paper's Table 1 (rotation 15 degrees, translation 0.1,
+scale 0.9-1.1, perspective 0.2); `none` trains on the evaluation transform.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Callable
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from spurcore.errors import DataError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+AUGMENTATIONS = ("standard", "seed", "none")
+
+
+def eval_transform(size: int) -> Callable:
+    from torchvision.transforms import v2
+
+    return v2.Compose([
+        v2.Resize(round(size * 256 / 224), antialias=True),
+        v2.CenterCrop(size),
+        *_to_tensor(),
+    ])
+
+
+def train_transform(size: int, augment: str) -> Callable:
+    from torchvision.transforms import v2
+
+    if augment == "none":
+        return eval_transform(size)
+    steps = [v2.RandomResizedCrop(size, scale=(0.7, 1.0), ratio=(0.75, 4 / 3), antialias=True),
+             v2.RandomHorizontalFlip(0.5)]
+    if augment == "seed":
+        steps += [v2.RandomRotation(15), v2.RandomAffine(degrees=0, translate=(0.1, 0.1), scale=(0.9, 1.1)),
+                  v2.RandomPerspective(distortion_scale=0.2)]
+    return v2.Compose([*steps, *_to_tensor()])
+
+
+def _to_tensor() -> list:
+    from torchvision.transforms import v2
+
+    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            v2.ToPureTensor()]
+
+
+def open_rgb(path: Path) -> Image.Image:
+    """The image at `path` fully decoded as RGB, or a DataError naming the file."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        raise DataError(
+            f"{path}: unreadable image ({type(exc).__name__}: {exc}); replace or remove it, or set "
+            f"dataset.options.bad_images = \"skip\" to leave unreadable images out"
+        ) from None
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """Item i: image `paths[i]` decoded and transformed to a (3, size, size) float tensor."""
+
+    def __init__(self, paths: Sequence[Path], transform: Callable) -> None:
+        self.paths = list(paths)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.transform(open_rgb(self.paths[i]))
+
+
+def unreadable(paths: Sequence[Path]) -> list[tuple[int, str]]:
+    """(row, reason) of every image that does not decode; reads every file in full."""
+    bad = []
+    for i, path in enumerate(paths):
+        try:
+            open_rgb(path)
+        except DataError as exc:
+            bad.append((i, str(exc).split("; ")[0]))
+    return bad
