@@ -227,3 +227,36 @@ def test_batches_partition_the_order_property(order, batch_size):
         assert 1 <= len(batches[-1]) <= batch_size
         for b in batches:
             assert torch.equal(b.x, memory.inputs[b.index])
+
+
+def test_training_reads_the_augmented_view_and_evaluation_the_plain_one():
+    rows = torch.arange(24, dtype=torch.float32).reshape(6, 4)
+    split = SplitData(name="train", inputs=rows, y=np.zeros(6, dtype=int), train_inputs=RowDataset(-rows))
+    order = [5, 0, 3]
+    plain = list(iterate_batches(split, order, batch_size=2))
+    augmented = list(iterate_batches(split, order, batch_size=2, augment=True))
+    assert [b.index.tolist() for b in augmented] == [b.index.tolist() for b in plain] == [[5, 0], [3]]
+    for p, a in zip(plain, augmented):
+        assert torch.equal(a.x, -p.x) and torch.equal(p.x, rows[p.index])
+    no_view = SplitData(name="val", inputs=rows, y=np.zeros(6, dtype=int))
+    assert torch.equal(next(iterate_batches(no_view, order, 3, augment=True)).x, rows[[5, 0, 3]])
+    with pytest.raises(DataError, match=r"split 'train': 6 inputs but 5 training inputs"):
+        SplitData(name="train", inputs=rows, y=np.zeros(6, dtype=int), train_inputs=rows[:5])
+
+
+class FailingDataset(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        if i == 2:
+            raise DataError("/data/img-2.jpg: unreadable image")
+        return torch.zeros(3)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_data_error_in_a_worker_keeps_its_one_line_message(workers):
+    split = SplitData(name="train", inputs=FailingDataset(), y=np.zeros(4, dtype=int))
+    with pytest.raises(DataError) as error:
+        list(iterate_batches(split, [0, 1, 2, 3], 2, num_workers=workers))
+    assert str(error.value) == "/data/img-2.jpg: unreadable image"
