@@ -73,3 +73,33 @@ def test_resnet_never_downloads_and_says_how_to_proceed(tmp_path, monkeypatch, p
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(BackboneError, match="not a readable state dict"):
         spec.build(ResNetOptions(weights=str(path)), Data())
+
+
+def test_vit_takes_the_data_image_size_and_pretrained_weights_need_224(tmp_path, monkeypatch, plugins):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    spec = plugins.get("backbones", "vit-b-16")
+
+    class Data:
+        name, input_shape = "toy", (3, 32, 32)
+
+    backbone = spec.build(ResNetOptions(), Data())
+    assert backbone.feature_dim == 768
+    with torch.no_grad():
+        assert backbone.module(torch.zeros(2, 3, 32, 32)).shape == (2, 768)
+    with pytest.raises(BackboneError, match=r"no pretrained weights for vit_b_16 at .*vit_b_16-.*\.pth"):
+        spec.build(ResNetOptions(pretrained=True), Data())
+    weights = backbone.module.state_dict() | {"heads.head.weight": torch.zeros(1000, 768),
+                                              "heads.head.bias": torch.zeros(1000)}
+    monkeypatch.setattr("spurcore.builtins.backbones._load_weights", lambda arch, options: weights)
+
+    class Larger:
+        name, input_shape = "toy", (3, 48, 48)
+
+    with pytest.raises(BackboneError, match=r"vit_b_16: the pretrained weights do not fit .*image_size = 224"):
+        spec.build(ResNetOptions(pretrained=True), Larger())
+
+    class Gray:
+        name, input_shape = "gray", (1, 32, 32)
+
+    with pytest.raises(BackboneError, match=r"vit_b_16 takes 3-channel images; dataset 'gray' has shape \(1, 32, 32\)"):
+        spec.build(ResNetOptions(), Gray())

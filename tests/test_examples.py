@@ -18,9 +18,13 @@ def test_example_pipeline_is_valid(path):
     config = load_pipeline(path)
     planned = plan(config, PluginManager())
     assert planned.stages[0].spec.name == config.stages[0].method
-    assert config.dataset.name == "waterdigits"
+    if config.dataset.name != "waterdigits":  # a real benchmark: its folder, read by the datasets plugin
+        assert planned.dataset_options.root.startswith("/data/")
+        tokenizer = getattr(planned.dataset_options, "tokenizer", None)
+        assert tokenizer in (None, getattr(planned.backbone_options, "model", None))
 
 
 def test_there_are_examples():
     assert {p.name for p in EXAMPLES} >= {"erm.toml", "dfr.toml", "neurontune.toml", "fairdropout.toml",
-                                          "fairdropout_dfr.toml"}
+                                          "fairdropout_dfr.toml", "waterbirds_resnet50.toml", "celeba_resnet50.toml",
+                                          "multinli_bert.toml", "civilcomments_bert.toml"}

@@ -15,7 +15,7 @@ import numpy as np
 
 from spurcore.errors import DataError
 from spurcore_datasets.tables import (
-    Table, duplicates, find_file, fractions, image_path, integers, read_csv, split_rows, validate,
+    Lines, Table, duplicates, find_file, fractions, image_paths, integers, read_csv, split_rows, validate,
 )
 
 # --- the SubpopBench table: filename, split, y, a --------------------------------------------
@@ -28,14 +28,13 @@ def canonical(name: str, root: str, metadata: str, class_names: Sequence[str] = 
     path = find_file(root, metadata)
     folder = path.parent
     rows = read_csv(path, ["filename", "split", "y", "a"])
-    n = len(rows["y"])
-    y = integers(rows["y"], path, "y", range(len(class_names)) if class_names else range(10_000))
-    a = integers(rows["a"], path, "a", range(len(attr_names)) if attr_names else range(10_000))
+    y = integers(rows, "y", range(len(class_names)) if class_names else None)
+    a = integers(rows, "a", range(len(attr_names)) if attr_names else None)
     class_names = tuple(class_names) or tuple(f"y{i}" for i in range(int(y.max()) + 1))
     attr_names = tuple(attr_names) or tuple(f"a{i}" for i in range(int(a.max()) + 1))
-    items = [image_path(folder, rows["filename"][i], path, i + 2, absolute_ok=True) for i in range(n)]
+    items = image_paths(folder, rows["filename"], rows.lines, absolute_ok=True)
     return validate(Table(name=name, source=path, kind="image", items=items, y=y, a=a,
-                          splits=split_rows(rows["split"], path, extra=True),
+                          splits=split_rows(rows["split"], rows.lines, extra=True),
                           class_names=class_names, attr_names=attr_names))
 
 
@@ -47,12 +46,12 @@ WATERBIRDS_FOLDERS = ("waterbird_complete95_forest2water2", "waterbirds_v1.0", "
 def waterbirds(root: str) -> Table:
     path = find_file(root, "metadata.csv", WATERBIRDS_FOLDERS)
     rows = read_csv(path, ["img_id", "img_filename", "y", "split", "place"])
-    duplicates(rows["img_id"], path, "img_id")
-    items = [image_path(path.parent, f, path, i + 2, absolute_ok=False) for i, f in enumerate(rows["img_filename"])]
+    duplicates(rows["img_id"], rows.lines, "img_id")
+    items = image_paths(path.parent, rows["img_filename"], rows.lines, absolute_ok=False)
     return validate(Table(
         name="waterbirds", source=path, kind="image", items=items,
-        y=integers(rows["y"], path, "y", (0, 1)), a=integers(rows["place"], path, "place", (0, 1)),
-        splits=split_rows(rows["split"], path), class_names=("landbird", "waterbird"), attr_names=("land", "water"),
+        y=integers(rows, "y", (0, 1)), a=integers(rows, "place", (0, 1)),
+        splits=split_rows(rows["split"], rows.lines), class_names=("landbird", "waterbird"), attr_names=("land", "water"),
     ))
 
 
@@ -65,15 +64,15 @@ def celeba(root: str, target: str = "Blond_Hair", attribute: str = "Male") -> Ta
     """y = `target`, a = `attribute` (1 where the attribute file says 1)."""
     folder = _celeba_folder(root)
     if (folder / "list_attr_celeba.txt").is_file():
-        attr_path, names, files, values = _celeba_attr_txt(folder / "list_attr_celeba.txt")
+        names, files, values, lines = _celeba_attr_txt(folder / "list_attr_celeba.txt")
     else:
-        attr_path = find_file(folder, "list_attr_celeba.csv")
-        names, files, values = _celeba_attr_csv(attr_path)
+        names, files, values, lines = _celeba_attr_csv(find_file(folder, "list_attr_celeba.csv"))
+    attr_path = lines.path
     for column in (target, attribute):
         if column not in names:
             raise DataError(f"{attr_path}: no attribute {column!r} (attributes: {', '.join(names)})")
     part_path, partition = _celeba_partition(folder)
-    duplicates(files, attr_path, "image")
+    duplicates(files, lines, "image")
     missing = [f for f in files if f not in partition]
     if missing:
         raise DataError(f"{part_path}: {len(missing)} images of {attr_path.name} have no partition, first {missing[0]}")
@@ -83,8 +82,9 @@ def celeba(root: str, target: str = "Blond_Hair", attribute: str = "Male") -> Ta
     column = {n: i for i, n in enumerate(names)}
     y = (values[:, column[target]] == 1).astype(np.int64)
     a = (values[:, column[attribute]] == 1).astype(np.int64)
-    splits = split_rows([partition[f] for f in files], part_path, "partition")
-    items = [image_path(images, f, attr_path, i + 3, absolute_ok=False) for i, f in enumerate(files)]
+    splits = split_rows([partition[f][0] for f in files], Lines(part_path, [partition[f][1] for f in files]),
+                        "partition")
+    items = image_paths(images, files, lines, absolute_ok=False)
     return validate(Table(name="celeba", source=attr_path, kind="image", items=items, y=y, a=a, splits=splits,
                           class_names=(f"not_{target}", target), attr_names=(f"not_{attribute}", attribute)))
 
@@ -100,7 +100,7 @@ def _celeba_folder(root: str) -> Path:
                     f"{' or '.join(CELEBA_FOLDERS)}/ (the CelebA list files)")
 
 
-def _celeba_attr_txt(path: Path) -> tuple[Path, list[str], list[str], np.ndarray]:
+def _celeba_attr_txt(path: Path) -> tuple[list[str], list[str], np.ndarray, Lines]:
     """Line 1: the image count; line 2: the 40 names; then `file v1 ... v40` (-1 / 1)."""
     lines = path.read_text().splitlines()
     if len(lines) < 3:
@@ -118,33 +118,34 @@ def _celeba_attr_txt(path: Path) -> tuple[Path, list[str], list[str], np.ndarray
         if len(row) != len(names) + 1:
             raise DataError(f"{path} line {i + 3}: {len(row) - 1} values, expected {len(names)}")
         files.append(row[0])
-        values[i] = _plus_minus(row[1:], path, i + 3, names)
-    return path, names, files, values
+        values[i] = _plus_minus(row[1:], f"{path} line {i + 3}", names)
+    return names, files, values, Lines(path, range(3, len(rows) + 3))
 
 
-def _celeba_attr_csv(path: Path) -> tuple[list[str], list[str], np.ndarray]:
+def _celeba_attr_csv(path: Path) -> tuple[list[str], list[str], np.ndarray, Lines]:
     with open(path, newline="") as handle:
         header = next(csv.reader(handle), [])
     if not header or header[0] != "image_id":
         raise DataError(f"{path}: the first column must be image_id (found {header[:1]})")
     names = header[1:]
     rows = read_csv(path, header)
-    values = np.empty((len(rows["image_id"]), len(names)), dtype=np.int64)
-    for i in range(len(rows["image_id"])):
-        values[i] = _plus_minus([rows[n][i] for n in names], path, i + 2, names)
-    return names, rows["image_id"], values
+    values = np.empty((len(rows), len(names)), dtype=np.int64)
+    for i in range(len(rows)):
+        values[i] = _plus_minus([rows[n][i] for n in names], rows.lines(i), names)
+    return names, rows["image_id"], values, rows.lines
 
 
-def _plus_minus(texts: Sequence[str], path: Path, line: int, names: Sequence[str]) -> list[int]:
+def _plus_minus(texts: Sequence[str], where: str, names: Sequence[str]) -> list[int]:
     out = []
     for name, text in zip(names, texts):
         if text not in ("1", "-1"):
-            raise DataError(f"{path} line {line}: attribute {name!r} is {text!r}, not -1 or 1")
+            raise DataError(f"{where}: attribute {name!r} is {text!r}, not -1 or 1")
         out.append(int(text))
     return out
 
 
-def _celeba_partition(folder: Path) -> tuple[Path, dict[str, str]]:
+def _celeba_partition(folder: Path) -> tuple[Path, dict[str, tuple[str, int]]]:
+    """{file: (partition, line)}."""
     txt = folder / "list_eval_partition.txt"
     if txt.is_file():
         partition = {}
@@ -154,11 +155,11 @@ def _celeba_partition(folder: Path) -> tuple[Path, dict[str, str]]:
                 continue
             if len(fields) != 2:
                 raise DataError(f"{txt} line {line}: expected `file partition`, got {text!r}")
-            partition[fields[0]] = fields[1]
+            partition[fields[0]] = (fields[1], line)
         return txt, partition
     path = folder / "list_eval_partition.csv"
     rows = read_csv(path, ["image_id", "partition"])
-    return path, dict(zip(rows["image_id"], rows["partition"]))
+    return path, {f: (p, line) for f, p, line in zip(rows["image_id"], rows["partition"], rows.lines.numbers)}
 
 
 # --- MetaShift (cat vs dog, indoor vs outdoor; SubpopBench folders) ----------------------------
@@ -212,7 +213,7 @@ def multinli(root: str, text_files: Sequence[str] = MNLI_TEXT) -> Table:
     equal the metadata's `gold_label`."""
     path = find_file(root, "metadata_random.csv", MNLI_FOLDERS)
     rows = read_csv(path, ["gold_label", "sentence2_has_negation", "split"])
-    y = integers(rows["gold_label"], path, "gold_label", (0, 1, 2))
+    y = integers(rows, "gold_label", (0, 1, 2))
     premises, hypotheses, labels, origins = [], [], [], []
     for name in text_files:
         text_path = _beside(path, name)
@@ -220,18 +221,18 @@ def multinli(root: str, text_files: Sequence[str] = MNLI_TEXT) -> Table:
         premises += tsv["sentence1"]
         hypotheses += tsv["sentence2"]
         labels += tsv["gold_label"]
-        origins += [(text_path, line) for line in range(2, len(tsv["sentence1"]) + 2)]
+        origins += [(text_path, line) for line in tsv.lines.numbers]
     if len(premises) != len(y):
         raise DataError(f"{path}: {len(y)} rows, but the text files ({', '.join(text_files)}) hold {len(premises)} "
                         f"pairs; they must align row by row")
     for i, (label, gold) in enumerate(zip(labels, y)):
         if label != MNLI_LABELS[gold]:
             where, line = origins[i]
-            raise DataError(f"{path} line {i + 2}: gold_label {gold} ({MNLI_LABELS[gold]}) but {where} line {line} "
+            raise DataError(f"{rows.lines(i)}: gold_label {gold} ({MNLI_LABELS[gold]}) but {where} line {line} "
                             f"says {label!r}; the text files are not aligned with the metadata")
     return validate(Table(name="multinli", source=path, kind="text", items=premises, pairs=hypotheses, y=y,
-                          a=integers(rows["sentence2_has_negation"], path, "sentence2_has_negation", (0, 1)),
-                          splits=split_rows(rows["split"], path), class_names=MNLI_LABELS,
+                          a=integers(rows, "sentence2_has_negation", (0, 1)),
+                          splits=split_rows(rows["split"], rows.lines), class_names=MNLI_LABELS,
                           attr_names=("no_negation", "negation")))
 
 
@@ -256,9 +257,9 @@ def civilcomments(root: str, identity_splits: Sequence[str] = ("test",)) -> Tabl
     groups (x/identity) are the 16 overlapping groups WILDS reports."""
     path = find_file(root, "all_data_with_identities.csv", ("civilcomments", "civilcomments_v1.0"))
     rows = read_csv(path, ["comment_text", "toxicity", "split", *IDENTITIES])
-    y = (fractions(rows["toxicity"], path, "toxicity") >= 0.5).astype(np.int64)
-    mentions = np.stack([fractions(rows[c], path, c) >= 0.5 for c in IDENTITIES], axis=1)
-    splits = split_rows(rows["split"], path)
+    y = (fractions(rows, "toxicity") >= 0.5).astype(np.int64)
+    mentions = np.stack([fractions(rows, c) >= 0.5 for c in IDENTITIES], axis=1)
+    splits = split_rows(rows["split"], rows.lines)
     for split in identity_splits:
         if split not in splits:
             raise DataError(f"dataset.options.identity_splits: {split!r} is not a split of {path} "

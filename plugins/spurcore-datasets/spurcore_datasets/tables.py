@@ -70,8 +70,34 @@ def find_file(root: str | Path, name: str, folders: Sequence[str] = ()) -> Path:
     raise DataError(f"{root}: no {name} found; looked for " + ", ".join(str(p) for p in candidates))
 
 
+@attrs.frozen
+class Lines:
+    """Where each row of a file starts, for messages: `lines(i)` is "path line N"."""
+
+    path: Path
+    numbers: Sequence[int]
+
+    def __call__(self, i: int) -> str:
+        return f"{self.path} line {self.numbers[i]}"
+
+
+@attrs.frozen
+class Rows:
+    """Columns read from a CSV file, and the line each row starts on (quoted cells may span
+    lines, as CivilComments' comments do)."""
+
+    columns: Mapping[str, list[str]]
+    lines: Lines
+
+    def __getitem__(self, column: str) -> list[str]:
+        return self.columns[column]
+
+    def __len__(self) -> int:
+        return len(self.lines.numbers)
+
+
 def read_csv(path: Path, columns: Sequence[str], *, delimiter: str = ",",
-             quoting: int = csv.QUOTE_MINIMAL) -> dict[str, list[str]]:
+             quoting: int = csv.QUOTE_MINIMAL) -> Rows:
     """The named columns of a CSV file (line numbers in messages count the header as line 1)."""
     try:
         handle = open(path, newline="", encoding="utf-8")
@@ -88,45 +114,49 @@ def read_csv(path: Path, columns: Sequence[str], *, delimiter: str = ",",
             raise DataError(f"{path}: no column {', '.join(map(repr, missing))} (columns: {', '.join(header)})")
         where = [header.index(c) for c in columns]
         out: dict[str, list[str]] = {c: [] for c in columns}
+        starts, previous = [], reader.line_num
         try:
-            for line, row in enumerate(reader, start=2):
+            for row in reader:
+                start, previous = previous + 1, reader.line_num
                 if not row:
                     continue
-                if len(row) < len(header) and len(row) <= max(where):
-                    raise DataError(f"{path} line {line}: {len(row)} fields, expected {len(header)}")
+                if len(row) <= max(where):
+                    raise DataError(f"{path} line {start}: {len(row)} fields, expected {len(header)}")
+                starts.append(start)
                 for c, i in zip(columns, where):
                     out[c].append(row[i])
         except (csv.Error, UnicodeDecodeError) as exc:
             raise DataError(f"{path} line {reader.line_num}: malformed ({exc})") from None
-    if not out[columns[0]]:
+    if not starts:
         raise DataError(f"{path}: no rows")
-    return out
+    return Rows(out, Lines(path, starts))
 
 
-def integers(values: Sequence[str], path: Path, column: str, allowed: Sequence[int]) -> np.ndarray:
-    """Parse a column of integer labels (`1`, `1.0`), each one of `allowed`."""
+def integers(rows: Rows, column: str, allowed: Sequence[int] | None = None) -> np.ndarray:
+    """Parse a column of integer labels (`1`, `1.0`), each one of `allowed` (default: any >= 0)."""
+    values = rows[column]
     out = np.empty(len(values), dtype=np.int64)
     for i, text in enumerate(values):
         try:
             number = float(text)
         except ValueError:
-            raise DataError(f"{path} line {i + 2}: column {column!r} is {text!r}, not a number") from None
-        if number != int(number) or int(number) not in allowed:
-            raise DataError(f"{path} line {i + 2}: column {column!r} is {text!r}, outside "
-                            f"{', '.join(map(str, allowed))}")
+            raise DataError(f"{rows.lines(i)}: column {column!r} is {text!r}, not a number") from None
+        if number != int(number) or (int(number) not in allowed if allowed is not None else number < 0):
+            expected = ", ".join(map(str, allowed)) if allowed is not None else "0 or more"
+            raise DataError(f"{rows.lines(i)}: column {column!r} is {text!r}, outside {expected}")
         out[i] = int(number)
     return out
 
 
-def fractions(values: Sequence[str], path: Path, column: str) -> np.ndarray:
+def fractions(rows: Rows, column: str) -> np.ndarray:
     """Parse a column of numbers (an empty cell counts as 0)."""
-    out = np.zeros(len(values), dtype=np.float64)
-    for i, text in enumerate(values):
+    out = np.zeros(len(rows), dtype=np.float64)
+    for i, text in enumerate(rows[column]):
         if text.strip():
             try:
                 out[i] = float(text)
             except ValueError:
-                raise DataError(f"{path} line {i + 2}: column {column!r} is {text!r}, not a number") from None
+                raise DataError(f"{rows.lines(i)}: column {column!r} is {text!r}, not a number") from None
     return out
 
 
@@ -134,7 +164,7 @@ SPLIT_NAMES = {"0": "train", "1": "val", "2": "test", "train": "train", "val": "
                "validation": "val", "test": "test"}
 
 
-def split_rows(values: Sequence[str], path: Path, column: str = "split", *,
+def split_rows(values: Sequence[str], lines: Lines, column: str = "split", *,
                extra: bool = False) -> dict[str, np.ndarray]:
     """Rows of each split: 0/1/2 (or train/val/test) are the standard splits; with `extra`, any
     other value (SubpopBench's `mixed_rand`, ...) names an extra evaluation split."""
@@ -145,27 +175,32 @@ def split_rows(values: Sequence[str], path: Path, column: str = "split", *,
         name = SPLIT_NAMES.get(key.lower())
         if name is None:
             if not extra or not key:
-                raise DataError(f"{path} line {i + 2}: column {column!r} is {text!r}, not 0/1/2 or train/val/test")
+                raise DataError(f"{lines(i)}: column {column!r} is {text!r}, not 0/1/2 or train/val/test")
             name = key
         names.append(name)
     order = np.asarray(names)
     return {str(name): np.flatnonzero(order == name) for name in dict.fromkeys(names)}
 
 
-def image_path(root: Path, name: str, path: Path, line: int, *, absolute_ok: bool) -> Path:
+def image_paths(root: Path, names: Sequence[str], lines: Lines, *, absolute_ok: bool) -> list[Path]:
+    """The path of each named image (see `_image_path`)."""
+    return [_image_path(root, name, lines(i), absolute_ok=absolute_ok) for i, name in enumerate(names)]
+
+
+def _image_path(root: Path, name: str, where: str, *, absolute_ok: bool) -> Path:
     """`root/name`, refusing a relative name that leads outside `root` (`../x`)."""
     name = name.strip()
     if not name:
-        raise DataError(f"{path} line {line}: empty file name")
+        raise DataError(f"{where}: empty file name")
     candidate = Path(name)
     if candidate.is_absolute():
         if not absolute_ok:
-            raise DataError(f"{path} line {line}: {name!r} is an absolute path; this format names files "
+            raise DataError(f"{where}: {name!r} is an absolute path; this format names files "
                             f"relative to the dataset folder {root}")
         return candidate
     full = Path(os.path.normpath(root / candidate))
     if full != root and root not in full.parents:
-        raise DataError(f"{path} line {line}: {name!r} leads outside the dataset folder {root}; refused")
+        raise DataError(f"{where}: {name!r} leads outside the dataset folder {root}; refused")
     return full
 
 
@@ -208,10 +243,10 @@ def _files_exist(table: Table) -> None:
         raise DataError(f"{table.source}: {len(missing)} of {len(table.items)} image files are missing: {shown}{more}")
 
 
-def duplicates(ids: Sequence[str], path: Path, column: str) -> None:
+def duplicates(ids: Sequence[str], lines: Lines, column: str) -> None:
     """Refuse a repeated id, naming both lines."""
     seen: dict[str, int] = {}
     for i, value in enumerate(ids):
         if value in seen:
-            raise DataError(f"{path} line {i + 2}: {column} {value!r} repeats line {seen[value] + 2}")
+            raise DataError(f"{lines(i)}: {column} {value!r} repeats line {lines.numbers[seen[value]]}")
         seen[value] = i

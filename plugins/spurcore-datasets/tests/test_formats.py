@@ -38,6 +38,20 @@ def rewrite_csv(path: Path, change) -> None:
         csv.writer(handle).writerows([header, *rows])
 
 
+def set_cell(path: Path, row: int, column: str, value) -> None:
+    """Set one cell of a CSV file (`row` counts data rows from 0); `value(rows)` may read others."""
+
+    def change(header, rows):
+        rows[row][header.index(column)] = value(rows) if callable(value) else value
+        return header, rows
+
+    rewrite_csv(path, change)
+
+
+def waterbirds_metadata(root: Path) -> Path:
+    return root / "waterbird_complete95_forest2water2" / "metadata.csv"
+
+
 @pytest.fixture
 def waterbirds(tmp_path):
     miniature.waterbirds(tmp_path)
@@ -166,8 +180,7 @@ def test_missing_root_and_missing_metadata(tmp_path):
 
 
 def test_missing_column(waterbirds):
-    meta = waterbirds / "waterbird_complete95_forest2water2" / "metadata.csv"
-    rewrite_csv(meta, lambda h, rows: (h[:4] + h[5:], [r[:4] + r[5:] for r in rows]))
+    rewrite_csv(waterbirds_metadata(waterbirds), lambda h, rows: (h[:4] + h[5:], [r[:4] + r[5:] for r in rows]))
     with pytest.raises(DataError, match=r"metadata.csv: no column 'place' \(columns: img_id, img_filename, y, split, place_filename\)"):
         read("waterbirds", root=str(waterbirds))
 
@@ -178,15 +191,17 @@ def test_unknown_attribute_column(tmp_path):
         read("celeba", root=str(tmp_path), target="Blond")
 
 
-def test_label_out_of_range_names_the_line(waterbirds):
-    meta = waterbirds / "waterbird_complete95_forest2water2" / "metadata.csv"
-
-    def change(header, rows):
-        rows[4][2] = "2"
-        return header, rows
-
-    rewrite_csv(meta, change)
-    with pytest.raises(DataError, match=r"metadata.csv line 6: column 'y' is '2', outside 0, 1"):
+@pytest.mark.parametrize("row, column, value, message", [
+    (4, "y", "2", r"line 6: column 'y' is '2', outside 0, 1"),
+    (1, "place", "water", r"line 3: column 'place' is 'water', not a number"),
+    (0, "split", "7", r"line 2: column 'split' is '7', not 0/1/2 or train/val/test"),
+    (2, "img_filename", "../../etc/passwd.jpg", r"line 4: '../../etc/passwd.jpg' leads outside the dataset folder .*; refused"),
+    (2, "img_filename", "a/../../outside.jpg", r"line 4: 'a/../../outside.jpg' leads outside the dataset folder"),
+    (0, "img_filename", "/etc/hostname", r"line 2: '/etc/hostname' is an absolute path"),
+])
+def test_a_bad_cell_is_named_by_file_and_line(waterbirds, row, column, value, message):
+    set_cell(waterbirds_metadata(waterbirds), row, column, value)
+    with pytest.raises(DataError, match="metadata.csv " + message):
         read("waterbirds", root=str(waterbirds))
 
 
@@ -203,54 +218,19 @@ def test_celeba_values_and_counts_are_checked(tmp_path):
 
 
 def test_duplicated_ids_and_files(waterbirds, tmp_path):
-    meta = waterbirds / "waterbird_complete95_forest2water2" / "metadata.csv"
+    meta = waterbirds_metadata(waterbirds)
     original = meta.read_text()
-
-    def same_id(header, rows):
-        rows[3][0] = rows[1][0]
-        return header, rows
-
-    rewrite_csv(meta, same_id)
+    set_cell(meta, 3, "img_id", lambda rows: rows[1][0])
     with pytest.raises(DataError, match=r"metadata.csv line 5: img_id '2' repeats line 3"):
         read("waterbirds", root=str(waterbirds))
     meta.write_text(original)
-
-    def same_file(header, rows):
-        rows[3][1] = rows[1][1]
-        return header, rows
-
-    rewrite_csv(meta, same_file)
+    set_cell(meta, 3, "img_filename", lambda rows: rows[1][1])
     with pytest.raises(DataError, match=r"_0002_2.jpg is listed twice \(rows 2 and 4\)"):
         read("waterbirds", root=str(waterbirds))
 
 
-@pytest.mark.parametrize("name", ["../../etc/passwd.jpg", "a/../../outside.jpg"])
-def test_file_names_that_escape_the_root_are_refused(waterbirds, name):
-    meta = waterbirds / "waterbird_complete95_forest2water2" / "metadata.csv"
-
-    def change(header, rows):
-        rows[2][1] = name
-        return header, rows
-
-    rewrite_csv(meta, change)
-    with pytest.raises(DataError, match=rf"metadata.csv line 4: '{name}' leads outside the dataset folder .*; refused"):
-        read("waterbirds", root=str(waterbirds))
-
-
-def test_absolute_names_are_refused_where_the_format_is_relative(waterbirds):
-    meta = waterbirds / "waterbird_complete95_forest2water2" / "metadata.csv"
-
-    def change(header, rows):
-        rows[0][1] = "/etc/hostname"
-        return header, rows
-
-    rewrite_csv(meta, change)
-    with pytest.raises(DataError, match=r"line 2: '/etc/hostname' is an absolute path"):
-        read("waterbirds", root=str(waterbirds))
-
-
 def test_a_group_with_no_examples(waterbirds):
-    meta = waterbirds / "waterbird_complete95_forest2water2" / "metadata.csv"
+    meta = waterbirds_metadata(waterbirds)
 
     def change(header, rows):
         for r in rows:  # every val waterbird on land moves to water
@@ -260,18 +240,6 @@ def test_a_group_with_no_examples(waterbirds):
 
     rewrite_csv(meta, change)
     with pytest.raises(DataError, match=r"group waterbird/land \(y=1, a=0\) has no examples in split 'val'"):
-        read("waterbirds", root=str(waterbirds))
-
-
-def test_a_bad_split_value(waterbirds):
-    meta = waterbirds / "waterbird_complete95_forest2water2" / "metadata.csv"
-
-    def change(header, rows):
-        rows[0][3] = "7"
-        return header, rows
-
-    rewrite_csv(meta, change)
-    with pytest.raises(DataError, match=r"line 2: column 'split' is '7', not 0/1/2 or train/val/test"):
         read("waterbirds", root=str(waterbirds))
 
 
@@ -363,3 +331,10 @@ def test_options_are_validated_before_reading(tmp_path):
         structure(opts.ImageOptions, {"root": str(tmp_path), "augment": "heavy"}, "dataset.options")
     with pytest.raises(ConfigError, match=r"dataset.options.*image_size"):
         structure(opts.ImageOptions, {"root": str(tmp_path), "image_size": 0}, "dataset.options")
+
+
+def test_line_numbers_count_comments_that_span_lines(tmp_path):
+    path = miniature.civilcomments(tmp_path)
+    set_cell(path, 3, "toxicity", "high")  # every comment spans two lines: row 3 starts on line 2 + 2 * 3
+    with pytest.raises(DataError, match=r"all_data_with_identities.csv line 8: column 'toxicity' is 'high', not a number"):
+        read("civilcomments", root=str(tmp_path))
