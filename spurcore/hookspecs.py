@@ -71,7 +71,9 @@ def spurcore_register_datasets() -> list[DatasetSpec]:
     """Return the datasets this plugin provides.
 
     Called once when the registry is gathered. Each `DatasetSpec.build(options)` returns a
-    `spurcore.data.SpuriousData` with train, val and test splits.
+    `spurcore.data.SpuriousData` with train, val and test splits. `build` runs before a run
+    writes anything, so it is where a dataset checks its files and raises `DataError` naming
+    the file and row; splits may hold tensors or lazily read `Dataset`s (see `SplitData`).
 
     Example::
 

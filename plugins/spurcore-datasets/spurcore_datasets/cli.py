@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import click
 
 from spurcore import atomic
@@ -34,8 +35,8 @@ def _options(ctx: click.Context, name: str, root: Path, overrides: Sequence[str]
         if len(path) != 1:
             raise ConfigError(f"override {text!r}: dataset options are flat (KEY=VALUE)")
         values[str(path[0])] = value
-    if spec.options is None:
-        raise ConfigError(f"dataset {name!r} takes no options, so it has no root to check")
+    if spec.options is None or "root" not in attrs.fields_dict(spec.options):
+        raise ConfigError(f"dataset {name!r} is not read from a folder (it has no `root` option): nothing to check")
     return spec, structure(spec.options, values, "dataset.options")
 
 

@@ -67,6 +67,8 @@ def test_check_refuses_bad_data_with_one_message_and_exit_code(tmp_path):
     assert result.exit_code == 2 and "image_size: must be positive" in result.output
     result = spur("data", "check", "nosuch", "--root", tmp_path)
     assert result.exit_code != 0 and "no dataset named 'nosuch'" in result.output
+    result = spur("data", "check", "waterdigits", "--root", tmp_path)
+    assert result.exit_code == 2 and "dataset 'waterdigits' is not read from a folder" in result.output
 
 
 def test_check_images_decodes_every_image(tmp_path):
