@@ -9,6 +9,7 @@ scale 0.9-1.1, perspective 0.2); `none` trains on the evaluation transform.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Callable
@@ -80,9 +81,13 @@ class ImageFiles(torch.utils.data.Dataset):
 
 
 def unreadable(paths: Sequence[Path]) -> list[tuple[int, str]]:
-    """(row, reason) of every image that does not decode; reads every file in full."""
+    """(row, reason) of every image that does not decode; reads every file in full (with a
+    progress bar on a terminal: CelebA takes minutes)."""
+    from tqdm import tqdm
+
     bad = []
-    for i, path in enumerate(paths):
+    shown = tqdm(paths, desc="decoding images", unit="img", leave=False, disable=not sys.stderr.isatty())
+    for i, path in enumerate(shown):
         try:
             open_rgb(path)
         except DataError as exc:
