@@ -1,14 +1,16 @@
 # Two commands on a fresh machine: `make demo` and `make test`. Each sets up what it needs:
-# a virtual environment in .venv with spurcore and every plugin under plugins/ installed.
+# a virtual environment in .venv with spurcore, every plugin under plugins/ and the third-party
+# example plugins under examples/third_party/ installed.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-PLUGINS := $(patsubst %/pyproject.toml,%,$(wildcard plugins/*/pyproject.toml))
+PLUGIN_PROJECTS := $(wildcard plugins/*/pyproject.toml examples/third_party/*/pyproject.toml)
+PLUGINS := $(patsubst %/pyproject.toml,%,$(PLUGIN_PROJECTS))
 STAMP := $(VENV)/.installed
 
 .PHONY: install test demo bench clean
 
-$(STAMP): pyproject.toml $(wildcard plugins/*/pyproject.toml)
+$(STAMP): pyproject.toml $(PLUGIN_PROJECTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]' $(addprefix -e ,$(PLUGINS))
 	touch $(STAMP)

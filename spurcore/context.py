@@ -21,13 +21,19 @@ if TYPE_CHECKING:  # pragma: no cover
 
 @attrs.define(kw_only=True)
 class RunContext:
-    """One run of a pipeline: its resolved config, data, device, directory and plugins."""
+    """One run of a pipeline: its resolved config, data, device, directory and plugins.
+
+    `initial_model()` builds, on the run's device, the model the pipeline started from (the
+    seeded fresh backbone and head, or `[init]`'s model) without touching any random state:
+    for methods that retrain from scratch after an earlier stage (JTT's final model).
+    """
 
     config: PipelineConfig
     data: SpuriousData
     device: Device
     out: RunDir
     plugins: PluginManager
+    initial_model: Callable[[], SpurModel]
     resumed: bool = False
     log: Callable[[str], None] = print
 

@@ -13,6 +13,8 @@ from spurcore.data import group_ids, iterate_batches
 
 if TYPE_CHECKING:  # pragma: no cover
     from spurcore.context import RunContext, StageContext
+    from spurcore.data import SplitData
+    from spurcore.device import Device
     from spurcore.specs import MetricSpec
 
 
@@ -82,6 +84,24 @@ def evaluate(run: RunContext, stage: StageContext, epoch: int, split: str) -> di
     metrics = compute_metrics(predictions, run_metrics(run))
     hook.spurcore_evaluation_end(run=run, stage=stage, epoch=epoch, split=split, metrics=metrics)
     return metrics
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, split: SplitData, device: Device, batch_size: int = 512) -> np.ndarray:
+    """Logits (examples x classes, float32, row i = example i) of one split, the model in eval
+    mode, no hooks called; the model's train/eval mode is restored after. For methods that read
+    an earlier model's predictions on the training set (JTT's error set)."""
+    was_training = model.training
+    model.eval()
+    chunks = []
+    try:
+        for batch in iterate_batches(split, torch.arange(len(split)), batch_size, pin_memory=device.pin_memory):
+            batch = device.move(batch)
+            with device.autocast():
+                chunks.append(model(batch.x, index=batch.index).float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(chunks).numpy()
 
 
 def run_metrics(run: RunContext) -> list[MetricSpec]:

@@ -10,7 +10,10 @@ Three kinds of hook, each with one calling style:
   tracers that listen) use these and never change what the run computes.
 * **Stage hooks** shape a stage. The runner registers the stage's method object (built by
   its `MitigationSpec.factory`) as a plugin when the stage starts and unregisters it when the
-  stage ends, so a method's implementations act only in its own stage.
+  stage ends, so a method's implementations act only in its own stage. A method object that
+  keeps training state across batches (Group DRO's group weights) defines `state_dict()`
+  (tensors and plain data) and `load_state_dict(state)`: the state goes into every epoch's
+  checkpoint and comes back on `--resume`.
 
 The calling sequence of `spur run`::
 
@@ -36,7 +39,8 @@ The calling sequence of `spur run`::
     spurcore_run_end(run, summary)
     on an exception anywhere above: spurcore_run_error(run, stage, error), then it propagates.
 
-`run` is a `spurcore.context.RunContext` (config, data, device, run directory, registry);
+`run` is a `spurcore.context.RunContext` (config, data, device, run directory, registry,
+and `initial_model()`, a fresh copy of the model the pipeline started from);
 `stage` is a `spurcore.context.StageContext` (its index, name, method spec and options, the
 effective training settings, the model, optimizer and scheduler). An implementation may take
 fewer arguments than its spec.
@@ -238,7 +242,11 @@ def spurcore_stage_start(run: RunContext, stage: StageContext) -> None:
     """A stage begins; `stage.model` holds the model the previous stage selected.
 
     Called once per stage, after the stage object is registered and before
-    `spurcore_prepare_model`. Not called for a stage that a resumed run finds finished.
+    `spurcore_prepare_model`; again when a resumed run continues an unfinished stage, not for
+    one it finds finished. The stage's method may read that model here (JTT collects its
+    training errors with `spurcore.evaluation.predict`) and may replace `stage.model` (with
+    `run.initial_model()` to retrain from scratch); the stage trains and keeps whatever
+    `stage.model` then holds. Files written to `run.out.stage_dir(stage.key)` are kept.
 
     Example::
 

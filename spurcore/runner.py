@@ -159,9 +159,16 @@ class Runner:
         self.plan = plan
         self.plugins = plugins
         self.hook = plugins.hook
-        self.run = RunContext(config=plan.config, data=data, device=device, out=out,
-                              plugins=plugins, resumed=resume, log=log)
+        self.run = RunContext(config=plan.config, data=data, device=device, out=out, plugins=plugins,
+                              initial_model=self._initial_model, resumed=resume, log=log)
         self.histories: dict[str, list[dict[str, Any]]] = {}
+
+    def _initial_model(self) -> SpurModel:
+        state = get_rng_state()  # building seeds every RNG; the run's own streams go on untouched
+        try:
+            return build_base_model(self.plan, self.run.data, self.plugins).to(self.run.device.device)
+        finally:
+            set_rng_state(state)
 
     # --- the whole run -------------------------------------------------------------------------
 
@@ -202,6 +209,8 @@ class Runner:
             self._load_weights(stage, finished["selected"]["epoch"])
             self.histories[stage.key] = finished["history"]
             return finished
+        if not out.epochs(stage.key) and out.stage_dir(stage.key).exists():
+            shutil.rmtree(out.stage_dir(stage.key))  # leftovers of a stage cut before its first checkpoint
         self.hook.spurcore_stage_start(run=run, stage=stage)
         if stage.spec.kind == "train":
             self._prepare(stage)
@@ -250,10 +259,10 @@ class Runner:
             if stage.scheduler is not None:
                 stage.scheduler.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
+            if hasattr(stage.method, "load_state_dict"):
+                stage.method.load_state_dict(state.get("method", {}))
             set_rng_state(state["rng"])
             history = list(state["history"])
-        elif out.stage_dir(stage.key).exists():
-            shutil.rmtree(out.stage_dir(stage.key))
         split = run.data.splits["train"]
         for epoch in range(len(history) + 1, train.epochs + 1):
             model.train()
@@ -288,6 +297,7 @@ class Runner:
                 "optimizer": stage.optimizer.state_dict(),
                 "scheduler": stage.scheduler.state_dict() if stage.scheduler is not None else {},
                 "scaler": scaler.state_dict(),
+                "method": stage.method.state_dict() if hasattr(stage.method, "state_dict") else {},
                 "rng": get_rng_state(),
                 "history": history,
             })

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tomli_w
 from click.testing import CliRunner
-from spurcore.testing import TinyOptions, TinyPlugin, make_tiny, tiny_pipeline
+from spurcore.testing import TinyOptions, kit_manager, make_tiny, tiny_pipeline
 
 import spurcore
 from spurcore.cli import cli
@@ -30,10 +30,8 @@ def write_pipeline(path, **overrides):
 
 
 def tiny_manager() -> PluginManager:
-    """What the conftest `plugins` fixture builds, for the module-scoped run below."""
-    manager = PluginManager(entry_points=False, block=["progress"])
-    manager.register(TinyPlugin(), "tiny")
-    return manager
+    """What the kit's `plugins` fixture builds, for the module-scoped run below."""
+    return kit_manager()
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +59,8 @@ def test_plugins_json(plugins):
         assert set(rows[name]) >= {"name", "version", "hooks"}
     assert rows["erm"]["hooks"] == ["spurcore_register_mitigations", "spurcore_train_loss"]
     assert rows["waterdigits"]["hooks"] == ["spurcore_register_datasets"]
-    assert rows["tiny"] == {"name": "tiny", "version": "", "hooks": ["spurcore_register_backbones", "spurcore_register_datasets"],
-                            "builtin": False}
+    assert rows["tiny"] == {"name": "tiny", "version": "", "builtin": False, "hooks": [
+        "spurcore_register_backbones", "spurcore_register_datasets", "spurcore_register_mitigations"]}
 
 
 def test_plugins_text_lists_failures(plugins):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -307,3 +309,59 @@ def test_runs_saved_before_a_key_existed_still_resume(tmp_path, plugins, tiny_co
     assert "seed = 0" in text
     config.write_text("\n".join(line for line in text.splitlines() if line != "seed = 0") + "\n")  # a default
     assert run_pipeline(tiny_config(), tmp_path / "r", plugins, resume=True) == first
+
+
+class Restart:
+    """A train stage that swaps in the pipeline's initial model and records what it saw."""
+
+    def __init__(self, options):
+        self.seen = {}
+
+    @hookimpl
+    def spurcore_stage_start(self, run, stage):
+        self.seen["before"] = {k: v.clone() for k, v in stage.model.state_dict().items()}
+        self.seen["rng"] = torch.get_rng_state().clone()
+        stage.model = run.initial_model()
+        self.seen["rng_after"] = torch.get_rng_state().clone()
+        self.seen["initial"] = {k: v.clone() for k, v in stage.model.state_dict().items()}
+
+    @hookimpl
+    def spurcore_epoch_start(self, stage, epoch):
+        if epoch == 1:
+            self.seen["first"] = {k: v.clone() for k, v in stage.model.state_dict().items()}
+
+
+def test_a_stage_may_replace_its_model_with_the_initial_one(tmp_path, plugins, tiny_config):
+    restart = Restart(None)
+
+    class Registers:
+        @hookimpl
+        def spurcore_register_mitigations(self):
+            return [MitigationSpec(name="restart", factory=lambda o: restart)]
+
+    plugins.register(Registers(), "restart")
+    summary = run_pipeline(tiny_config(stages=[{"method": "erm"}, {"method": "restart"}]), tmp_path / "r", plugins)
+    seen = restart.seen
+    assert torch.equal(seen["rng"], seen["rng_after"]), "initial_model() disturbed the run's random state"
+    # the stage trained the fresh model (the seeded initial weights), not the ERM model it was handed
+    assert all(torch.equal(seen["first"][k], seen["initial"][k]) for k in seen["first"])
+    assert not torch.equal(seen["before"]["head.weight"], seen["initial"]["head.weight"])
+    assert summary["stages"][1]["selected"]["epoch"] in (1, 2, 3)
+    kept = RunDir(tmp_path / "r").load_checkpoint("1-restart", summary["stages"][1]["selected"]["epoch"])["model"]
+    assert not torch.equal(kept["head.weight"], seen["initial"]["head.weight"])
+
+
+def test_predict_returns_logits_in_index_order_and_restores_the_mode(tiny_data, tiny_backbone):
+    from spurcore.device import Device
+    from spurcore.evaluation import predict
+    from spurcore.model import build_model
+
+    model = build_model(tiny_backbone, tiny_data.n_classes).train()
+    split = tiny_data.splits["val"]
+    logits = predict(model, split, Device.from_config("cpu", False), batch_size=7)
+    assert logits.shape == (120, 2) and logits.dtype == np.float32
+    with torch.no_grad():
+        assert np.allclose(logits, model.eval()(split.inputs).numpy(), atol=1e-6)
+    model.train()
+    predict(model, split, Device.from_config("cpu", False))
+    assert model.training

@@ -10,6 +10,10 @@ from sklearn.linear_model import LogisticRegression
 
 import spurcore_dfr
 from spurcore.runner import RunError, run_pipeline
+from spurcore.testing import mitigation_conformance
+
+TestConformanceDFR = mitigation_conformance("dfr", plugin=spurcore_dfr, options={"retrains": 3})
+TestConformanceDFRClass = mitigation_conformance("dfr-class", plugin=spurcore_dfr, options={"retrains": 3})
 
 
 @pytest.fixture

@@ -10,7 +10,9 @@ from spurcore import hookimpl
 from spurcore.config import pipeline_from_dict
 from spurcore.errors import ConfigError
 from spurcore.runner import open_run, run_pipeline
-from spurcore.testing import tiny_pipeline
+from spurcore.testing import mitigation_conformance, tiny_pipeline
+
+TestConformance = mitigation_conformance("fairdropout", plugin=fdp)
 
 
 @pytest.fixture

@@ -14,7 +14,9 @@ import spurcore_neurontune as nt
 from spurcore.config import pipeline_from_dict
 from spurcore.errors import ConfigError
 from spurcore.runner import run_pipeline
-from spurcore.testing import tiny_pipeline
+from spurcore.testing import mitigation_conformance, tiny_pipeline
+
+TestConformance = mitigation_conformance("neurontune", plugin=nt, options={"epochs": 3})
 
 
 @pytest.fixture

@@ -1,0 +1,112 @@
+"""spurcore's test kit, a pytest plugin (entry point `pytest11: spurcore`), so plugin authors
+test the way the kernel does. Installed with spurcore; its fixtures are there in every test:
+
+* `plugins`: a plugin manager with the built-ins and the tiny world (dataset `tiny`, backbone
+  `mlp`, last-layer stage `tiny-refit`), no entry points;
+* `register_plugin(plugin, name=None)`: registers a plugin on `plugins` for one test only;
+* `tiny_config(**keys)`: a validated tiny pipeline; `tiny_data`, `tiny_backbone`: the pieces;
+* `spur_cli(*args)`: runs the `spur` command line with `plugins`, returns click's result;
+* `mitigation_conformance(method, plugin=...)`: the mitigation contract as a test class.
+
+    def test_my_method(plugins, register_plugin, tiny_config, tmp_path):
+        register_plugin(my_plugin)
+        summary = run_pipeline(tiny_config(stages=[{"method": "mine"}]), tmp_path / "run", plugins)
+
+    TestConformance = mitigation_conformance("mine", plugin=my_plugin)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from spurcore.config import pipeline_from_dict
+from spurcore.data import SpuriousData
+from spurcore.model import Backbone
+from spurcore.plugins import PluginManager
+from spurcore.testing.conformance import kit_manager, mitigation_conformance
+from spurcore.testing.tiny import MLPOptions, TinyOptions, TinyPlugin, TinyRefit, make_mlp, make_tiny
+
+__all__ = [
+    "MLPOptions", "TinyOptions", "TinyPlugin", "TinyRefit", "kit_manager", "make_mlp", "make_tiny",
+    "mitigation_conformance", "tiny_pipeline",
+]
+
+
+@pytest.fixture
+def plugins() -> PluginManager:
+    """A plugin manager with the built-ins and the tiny test plugin (no entry points)."""
+    return kit_manager()
+
+
+@pytest.fixture
+def register_plugin(plugins: PluginManager) -> Iterator[Callable[..., object]]:
+    """`register_plugin(plugin, name=None)` registers `plugin` on `plugins` (hook names are
+    checked as in a real install) and unregisters it when the test ends, pass or fail."""
+    added: list[object] = []
+
+    def register(plugin: object, name: str | None = None) -> object:
+        plugins.register(plugin, name)
+        added.append(plugin)
+        return plugin
+
+    yield register
+    for plugin in reversed(added):
+        if plugins.pm.is_registered(plugin):
+            plugins.unregister(plugin)
+
+
+def tiny_pipeline(**overrides: Any) -> dict:
+    """A tiny pipeline as plain data (ERM for 3 epochs); keyword arguments replace top-level keys."""
+    data = {
+        "selector": "val-wga",
+        "seed": 0,
+        "device": "cpu",
+        "dataset": {"name": "tiny"},
+        "backbone": {"name": "mlp"},
+        "train": {"epochs": 3, "batch_size": 32, "lr": 0.01},
+        "stages": [{"method": "erm"}],
+    }
+    data.update(overrides)
+    return data
+
+
+@pytest.fixture
+def tiny_config():
+    """Build a validated tiny pipeline; keyword arguments replace top-level keys."""
+
+    def build(**overrides):
+        return pipeline_from_dict(tiny_pipeline(**overrides))
+
+    return build
+
+
+@pytest.fixture
+def tiny_data() -> SpuriousData:
+    """The tiny spurious dataset: 200 train, 120 val, 160 test examples of 8 features; the
+    attribute agrees with the class on 90% of train and half of val/test."""
+    return make_tiny(TinyOptions())
+
+
+@pytest.fixture
+def tiny_backbone(tiny_data: SpuriousData) -> Backbone:
+    """The tiny backbone for `tiny_data`: Linear(8, 16) + ReLU, 16 features."""
+    return make_mlp(MLPOptions(), tiny_data)
+
+
+@pytest.fixture
+def spur_cli(plugins: PluginManager) -> Callable[..., Any]:
+    """`spur_cli("list", "mitigations")` runs the `spur` command line in-process with the
+    test's `plugins` (and the commands they register); returns click's `Result`."""
+    from click.testing import CliRunner
+
+    from spurcore.cli import cli
+
+    def invoke(*args: Any) -> Any:
+        plugins.hook.spurcore_register_commands(cli=cli)
+        obj = {"manager": plugins, "plugin_args": []}
+        return CliRunner().invoke(cli, [str(a) for a in args], obj=obj, catch_exceptions=False)
+
+    return invoke
