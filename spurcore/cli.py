@@ -17,6 +17,7 @@ import click
 from spurcore import __version__
 from spurcore.errors import SpurcoreError
 from spurcore.plugins import PluginManager
+from spurcore.scaffold import KINDS as PLUGIN_KINDS
 from spurcore.specs import KINDS
 
 
@@ -161,6 +162,21 @@ def show_cmd(run_dir: Path) -> None:
         how = f"epoch {chosen['epoch']} by {chosen['selector']}" if chosen["selector"] else "post hoc"
         click.echo(f"stage {stage['name']} ({stage['method']}, {how})")
         click.echo(report.group_table(stage["metrics"]))
+
+
+@cli.command("new-plugin")
+@click.argument("name")
+@click.option("--kind", required=True, type=click.Choice(PLUGIN_KINDS),
+              help="What the plugin registers.")
+@click.option("--out", "out", default=".", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder to create spurcore-NAME in.")
+def new_plugin_cmd(name: str, kind: str, out: Path) -> None:
+    """Create a plugin package NAME: pyproject with the entry point, module, README, tests."""
+    from spurcore.scaffold import new_plugin
+
+    root = new_plugin(name, kind, out)
+    click.echo(f"created {root}")
+    click.echo(f"next: pip install -e {root} && python -m pytest {root / 'tests'}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
