@@ -71,6 +71,30 @@ class _Manager(pluggy.PluginManager):
         return opts
 
 
+def _short(value: Any) -> str:
+    """A one-word picture of a hook argument: stages by key, tensors by shape, runs by folder."""
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return repr(value)
+    for attr, show in (("key", str), ("shape", lambda s: "x".join(map(str, s)) or "scalar"), ("out", lambda o: str(o.path))):
+        if hasattr(value, attr) and not callable(getattr(value, attr)):
+            try:
+                return f"{type(value).__name__}({show(getattr(value, attr))})"
+            except (AttributeError, TypeError):
+                pass
+    if hasattr(value, "__len__") and not isinstance(value, type):
+        return f"{type(value).__name__}[{len(value)}]"
+    return type(value).__name__
+
+
+def _trace_call(hook_name: str, impls: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+    """`SPURCORE_TRACE_HOOKS=1`: one stderr line per hook call, with its arguments and the
+    plugins that implement it in the order they run (a first-result hook stops at the first
+    answer)."""
+    args = ", ".join(f"{k}={_short(v)}" for k, v in kwargs.items())
+    order = ", ".join(impl.plugin_name for impl in reversed(impls))
+    sys.stderr.write(f"[spurcore] {hook_name}({args}) -> [{order}]\n")
+
+
 class PluginManager:
     """Loads plugins and answers: which hooks, which specs of each kind, which failed."""
 
@@ -90,8 +114,7 @@ class PluginManager:
         self._builtin: set[str] = set()
         self._registry: dict[str, dict[str, Registered]] | None = None
         if os.environ.get(TRACE_ENV):
-            self.pm.trace.root.setwriter(lambda text: sys.stderr.write(text))
-            self.pm.enable_tracing()
+            self.pm.add_hookcall_monitoring(_trace_call, lambda outcome, name, impls, kwargs: None)
         for module in BUILTIN_MODULES:
             name = module.rsplit(".", 1)[-1]
             if name not in self.blocked:

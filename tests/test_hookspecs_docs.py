@@ -302,3 +302,48 @@ def test_run_error_is_called_once_when_a_stage_fails(plugins, tiny_config, tmp_p
         run_pipeline(tiny_config(), tmp_path / "run", plugins, log=lambda message: None)
     assert recorder.calls[-1] == ("run_error", "RuntimeError")
     assert [c for c in recorder.calls if c[0] in ("run_error", "run_end", "stage_end")] == [("run_error", "RuntimeError")]
+
+
+# --- the generated hook reference (docs/hooks.md) ----------------------------------------------
+
+
+def load_reference_builder():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "docs" / "make_hook_reference.py"
+    spec = importlib.util.spec_from_file_location("make_hook_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_hook_reference_page_is_generated_from_the_current_hookspecs():
+    builder = load_reference_builder()
+    assert builder.PAGE.read_text() == builder.render(), (
+        "docs/hooks.md has drifted from spurcore/hookspecs.py: run python docs/make_hook_reference.py"
+    )
+
+
+def test_hook_reference_documents_every_hook_with_its_signature_and_example():
+    text = load_reference_builder().render()
+    for hook in HOOKS:
+        section = text.split(f"### `{hook}`", 1)[1].split("\n### ", 1)[0]
+        signature = section.split("```python\n", 1)[1].split("\n", 1)[0]
+        assert re.findall(r"(?:\(|, )(\w+): ", signature) == spec_args(hook), signature
+        assert f"@hookimpl\ndef {hook}(" in section, f"{hook}: its example is missing from docs/hooks.md"
+        firstresult = getattr(hookspecs, hook).spurcore_spec["firstresult"]
+        assert ("*firstresult*" in section) == firstresult, hook
+    assert text.index("## Registration hooks") < text.index("## Lifecycle hooks") < text.index("## Stage hooks")
+    assert "```text\nspurcore_run_start(run)" in text  # the calling sequence, as a code block
+
+
+def test_hook_reference_check_mode_reports_drift(tmp_path, monkeypatch, capsys):
+    builder = load_reference_builder()
+    stale = tmp_path / "hooks.md"
+    stale.write_text(builder.render().replace("spurcore_train_loss", "spurcore_old_loss", 1))
+    monkeypatch.setattr(builder, "PAGE", stale)
+    assert builder.main(["--check"]) == 1
+    assert "is out of date: run python docs/make_hook_reference.py" in capsys.readouterr().err
+    stale.write_text(builder.render())
+    assert builder.main(["--check"]) == 0

@@ -400,3 +400,32 @@ def test_infos_leaves_out_blocked_builtins():
     names = {i.name for i in manager.infos()}
     assert "progress" not in names and "waterdigits" not in names
     assert "waterdigits" not in manager.registry("datasets")
+
+
+def test_trace_hooks_prints_every_hook_call_with_its_implementations(monkeypatch, capsys, tmp_path, tiny_config):
+    from spurcore.runner import run_pipeline
+    from spurcore.testing import kit_manager
+
+    monkeypatch.setenv("SPURCORE_TRACE_HOOKS", "1")
+    config = tiny_config(train={"epochs": 1, "batch_size": 100, "eval_batch_size": 200})
+    run_pipeline(config, tmp_path / "run", kit_manager(), log=lambda message: None)
+    lines = [l for l in capsys.readouterr().err.splitlines() if l.startswith("[spurcore] ")]
+    names = [l.split(" ", 1)[1].split("(", 1)[0] for l in lines]
+    # tiny: 200 training examples in 2 batches, val and test one batch each
+    assert names == ["spurcore_run_start", "spurcore_stage_start", "spurcore_prepare_model", "spurcore_epoch_start",
+                     "spurcore_train_sampler", *["spurcore_train_loss", "spurcore_batch_end"] * 2,
+                     *["spurcore_evaluation_start", "spurcore_evaluation_batch", "spurcore_evaluation_end"] * 2,
+                     "spurcore_epoch_end", "spurcore_stage_end", "spurcore_run_end"]
+    loss = lines[names.index("spurcore_train_loss")]
+    assert "stage=StageContext(0-erm)" in loss and "batch=Batch[100]" in loss and loss.endswith("-> [erm]")
+    assert "logits=Tensor(120x2)" in lines[names.index("spurcore_evaluation_batch")]
+    assert "step=1, batch=Batch[100], loss=Tensor(scalar)" in lines[names.index("spurcore_batch_end", 7)]
+
+
+def test_without_trace_hooks_nothing_is_printed(monkeypatch, capsys, tmp_path, tiny_config):
+    from spurcore.runner import run_pipeline
+    from spurcore.testing import kit_manager
+
+    monkeypatch.delenv("SPURCORE_TRACE_HOOKS", raising=False)
+    run_pipeline(tiny_config(train={"epochs": 1}), tmp_path / "run", kit_manager(), log=lambda message: None)
+    assert "[spurcore]" not in capsys.readouterr().err
