@@ -8,7 +8,7 @@ PLUGIN_PROJECTS := $(wildcard plugins/*/pyproject.toml examples/third_party/*/py
 PLUGINS := $(patsubst %/pyproject.toml,%,$(PLUGIN_PROJECTS))
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench docs clean
 
 $(STAMP): pyproject.toml $(PLUGIN_PROJECTS)
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ demo: install
 
 bench: install
 	$(BIN)/python benchmarks/overhead.py
+
+docs: install
+	$(BIN)/python docs/make_hook_reference.py
 
 clean:
 	rm -rf $(VENV) runs

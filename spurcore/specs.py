@@ -59,7 +59,8 @@ class MitigationSpec:
     `kind` is "train" (the stage trains the model by epochs; the method's object shapes the
     model, the sampler and the loss) or "posthoc" (the stage fits a new head on frozen
     embeddings). `factory(options)` returns the stage object: a plugin whose hook
-    implementations are registered for the duration of the stage only.
+    implementations are registered for the duration of the stage only (its `state_dict()` /
+    `load_state_dict()`, if it has them, are saved in and restored from every checkpoint).
     `needs_attributes` names the splits on which the method reads attribute labels
     (e.g. ("val",) for DFR), or is a function of the stage's options returning them; the
     kernel refuses to run the method on data without them.

@@ -33,7 +33,7 @@ from spurcore.config import pipeline_from_dict
 from spurcore.data import REQUIRED_SPLITS
 from spurcore.plugins import PluginManager
 from spurcore.rundir import RunDir
-from spurcore.runner import RunError, run_pipeline
+from spurcore.runner import RunError, plan, run_pipeline
 from spurcore.testing.tiny import TinyPlugin
 
 CONFORMANCE_TRAIN = {"epochs": 2, "batch_size": 32, "eval_batch_size": 256, "lr": 0.01}
@@ -78,7 +78,7 @@ def _weights(run_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
 
 def _same_weights(a: dict[str, dict[str, torch.Tensor]], b: dict[str, dict[str, torch.Tensor]]) -> list[str]:
     """The (stage, tensor) names where two runs' kept weights differ."""
-    differ = [stage for stage in a.keys() ^ b.keys()]
+    differ = sorted(a.keys() ^ b.keys())
     for stage in a.keys() & b.keys():
         if a[stage].keys() != b[stage].keys():
             differ.append(f"{stage}: different tensors")
@@ -136,8 +136,6 @@ def mitigation_conformance(
         })
 
     def declared() -> tuple[str, ...]:
-        from spurcore.runner import plan
-
         planned = plan(pipeline(), manager())
         return tuple(dict.fromkeys(s for st in planned.stages for s in st.spec.attribute_splits(st.options)))
 
