@@ -357,14 +357,23 @@ class Runner:
             if result is None:
                 raise RunError(f"{self.run.out.path}: stage {target.key!r} has not finished; name an epoch")
             epoch = result["selected"]["epoch"]
-        model = build_base_model(self.plan, self.run.data, self.plugins)
-        for planned in planned_stages:
-            ctx = self._stage_context(planned, model)
-            self.plugins.register(ctx.method, f"restore:{planned.key}")
-            try:
-                self._prepare(ctx)
-            finally:
-                self.plugins.unregister(ctx.method)
+        model = self._initial_model()
+        # replay each stage's prepare_model with that stage's object alone: a running stage's
+        # object (registered while a selector rebuilds its candidates) must not act twice
+        running = [(name, p) for name, p in self.plugins.pm.list_name_plugin() if name and name.startswith("stage:")]
+        for _, plugin in running:
+            self.plugins.unregister(plugin)
+        try:
+            for planned in planned_stages:
+                ctx = self._stage_context(planned, model)
+                self.plugins.register(ctx.method, f"restore:{planned.key}")
+                try:
+                    self._prepare(ctx)
+                finally:
+                    self.plugins.unregister(ctx.method)
+        finally:
+            for name, plugin in running:
+                self.plugins.register(plugin, name)
         model.load_state_dict(self.run.out.load_checkpoint(target.key, epoch)["model"])
         return model.to(self.run.device.device).eval()
 

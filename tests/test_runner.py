@@ -365,3 +365,40 @@ def test_predict_returns_logits_in_index_order_and_restores_the_mode(tiny_data, 
     model.train()
     predict(model, split, Device.from_config("cpu", False))
     assert model.training
+
+
+class Widen:
+    """Inserts a layer in prepare_model: replaying it twice would change the state dict's keys."""
+
+    def __init__(self, options):
+        pass
+
+    @hookimpl
+    def spurcore_prepare_model(self, model):
+        model.embed = nn.Sequential(model.embed, nn.Identity())
+
+
+def test_a_selector_can_rebuild_candidates_of_a_stage_that_changes_the_model(tmp_path, plugins, tiny_config):
+    rebuilt = []
+
+    def score(candidate):
+        model = candidate.load_model()
+        rebuilt.append(sorted(model.state_dict()))
+        return -candidate.epoch
+
+    class Registers:
+        @hookimpl
+        def spurcore_register_mitigations(self):
+            return [MitigationSpec(name="widen", factory=Widen)]
+
+        @hookimpl
+        def spurcore_register_selectors(self):
+            from spurcore.specs import SelectorSpec
+
+            return [SelectorSpec(name="rebuilds", score=score)]
+
+    plugins.register(Registers(), "widen")
+    summary = run_pipeline(tiny_config(selector="rebuilds", stages=[{"method": "widen"}]), tmp_path / "r", plugins)
+    assert summary["selected"]["epoch"] == 1 and len(rebuilt) == 3
+    assert rebuilt[0] == sorted(["embed.0.0.weight", "embed.0.0.bias", "head.weight", "head.bias"])
+    assert plugins.pm.get_plugin("stage:0-widen") is None  # the running stage's object left with its stage
