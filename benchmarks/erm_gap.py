@@ -1,7 +1,8 @@
 """ERM's gap on waterdigits: test average accuracy minus test worst-group accuracy, over seeds.
 
-Runs `examples/erm.toml` once per seed (resuming finished runs) and prints JSON with every
-seed's numbers and their mean and standard deviation, for the README's table.
+Runs `examples/erm.toml` (or any `--pipeline`, e.g. examples/groupdro.toml) once per seed
+(resuming finished runs) and prints JSON with every seed's numbers and their mean and
+standard deviation, for the README's and the method pages' tables.
 
     python benchmarks/erm_gap.py [--seeds 0,1,2] [--out runs/erm-gap] [-o key=value ...]
 """
