@@ -179,6 +179,81 @@ def new_plugin_cmd(name: str, kind: str, out: Path) -> None:
     click.echo(f"next: pip install -e {root} && python -m pytest {root / 'tests'}")
 
 
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected integers separated by commas, e.g. 0,1,2") from None
+
+
+@cli.command("sweep")
+@click.argument("pipeline", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--grid", "grid", multiple=True, metavar="KEY=V1,V2",
+              help="Values to sweep; every combination runs. METHOD.KEY applies to one --methods method.")
+@click.option("--random", "random_draws", type=click.IntRange(min=1), metavar="N",
+              help="N random draws from the search spaces the mitigations declare (and the --grid values).")
+@click.option("--seeds", default="0", show_default=True, help="Seeds, e.g. 0,1,2.")
+@click.option("--methods", default="", metavar="M1,M2|all",
+              help="Also run these mitigations against the pipeline (all: every installed one).")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Sweep directory.")
+@click.option("--launcher", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Trials at a time.")
+@click.option("--address", help="Ray cluster address (default: start a local Ray instance).")
+@click.pass_context
+def sweep_cmd(ctx: click.Context, pipeline: Path, grid: tuple[str, ...], random_draws: int | None, seeds: str,
+              methods: str, out: Path, launcher: str, jobs: int, address: str | None) -> None:
+    """Run PIPELINE over settings x seeds, one run directory each under --out; finished runs are
+    skipped when launched again, failed ones recorded in sweep.json. Then: spur report --out."""
+    import os
+
+    from spurcore import launchers, sweep
+    from spurcore.config import load_pipeline
+
+    manager = plugin_manager(ctx, quiet=True)
+    names = [m for m in methods.split(",") if m]
+    if names == ["all"]:
+        base = {s.method for s in load_pipeline(pipeline).stages}
+        names = [n for n in sorted(manager.registry("mitigations")) if n not in base]
+    plan = sweep.plan_sweep(pipeline, out, manager, grid=sweep.parse_grid(grid), seeds=_seeds(seeds),
+                            methods=names, random_draws=random_draws, plugin_args=ctx.find_root().obj["plugin_args"],
+                            threads=max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0)
+    out.mkdir(parents=True, exist_ok=True)
+    sweep.write_manifest(plan, {})
+    records: dict[str, dict] = {}
+    total = len(plan.trials)
+
+    def heard(trial, record) -> None:
+        records[trial.path] = record
+        sweep.write_manifest(plan, records)
+        state = "finished earlier" if record.get("skipped") else record["status"]
+        extra = f": {record['error']}" if "error" in record else ""
+        click.echo(f"[{len(records)}/{total}] {trial.path}: {state}{extra}")
+
+    launchers.execute(plan, launchers.make_launcher(launcher, jobs, address, manager), heard)
+    failed = [p for p, r in records.items() if r["status"] != "done"]
+    click.echo(f"{total - len(failed)} of {total} trials finished; {len(failed)} failed or not run. "
+               f"Next: spur report {out}")
+    if failed:
+        ctx.exit(1)
+
+
+@cli.command("report")
+@click.argument("sweep_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--selector", "selectors", multiple=True, metavar="NAME",
+              help="Choose each method's settings with this selector. Repeatable (default: every installed one).")
+@click.option("--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True)
+@click.pass_context
+def report_cmd(ctx: click.Context, sweep_dir: Path, selectors: tuple[str, ...], fmt: str) -> None:
+    """Compare the methods of a sweep: test WGA and average accuracy, mean ± std over seeds."""
+    from spurcore import comparison
+
+    manager = plugin_manager(ctx, quiet=True)
+    names = list(selectors) or sorted(manager.registry("selectors"))
+    text, figure = comparison.write(sweep_dir, manager, names, fmt)
+    click.echo(text, nl=False)
+    click.echo(f"figure: {figure}", err=True)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     plugin_args = _plugin_args(argv)

@@ -67,6 +67,9 @@ class MitigationSpec:
     `train_defaults` overrides the pipeline's `[train]` settings for this stage unless the
     stage sets them itself (e.g. a fine-tuning stage with its own learning rate).
     `search_space` declares the options a sweep may draw: {option: [values]}.
+    `fine_tunes` marks a train-kind method that continues a trained model (pruned-twin
+    fine-tuning) rather than training from scratch: a comparison starts it, like a post-hoc
+    method, from the baseline's trained run.
     """
 
     name: str = attrs.field(validator=_name)
@@ -78,6 +81,7 @@ class MitigationSpec:
     )
     train_defaults: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping)
     search_space: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping)
+    fine_tunes: bool = False
     description: str = ""
 
     def attribute_splits(self, options: Any) -> tuple[str, ...]:

@@ -1,0 +1,137 @@
+"""Where a sweep's trials run: in this process, in a local process pool, or as Ray tasks.
+
+Every launcher runs the same `spurcore.sweep.run_trial`; the scheduler here starts a trial as
+soon as the trial it starts from (its baseline) has finished, skips trials whose run is already
+finished, and records a failed trial without stopping the others.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from spurcore.errors import SpurcoreError
+from spurcore.plugins import PluginManager
+from spurcore.sweep import Sweep, Trial, finished, run_trial
+
+LAUNCHERS = ("local", "ray")
+
+
+class LauncherError(SpurcoreError):
+    pass
+
+
+class Inline:
+    """Trials one after the other in this process (`--jobs 1`), with the caller's plugins."""
+
+    capacity = 1  # trials submitted at a time
+
+    def __init__(self, manager: PluginManager | None = None) -> None:
+        self.manager = manager
+
+    def submit(self, spec: dict[str, Any]) -> Any:
+        future: futures.Future = futures.Future()
+        future.set_result(run_trial(spec, self.manager))
+        return future
+
+    def wait(self, pending: list[Any]) -> Iterator[tuple[Any, dict[str, Any]]]:
+        done, _ = futures.wait(pending, return_when=futures.FIRST_COMPLETED)
+        return ((f, f.result()) for f in done)
+
+    def close(self) -> None:
+        pass
+
+
+class Pool(Inline):
+    """Up to `jobs` trials at a time in fresh processes (spawned: no forked torch state)."""
+
+    def __init__(self, jobs: int) -> None:
+        self.pool = futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+        self.capacity = jobs
+
+    def submit(self, spec: dict[str, Any]) -> Any:
+        return self.pool.submit(run_trial, spec)
+
+    def close(self) -> None:
+        self.pool.shutdown(cancel_futures=True)
+
+
+class Ray:
+    """Trials as Ray tasks on the cluster at `address` (a local instance when None), one GPU
+    per trial when the cluster has GPUs. Run directories must be on storage every node sees."""
+
+    def __init__(self, address: str | None, cpus_per_trial: int) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise LauncherError("--launcher ray needs Ray: pip install 'spurcore[ray]'") from None
+        self.ray = ray
+        if not ray.is_initialized():
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+        self.capacity = 10**6  # Ray queues tasks until the cluster has room
+        self.task = ray.remote(num_cpus=cpus_per_trial, num_gpus=gpus, max_retries=0)(run_trial)
+
+    def submit(self, spec: dict[str, Any]) -> Any:
+        return self.task.remote(spec)
+
+    def wait(self, pending: list[Any]) -> Iterator[tuple[Any, dict[str, Any]]]:
+        done, _ = self.ray.wait(pending, num_returns=1)
+        return ((ref, self._result(ref)) for ref in done)
+
+    def _result(self, ref: Any) -> dict[str, Any]:
+        try:
+            return self.ray.get(ref)
+        except Exception as error:  # noqa: BLE001 - a lost worker is a failed trial, not a lost sweep
+            return {"status": "failed", "error": f"ray: {type(error).__name__}: {error}"}
+
+    def close(self) -> None:
+        pass
+
+
+def make_launcher(name: str, jobs: int, address: str | None = None, manager: PluginManager | None = None) -> Inline:
+    if name == "ray":
+        return Ray(address, max(1, (os.cpu_count() or 1) // max(jobs, 1)) if jobs > 1 else 1)
+    if name != "local":
+        raise LauncherError(f"--launcher {name!r}: use one of {', '.join(LAUNCHERS)}")
+    return Inline(manager) if jobs <= 1 else Pool(jobs)
+
+
+def execute(sweep: Sweep, launcher: Inline, on_record: Callable[[Trial, dict[str, Any]], None]) -> dict[str, dict[str, Any]]:
+    """Run every unfinished trial, a trial only after the one it starts from; returns the
+    record of every trial by path (`on_record` hears each as it arrives)."""
+    records: dict[str, dict[str, Any]] = {}
+    waiting = list(sweep.trials)
+    running: dict[Any, Trial] = {}
+
+    def settle(trial: Trial, record: dict[str, Any]) -> None:
+        records[trial.path] = record
+        on_record(trial, record)
+
+    try:
+        while waiting or running:
+            for trial in list(waiting):
+                if len(running) >= launcher.capacity:
+                    break
+                before = records.get(trial.after) if trial.after else {"status": "done"}
+                if before is None:
+                    continue
+                waiting.remove(trial)
+                if before["status"] == "failed" or before["status"].startswith("not run"):
+                    settle(trial, {"status": f"not run: {trial.after} failed"})
+                elif finished(sweep, trial):
+                    settle(trial, {"status": "done", "skipped": True})
+                else:
+                    running[launcher.submit(trial.spec(sweep))] = trial
+            if not running:
+                if waiting:  # pragma: no cover - a trial after one that is not in this sweep
+                    raise LauncherError(f"{waiting[0].path} waits for {waiting[0].after}, which this sweep lacks")
+                break
+            for handle, record in launcher.wait(list(running)):
+                settle(running.pop(handle), record)
+    finally:
+        launcher.close()
+    return records
