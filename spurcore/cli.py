@@ -133,7 +133,7 @@ def list_cmd(ctx: click.Context, kind: str, as_json: bool) -> None:
 def run_cmd(ctx: click.Context, pipeline: Path, out: Path, overrides: tuple[str, ...], seed: int | None,
             device: str | None, resume: bool, quiet: bool) -> None:
     """Run PIPELINE (a TOML file) into the run directory --out."""
-    from spurcore import report
+    from spurcore import distributed, report
     from spurcore.config import load_pipeline
     from spurcore.runner import run_pipeline
 
@@ -143,8 +143,11 @@ def run_cmd(ctx: click.Context, pipeline: Path, out: Path, overrides: tuple[str,
     if device is not None:
         extra.append(f"device={json.dumps(device)}")
     config = load_pipeline(pipeline, extra)
+    quiet = quiet or not distributed.writes_files()  # under torchrun, rank 0 speaks for all
     summary = run_pipeline(config, out, plugin_manager(ctx, quiet), resume=resume,
                            log=(lambda m: None) if quiet else click.echo)
+    if not distributed.writes_files():
+        return
     click.echo(report.group_table(summary["metrics"]), nl=False)
     click.echo(f"selected: {summary['selected']}; run directory: {out}")
 

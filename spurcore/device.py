@@ -11,6 +11,7 @@ from typing import Any
 import attrs
 import torch
 
+from spurcore import distributed
 from spurcore.data import Batch
 from spurcore.errors import SpurcoreError
 
@@ -47,6 +48,8 @@ class Device:
     @classmethod
     def from_config(cls, name: str, amp: bool) -> Device:
         device = resolve(name)
+        if device.type == "cuda" and device.index is None and distributed.launched():
+            device = torch.device("cuda", distributed.local_rank())  # torchrun: one GPU per process
         return cls(device, amp=amp and device.type == "cuda")
 
     @property

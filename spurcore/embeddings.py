@@ -19,6 +19,7 @@ import h5py
 import numpy as np
 import torch
 
+from spurcore import distributed
 from spurcore.data import SpuriousData, iterate_batches
 from spurcore.device import Device
 from spurcore.model import SpurModel
@@ -91,6 +92,8 @@ def cached(model: SpurModel, data: SpuriousData, device: Device, dataset: dict, 
                 pass  # an unreadable cache file is rebuilt below
     embeddings = extract(model, data, device, batch_size)
     path = Path(write_to) / name
+    if not distributed.writes_files():  # data-parallel: rank 0 writes the cache
+        return CacheResult(embeddings, path, False)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
     try:

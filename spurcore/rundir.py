@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from spurcore import atomic
+from spurcore import atomic, distributed
 from spurcore.errors import SpurcoreError
 
 EPOCH_FILE = re.compile(r"epoch_(\d+)\.pt$")
@@ -57,6 +57,7 @@ class RunDir:
     def save_checkpoint(self, stage_key: str, epoch: int, state: dict[str, Any]) -> None:
         with atomic.atomic_open(self.checkpoint(stage_key, epoch), "wb") as handle:
             torch.save(state, handle)
+        distributed.barrier()  # rank 0 has written it: every rank may read it from here on
 
     def load_checkpoint(self, stage_key: str, epoch: int, map_location: Any = "cpu") -> dict[str, Any]:
         path = self.checkpoint(stage_key, epoch)

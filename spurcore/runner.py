@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from spurcore import atomic, config as cfg
+from spurcore import atomic, config as cfg, distributed
 from spurcore.context import Candidate, RunContext, StageContext
 from spurcore.data import SpuriousData, iterate_batches
 from spurcore.device import Device
@@ -209,7 +209,7 @@ class Runner:
             self._load_weights(stage, finished["selected"]["epoch"])
             self.histories[stage.key] = finished["history"]
             return finished
-        if not out.epochs(stage.key) and out.stage_dir(stage.key).exists():
+        if not out.epochs(stage.key) and out.stage_dir(stage.key).exists() and distributed.writes_files():
             shutil.rmtree(out.stage_dir(stage.key))  # leftovers of a stage cut before its first checkpoint
         self.hook.spurcore_stage_start(run=run, stage=stage)
         if stage.spec.kind == "train":
@@ -221,7 +221,7 @@ class Runner:
         selected = self._select(stage, history)
         self._load_weights(stage, selected)
         if stage.train.keep_checkpoints == "selected":
-            for epoch in out.epochs(stage.key):
+            for epoch in out.epochs(stage.key) if distributed.writes_files() else ():
                 if epoch != selected:
                     out.checkpoint(stage.key, epoch).unlink()
         entry = next(h for h in history if h["epoch"] == selected)
@@ -274,22 +274,27 @@ class Runner:
             elif len(order) == 0:
                 raise RunError(f"stages[{stage.index}]: method {stage.spec.name!r} returned an empty training order")
             total = torch.zeros((), device=run.device.device)
-            seen = 0
-            batches = iterate_batches(split, order, train.batch_size, num_workers=train.num_workers,
+            seen = torch.zeros((), device=run.device.device)
+            order, sizes, weights = distributed.shard(torch.as_tensor(order), train.batch_size)
+            batches = iterate_batches(split, order, sizes, num_workers=train.num_workers,
                                       pin_memory=run.device.pin_memory, augment=True)
             for step, batch in enumerate(batches):
                 batch = run.device.move(batch)
+                weight = 1.0 if weights is None else weights[step]
                 with run.device.autocast():
                     loss = self.hook.spurcore_train_loss(run=run, stage=stage, model=model, batch=batch)
                 stage.optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
+                scaler.scale(loss * weight if weights else loss).backward()
+                if weights:
+                    distributed.average_gradients(model.parameters())
                 scaler.step(stage.optimizer)
                 scaler.update()
-                total += loss.detach() * len(batch)
-                seen += len(batch)
+                total += loss.detach() * len(batch) * (weight > 0)
+                seen += len(batch) * (weight > 0)
                 self.hook.spurcore_batch_end(run=run, stage=stage, epoch=epoch, step=step, batch=batch, loss=loss)
             metrics = {s: evaluate(run, stage, epoch, s) for s in evaluation_splits(run)}
-            entry = {"epoch": epoch, "train_loss": float(total) / max(seen, 1), "metrics": metrics}
+            entry = {"epoch": epoch, "train_loss": float(distributed.total(total)) / max(float(distributed.total(seen)), 1),
+                     "metrics": metrics}
             history.append(entry)
             self._step_scheduler(stage, entry)
             out.save_checkpoint(stage.key, epoch, {
@@ -473,8 +478,10 @@ def run_pipeline(config: cfg.PipelineConfig, out_path: Any, plugins: PluginManag
     elif out.path.exists() and any(out.path.iterdir()):
         raise RunError(f"{out.path} is not empty and holds no run; choose another --out")
     device = Device.from_config(config.device, config.amp)
+    distributed.setup(device.device)
     data = build_data(planned, plugins)
     check_labels(planned, data)
+    distributed.barrier()  # every process has checked the run directory before rank 0 writes to it
     atomic.write_text(out.config, cfg.dumps(config))
     runner = Runner(planned, out, plugins, device=device, data=data, resume=resume, log=log)
     return runner.execute()
