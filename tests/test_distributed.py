@@ -60,8 +60,8 @@ PLUGIN_MODULE = textwrap.dedent("""
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without torch.distributed")
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     # FairDropout on an MLP (no batch norm): its masks follow the example indices, whichever
-    # process sees the example; 200 examples in batches of 32 end with a batch of 8 (4 + 4).
-    data = tiny_pipeline(train={"epochs": 1, "batch_size": 32, "lr": 0.01, "optimizer": "adam"},
+    # process sees the example; 201 examples in batches of 32 end with a batch of 9 (5 + 4).
+    data = tiny_pipeline(dataset={"name": "tiny", "options": {"n_train": 201}}, train={"epochs": 1, "batch_size": 32, "lr": 0.01, "optimizer": "adam"},
                          stages=[{"method": "fairdropout", "options": {"placement": ["features"]}}])
     pipeline = tmp_path / "ddp.toml"
     pipeline.write_text(tomli_w.dumps(data))
