@@ -128,7 +128,10 @@ def _slug(settings: Mapping[str, Any]) -> str:
 def plan_sweep(pipeline: Path, out: Path, plugins: PluginManager, *, grid: Mapping[str, Sequence[Any]],
                seeds: Sequence[int], methods: Sequence[str] = (), random_draws: int | None = None,
                draw_seed: int = 0, plugin_args: Sequence[str] = (), threads: int = 0) -> Sweep:
-    """Every trial of a sweep, checked against the installed plugins before any run starts."""
+    """Every trial of a sweep, each pipeline checked against the installed plugins (names,
+    options) before any run starts."""
+    from spurcore.runner import plan
+
     if not seeds:
         raise ConfigError("--seeds: name at least one seed")
     base_config = load_pipeline(pipeline)
@@ -142,8 +145,6 @@ def plan_sweep(pipeline: Path, out: Path, plugins: PluginManager, *, grid: Mappi
                 space.setdefault(f"stages.{i}.options.{option}", values)
     rng = random.Random(draw_seed)
     base_settings = expand(space, random_draws, rng)
-    for settings in base_settings:  # every combination must make a valid pipeline
-        load_pipeline(pipeline, [f"{k}={toml_value(v)}" for k, v in settings.items()])
     label = "+".join(stage.label for stage in base_config.stages)
     trials = []
     for settings in base_settings:
@@ -152,6 +153,7 @@ def plan_sweep(pipeline: Path, out: Path, plugins: PluginManager, *, grid: Mappi
             trials.append(Trial(method=label, settings=settings, seed=seed,
                                 path=f"{label}/{_slug(settings)}/seed{seed}",
                                 overrides=(*overrides, f"seed={seed}")))
+        plan(load_pipeline(pipeline, overrides), plugins)
     baselines = {(json.dumps(t.settings, sort_keys=True), t.seed): t for t in trials}
     for method in methods:
         spec = plugins.get("mitigations", method)
@@ -174,9 +176,9 @@ def plan_sweep(pipeline: Path, out: Path, plugins: PluginManager, *, grid: Mappi
                     trial = Trial(method=method, settings=settings, seed=seed,
                                   path=f"{method}/{_slug(settings)}/seed{seed}", overrides=(*head, *stage),
                                   after=start.path if start else None)
-                    load_pipeline(pipeline, trial.overrides)
                     trials.append(trial)
-    return Sweep(pipeline=pipeline.resolve(), out=out, trials=tuple(trials), plugin_args=tuple(plugin_args),
+                plan(load_pipeline(pipeline, trial.overrides), plugins)
+    return Sweep(pipeline=pipeline.resolve(), out=out.resolve(), trials=tuple(trials), plugin_args=tuple(plugin_args),
                  threads=threads)
 
 

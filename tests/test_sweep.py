@@ -218,3 +218,11 @@ def test_ray_launcher_runs_trials_as_ray_tasks(tmp_path, monkeypatch):
         ray.shutdown()
     assert result.exit_code == 0, result.output
     assert summaries(out) == ["dfr-class/default/seed0/summary.json", "erm/default/seed0/summary.json"]
+
+
+def test_sweep_refuses_a_bad_method_option_before_running(tmp_path):
+    result = invoke(manager(), "sweep", pipeline(tmp_path), "--methods", "dfr", "--grid", "dfr.options.retrains=0,5",
+                    "--out", tmp_path / "s")
+    assert result.exit_code == 2, result.output
+    assert "stages[0].options.retrains: must be positive, got 0" in result.output
+    assert not (tmp_path / "s").exists()
