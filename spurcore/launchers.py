@@ -60,8 +60,9 @@ class Pool(Inline):
 
 
 class Ray:
-    """Trials as Ray tasks on the cluster at `address` (a local instance when None), one GPU
-    per trial when the cluster has GPUs. Run directories must be on storage every node sees."""
+    """Trials as Ray tasks on the cluster at `address` (a local instance when None), each asking
+    for `cpus_per_trial` CPUs (and as many torch threads), and one GPU when the cluster has GPUs.
+    Run directories must be on storage every node sees."""
 
     def __init__(self, address: str | None, cpus_per_trial: int) -> None:
         try:
@@ -69,6 +70,7 @@ class Ray:
         except ImportError:
             raise LauncherError("--launcher ray needs Ray: pip install 'spurcore[ray]'") from None
         self.ray = ray
+        self.cpus = cpus_per_trial
         if not ray.is_initialized():
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
@@ -76,7 +78,7 @@ class Ray:
         self.task = ray.remote(num_cpus=cpus_per_trial, num_gpus=gpus, max_retries=0)(run_trial)
 
     def submit(self, spec: dict[str, Any]) -> Any:
-        return self.task.remote(spec)
+        return self.task.remote({**spec, "threads": self.cpus})
 
     def wait(self, pending: list[Any]) -> Iterator[tuple[Any, dict[str, Any]]]:
         done, _ = self.ray.wait(pending, num_returns=1)
@@ -94,7 +96,7 @@ class Ray:
 
 def make_launcher(name: str, jobs: int, address: str | None = None, manager: PluginManager | None = None) -> Inline:
     if name == "ray":
-        return Ray(address, max(1, (os.cpu_count() or 1) // max(jobs, 1)) if jobs > 1 else 1)
+        return Ray(address, max(1, (os.cpu_count() or 1) // jobs))
     if name != "local":
         raise LauncherError(f"--launcher {name!r}: use one of {', '.join(LAUNCHERS)}")
     return Inline(manager) if jobs <= 1 else Pool(jobs)
