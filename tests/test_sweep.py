@@ -226,3 +226,19 @@ def test_sweep_refuses_a_bad_method_option_before_running(tmp_path):
     assert result.exit_code == 2, result.output
     assert "stages[0].options.retrains: must be positive, got 0" in result.output
     assert not (tmp_path / "s").exists()
+
+
+def test_an_interrupted_run_continues_from_its_last_checkpoint(tmp_path):
+    path = pipeline(tmp_path)
+    out = tmp_path / "sweep"
+    assert invoke(manager(), "sweep", path, "--seeds", "4", "--out", out).exit_code == 0
+    run = out / "erm" / "default" / "seed4"
+    finished = json.loads((run / "summary.json").read_text())
+    # as if killed during epoch 2: no summary, no stage result, no epoch-2 checkpoint
+    for name in ("summary.json", "checkpoints/0-erm/result.json", "checkpoints/0-erm/epoch_002.pt"):
+        (run / name).unlink()
+    epoch1 = (run / "checkpoints/0-erm/epoch_001.pt").stat().st_mtime_ns
+    again = invoke(manager(), "sweep", path, "--seeds", "4", "--out", out)
+    assert again.exit_code == 0 and "erm/default/seed4: done" in again.output
+    assert (run / "checkpoints/0-erm/epoch_001.pt").stat().st_mtime_ns == epoch1  # not retrained
+    assert json.loads((run / "summary.json").read_text())["metrics"] == finished["metrics"]
