@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
+from pathlib import Path
 
 import pytest
 import tomli_w
@@ -49,12 +49,7 @@ def test_only_rank_zero_writes_files(monkeypatch, tmp_path):
     assert (tmp_path / "a.txt").read_text() == "rank 0"
 
 
-PLUGIN_MODULE = textwrap.dedent("""
-    from spurcore.testing import TinyPlugin
-    _tiny = TinyPlugin()
-    spurcore_register_datasets = _tiny.spurcore_register_datasets
-    spurcore_register_backbones = _tiny.spurcore_register_backbones
-""")
+TESTS = Path(__file__).parent  # holds tinyplug.py, the tiny plugin as a module
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without torch.distributed")
@@ -65,8 +60,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
                          stages=[{"method": "fairdropout", "options": {"placement": ["features"]}}])
     pipeline = tmp_path / "ddp.toml"
     pipeline.write_text(tomli_w.dumps(data))
-    (tmp_path / "tinyplug.py").write_text(PLUGIN_MODULE)
-    env = {**os.environ, "PYTHONPATH": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
     two = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
          "-m", "spurcore", "-p", "tinyplug", "run", str(pipeline), "--out", str(tmp_path / "two")],

@@ -6,7 +6,7 @@ import csv
 import io
 import json
 import random
-import textwrap
+from pathlib import Path
 
 import pytest
 import tomli_w
@@ -193,20 +193,12 @@ def test_sweep_refuses_an_unknown_method_before_running(tmp_path):
     assert not (tmp_path / "s").exists()
 
 
-PLUGIN_MODULE = textwrap.dedent("""
-    from spurcore.testing import TinyPlugin
-    _tiny = TinyPlugin()
-    spurcore_register_datasets = _tiny.spurcore_register_datasets
-    spurcore_register_backbones = _tiny.spurcore_register_backbones
-""")
+TESTS = Path(__file__).parent  # holds tinyplug.py, the tiny plugin as a module
 
 
 def test_ray_launcher_runs_trials_as_ray_tasks(tmp_path, monkeypatch):
     ray = pytest.importorskip("ray")
-    (tmp_path / "tinyplug.py").write_text(PLUGIN_MODULE)
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # Ray's workers import the test plugin from here
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(TESTS))  # Ray's workers import the test plugin from here
     pm = manager()
     out = tmp_path / "sweep"
     try:
