@@ -119,10 +119,11 @@ class Sweep:
 def _slug(settings: Mapping[str, Any]) -> str:
     if not settings:
         return "default"
-    text = ",".join(f"{k.split('.')[-1]}={json.dumps(v)}" for k, v in sorted(settings.items()))
+    short = {re.sub(r"(^|\.)(stages\.\d+\.)?options\.", r"\1", k): v for k, v in settings.items()}
+    text = ",".join(f"{k}={json.dumps(v)}" for k, v in sorted(short.items()))
     slug = re.sub(r"[^A-Za-z0-9._=,+-]+", "", text)
     digest = hashlib.sha1(json.dumps(sorted(settings.items())).encode()).hexdigest()[:8]
-    return f"{slug[:48]}-{digest}"
+    return f"{slug[:64]}-{digest}"
 
 
 def plan_sweep(pipeline: Path, out: Path, plugins: PluginManager, *, grid: Mapping[str, Sequence[Any]],

@@ -81,9 +81,9 @@ def swept(tmp_path_factory):
 def test_sweep_runs_one_directory_per_settings_and_seed(swept):
     _, out, first = swept
     assert first.exit_code == 0, first.output
-    assert summaries(out) == [f"erm/lr={lr}-{h}/seed{s}/summary.json"
+    assert summaries(out) == [f"erm/train.lr={lr}-{h}/seed{s}/summary.json"
                               for lr, h in (("0.01", "71276fc2"), ("0.1", "171d0d81")) for s in (0, 1, 2)]
-    config = load_pipeline(out / "erm" / "lr=0.1-171d0d81" / "seed2" / "config.toml")
+    config = load_pipeline(out / "erm" / "train.lr=0.1-171d0d81" / "seed2" / "config.toml")
     assert (config.train.lr, config.seed) == (0.1, 2)
     manifest = json.loads((out / "sweep.json").read_text())
     assert len(manifest["trials"]) == 6 and all(t["record"]["status"] == "done" for t in manifest["trials"])
@@ -113,7 +113,7 @@ def test_report_chooses_settings_per_selector_from_validation(swept):
         runs.setdefault(seed_dir.parent.name, []).append(summary["metrics"])
     for row, key in zip(rows, ("worst_group_acc", "worst_class_acc")):
         best = max(runs, key=lambda s: sum(m["val"][key] for m in runs[s]) / 3)
-        chosen = next(s for s in runs if s.startswith(f"lr={row['settings']['train.lr']}-"))
+        chosen = next(s for s in runs if s.startswith(f"train.lr={row['settings']['train.lr']}-"))
         assert chosen == best
         wga = sorted(m["test"]["worst_group_acc"] for m in runs[chosen])
         assert sorted(row["test_wga"]) == pytest.approx(wga)
@@ -152,7 +152,7 @@ def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert result.exit_code == 1
     trials = {t["path"]: t["record"] for t in json.loads((out / "sweep.json").read_text())["trials"]}
     failed = [p for p, r in trials.items() if r["status"] == "failed"]
-    assert len(failed) == 1 and failed[0].startswith("erm/n_train=-1")
+    assert len(failed) == 1 and failed[0].startswith("erm/dataset.n_train=-1-")
     assert "ValueError" in trials[failed[0]]["error"] and "Traceback" in trials[failed[0]]["traceback"]
     assert [p for p, r in trials.items() if r["status"].startswith("not run")] == [
         "dfr-class/" + failed[0].split("/", 1)[1]]
