@@ -206,7 +206,7 @@ def _seeds(text: str) -> list[int]:
 def sweep_cmd(ctx: click.Context, pipeline: Path, grid: tuple[str, ...], random_draws: int | None, seeds: str,
               methods: str, out: Path, launcher: str, jobs: int, address: str | None) -> None:
     """Run PIPELINE over settings x seeds, one run directory each under --out; finished runs are
-    skipped when launched again, failed ones recorded in sweep.json. Then: spur report --out."""
+    skipped when launched again, failed ones recorded in sweep.json. Then: spur report DIR."""
     import os
 
     from spurcore import launchers, sweep

@@ -136,8 +136,11 @@ def plan_sweep(pipeline: Path, out: Path, plugins: PluginManager, *, grid: Mappi
     if not seeds:
         raise ConfigError("--seeds: name at least one seed")
     base_config = load_pipeline(pipeline)
+    label = "+".join(stage.label for stage in base_config.stages)
     for method in methods:
         plugins.get("mitigations", method)
+        if method == label:
+            raise ConfigError(f"--methods {method}: that is the pipeline itself (its runs are the baseline)")
     own = {k: v for k, v in grid.items() if k.split(".")[0] not in methods}
     space = dict(own)
     if random_draws is not None:
@@ -146,7 +149,6 @@ def plan_sweep(pipeline: Path, out: Path, plugins: PluginManager, *, grid: Mappi
                 space.setdefault(f"stages.{i}.options.{option}", values)
     rng = random.Random(draw_seed)
     base_settings = expand(space, random_draws, rng)
-    label = "+".join(stage.label for stage in base_config.stages)
     trials = []
     for settings in base_settings:
         overrides = [f"{k}={toml_value(v)}" for k, v in settings.items()]
