@@ -210,15 +210,17 @@ def sweep_cmd(ctx: click.Context, pipeline: Path, grid: tuple[str, ...], random_
     import os
 
     from spurcore import launchers, sweep
-    from spurcore.config import load_pipeline
 
     manager = plugin_manager(ctx, quiet=True)
     names = [m for m in methods.split(",") if m]
+    settings = sweep.parse_grid(grid)
+
     if names == ["all"]:
-        base = {s.method for s in load_pipeline(pipeline).stages}
-        names = [n for n in sorted(manager.registry("mitigations")) if n not in base]
-    plan = sweep.plan_sweep(pipeline, out, manager, grid=sweep.parse_grid(grid), seeds=_seeds(seeds),
-                            methods=names, random_draws=random_draws, plugin_args=ctx.find_root().obj["plugin_args"],
+        names, settings, left_out = sweep.all_methods(pipeline, manager, settings)
+        for name, error in left_out.items():
+            click.echo(f"--methods all: leaving out {name}: {error}", err=True)
+    plan = sweep.plan_sweep(pipeline, out, manager, grid=settings, seeds=_seeds(seeds), methods=names,
+                            random_draws=random_draws, plugin_args=ctx.find_root().obj["plugin_args"],
                             threads=max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0)
     out.mkdir(parents=True, exist_ok=True)
     sweep.write_manifest(plan, {})

@@ -27,6 +27,7 @@ import tomli_w
 
 from spurcore import atomic
 from spurcore.config import ConfigError, load_pipeline, parse_override
+from spurcore.errors import SpurcoreError
 from spurcore.plugins import PluginManager
 
 MANIFEST = "sweep.json"
@@ -183,6 +184,25 @@ def plan_sweep(pipeline: Path, out: Path, plugins: PluginManager, *, grid: Mappi
                 plan(load_pipeline(pipeline, trial.overrides), plugins)
     return Sweep(pipeline=pipeline.resolve(), out=out.resolve(), trials=tuple(trials), plugin_args=tuple(plugin_args),
                  threads=threads)
+
+
+def all_methods(pipeline: Path, plugins: PluginManager, grid: Mapping[str, Sequence[Any]]
+                ) -> tuple[list[str], dict[str, Sequence[Any]], dict[str, str]]:
+    """`--methods all`: every installed mitigation not in the pipeline that plans with its
+    defaults (and its grid keys) here; the grid without the keys of those left out; and why
+    each was left out."""
+    base = {stage.method for stage in load_pipeline(pipeline).stages}
+    installed = [name for name in sorted(plugins.registry("mitigations")) if name not in base]
+    kept, left_out = [], {}
+    for name in installed:
+        mine = {k: v for k, v in grid.items() if k.split(".")[0] not in installed or k.split(".")[0] == name}
+        try:
+            plan_sweep(pipeline, Path("."), plugins, grid=mine, seeds=[0], methods=[name])
+        except SpurcoreError as error:
+            left_out[name] = str(error)
+        else:
+            kept.append(name)
+    return kept, {k: v for k, v in grid.items() if k.split(".")[0] not in left_out}, left_out
 
 
 def run_trial(spec: Mapping[str, Any], manager: PluginManager | None = None) -> dict[str, Any]:

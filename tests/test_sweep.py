@@ -16,7 +16,7 @@ from spurcore.testing import TinyPlugin, tiny_pipeline
 from spurcore.cli import cli
 from spurcore.config import ConfigError, load_pipeline
 from spurcore.plugins import PluginManager
-from spurcore.sweep import expand, parse_grid
+from spurcore.sweep import all_methods, expand, parse_grid
 
 
 def manager() -> PluginManager:
@@ -234,3 +234,13 @@ def test_an_interrupted_run_continues_from_its_last_checkpoint(tmp_path):
     assert again.exit_code == 0 and "erm/default/seed4: done" in again.output
     assert (run / "checkpoints/0-erm/epoch_001.pt").stat().st_mtime_ns == epoch1  # not retrained
     assert json.loads((run / "summary.json").read_text())["metrics"] == finished["metrics"]
+
+
+def test_all_methods_are_the_installed_ones_that_plan_here(tmp_path):
+    pm = manager()
+    grid = {"dfr.options.retrains": [0], "dfr-class.options.retrains": [3], "train.lr": [0.1]}
+    kept, kept_grid, left_out = all_methods(pipeline(tmp_path), pm, grid)
+    installed = sorted(set(pm.registry("mitigations")) - {"erm"})
+    assert kept == [m for m in installed if m != "dfr"] and "dfr-class" in kept
+    assert list(left_out) == ["dfr"] and "retrains: must be positive, got 0" in left_out["dfr"]
+    assert kept_grid == {"dfr-class.options.retrains": [3], "train.lr": [0.1]}
