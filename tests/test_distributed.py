@@ -60,7 +60,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
                          stages=[{"method": "fairdropout", "options": {"placement": ["features"]}}])
     pipeline = tmp_path / "ddp.toml"
     pipeline.write_text(tomli_w.dumps(data))
-    env = {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1", "SPURCORE_PLUGINS": "fairdropout"}
     two = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
          "-m", "spurcore", "-p", "tinyplug", "run", str(pipeline), "--out", str(tmp_path / "two")],
