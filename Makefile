@@ -25,7 +25,7 @@ test: install
 DEMO_OUT ?= runs/demo
 demo: install
 	-$(BIN)/spur sweep examples/erm.toml --methods all --seeds 0,1,2 --grid prunedtwin.train.epochs=1 \
-		--jobs 2 --out $(DEMO_OUT)
+		--grid jtt.train.epochs=2 --jobs 2 --out $(DEMO_OUT)
 	$(BIN)/spur report $(DEMO_OUT) --selector val-worst-class
 
 bench: install

@@ -85,6 +85,7 @@ def spurcore_register_mitigations():
     return [MitigationSpec(
         name="jtt", kind="train", options=JTTOptions, factory=JTT,
         search_space={"upweight": [5, 20, 50, 100]},
+        fine_tunes=True,  # it starts from an identification model: comparisons start it from the baseline run
         description="Just Train Twice: up-weight the training errors of the previous stage's model, retrain "
                     "(no attribute labels)",
     )]
