@@ -34,7 +34,7 @@ def documented_api() -> dict[str, set[str]]:
         if heading := re.match(r"## `(spurcore[\w.]*)`", line):
             module = heading.group(1)
             api[module] = set()
-        elif module and (item := re.match(r"- `(\w+)`(?:, `(\w+)`)*", line)):
+        elif module and re.match(r"- `(\w+)`(?:, `(\w+)`)*", line):
             api[module] |= set(re.findall(r"`(\w+)`", line.split(":", 1)[0]))
     return api
 
