@@ -79,13 +79,19 @@ class SplitData:
 @attrs.frozen(kw_only=True)
 class SpuriousData:
     """What a dataset plugin builds: named splits (train, val, test, and any extra
-    evaluation splits) plus the names of classes and attribute values."""
+    evaluation splits) plus the names of classes and attribute values.
+
+    `provenance` records how the data was made, for components that must not see what
+    val and test were made from: waterdigits gives the source digits each split draws on
+    (`{"sklearn_digits": {"train": indices, "val": ..., "test": ...}}`), and digit
+    pretraining reads only the training split's."""
 
     name: str
     splits: Mapping[str, SplitData] = attrs.field(converter=dict)
     class_names: tuple[str, ...] = attrs.field(converter=tuple)
     attr_names: tuple[str, ...] = attrs.field(converter=tuple)
     input_shape: tuple[int, ...] = attrs.field(converter=tuple, default=())
+    provenance: Mapping[str, Any] = attrs.field(factory=dict, converter=dict)
 
     def __attrs_post_init__(self) -> None:
         missing = [s for s in REQUIRED_SPLITS if s not in self.splits]

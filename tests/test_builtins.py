@@ -103,3 +103,32 @@ def test_vit_takes_the_data_image_size_and_pretrained_weights_need_224(tmp_path,
 
     with pytest.raises(BackboneError, match=r"vit_b_16 takes 3-channel images; dataset 'gray' has shape \(1, 32, 32\)"):
         spec.build(ResNetOptions(), Gray())
+
+
+def test_small_cnn_blocks_and_pooling_set_depth_and_feature_width():
+    class Data:
+        name, input_shape = "toy", (3, 32, 32)
+
+    default = build_small_cnn(SmallCNNOptions(width=8), Data()).module
+    assert [name for name, _ in default.named_children()] == ["block1", "block2", "block3", "pool"]
+    deep = build_small_cnn(SmallCNNOptions(width=8, blocks=4, pool_last=True), Data())
+    assert deep.feature_dim == 64
+    assert [m for m in deep.module.block4 if isinstance(m, torch.nn.MaxPool2d)]
+    captured = []
+    deep.module.block4.register_forward_hook(lambda module, args, out: captured.append(out.shape))
+    assert deep.module(torch.zeros(2, 3, 32, 32)).shape == (2, 64)
+    assert captured == [(2, 64, 2, 2)]  # four 2x2 poolings of 32 pixels
+    with pytest.raises(BackboneError, match=r"6 blocks pool 6 times, which needs images of at least 64 pixels; "
+                                            r"dataset 'toy' has 32"):
+        build_small_cnn(SmallCNNOptions(width=4, blocks=6, pool_last=True), Data())
+
+
+def test_small_cnn_default_architecture_is_unchanged():
+    """The parameters (names, shapes and seeded initial values) of the original three-block
+    network, so earlier runs' checkpoints and numbers stay valid."""
+    torch.manual_seed(0)
+    net = SmallCNN(3, 8)
+    shapes = {k: tuple(v.shape) for k, v in net.state_dict().items() if k.endswith("weight")}
+    assert shapes == {"block1.0.weight": (8, 3, 3, 3), "block1.1.weight": (8,), "block2.0.weight": (16, 8, 3, 3),
+                      "block2.1.weight": (16,), "block3.0.weight": (32, 16, 3, 3), "block3.1.weight": (32,)}
+    assert not [m for m in net.block3 if isinstance(m, torch.nn.MaxPool2d)]

@@ -7,12 +7,13 @@ from a file named in the pipeline, and their absence is an error that says how t
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import attrs
 import torch
 from torch import nn
 
-from spurcore.config import positive
+from spurcore.config import FieldError, positive
 from spurcore.errors import SpurcoreError
 from spurcore.hookspecs import hookimpl
 from spurcore.model import Backbone
@@ -23,33 +24,72 @@ class BackboneError(SpurcoreError):
     pass
 
 
+def _pretrained_source(instance: Any, attribute: attrs.Attribute, value: str) -> None:
+    if value not in PRETRAINED_SOURCES:
+        raise FieldError(attribute.name, f"{value!r} is not one of {', '.join(map(repr, PRETRAINED_SOURCES))}")
+
+
+PRETRAINED_SOURCES = ("", "digits")
+
+
 @attrs.frozen(kw_only=True)
 class SmallCNNOptions:
+    """`blocks` conv blocks (conv-BN-ReLU), channels doubling from `width`, 2x2 max pooling after
+    every block but the last (`pool_last = true`: after the last too), then global average
+    pooling. The defaults (3 blocks, last unpooled) see the whole of a 28-pixel digit; larger
+    images need more blocks or pooling before a feature spans the object (at 32-48 px, 4 blocks
+    with `pool_last` learn a bird's shape where 3 blocks learn only the background texture).
+    `pretrained = "digits"`: start from weights pretrained on the ten-digit task of
+    `spurcore.builtins.digits_pretraining` (built once, offline, and cached)."""
+
     width: int = attrs.field(default=32, validator=positive)
+    blocks: int = attrs.field(default=3, validator=positive)
+    pool_last: bool = False
+    pretrained: str = attrs.field(default="", validator=_pretrained_source)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.width * 2 ** (self.blocks - 1)
 
 
 class SmallCNN(nn.Module):
-    """Three conv blocks (`block1`..`block3`) and global average pooling: 4 x width features."""
+    """`blocks` conv blocks (`block1`, `block2`, ...) and global average pooling."""
 
-    def __init__(self, in_channels: int = 3, width: int = 32) -> None:
+    def __init__(self, in_channels: int = 3, width: int = 32, blocks: int = 3, pool_last: bool = False) -> None:
         super().__init__()
-
-        def block(i: int, o: int, pool: bool) -> nn.Sequential:
-            layers = [nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True)]
-            return nn.Sequential(*layers, nn.MaxPool2d(2)) if pool else nn.Sequential(*layers)
-
-        self.block1 = block(in_channels, width, True)
-        self.block2 = block(width, 2 * width, True)
-        self.block3 = block(2 * width, 4 * width, False)
+        channels = in_channels
+        for i in range(blocks):
+            out = width * 2**i
+            layers = [nn.Conv2d(channels, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+            if i < blocks - 1 or pool_last:
+                layers.append(nn.MaxPool2d(2))
+            self.add_module(f"block{i + 1}", nn.Sequential(*layers))
+            channels = out
+        self.blocks = blocks
         self.pool = nn.AdaptiveAvgPool2d(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.block3(self.block2(self.block1(x)))).flatten(1)
+        for i in range(self.blocks):
+            x = getattr(self, f"block{i + 1}")(x)
+        return self.pool(x).flatten(1)
 
 
 def build_small_cnn(options: SmallCNNOptions, data) -> Backbone:
     channels = data.input_shape[0] if data.input_shape else 3
-    return Backbone(SmallCNN(channels, options.width), 4 * options.width)
+    if data.input_shape and len(data.input_shape) == 3:
+        side = min(data.input_shape[1:])
+        pools = options.blocks - (0 if options.pool_last else 1)
+        if side < 2**pools:
+            raise BackboneError(
+                f"small-cnn: {options.blocks} blocks pool {pools} times, which needs images of at least "
+                f"{2**pools} pixels; dataset {data.name!r} has {side}. Use fewer blocks or larger images"
+            )
+    net = SmallCNN(channels, options.width, options.blocks, options.pool_last)
+    if options.pretrained:
+        from spurcore.builtins import digits_pretraining
+
+        net.load_state_dict(digits_pretraining.pretrained_state(net, options, data))
+    return Backbone(net, options.feature_dim)
 
 
 @attrs.frozen(kw_only=True)
@@ -113,7 +153,7 @@ def _load_weights(arch: str, options: ResNetOptions) -> dict:
 def spurcore_register_backbones():
     return [
         BackboneSpec(name="small-cnn", build=build_small_cnn, options=SmallCNNOptions,
-                     description="three conv blocks, 4 x width features; seconds per epoch on a CPU"),
+                     description="conv blocks with BN and max pooling (3 by default, width x 2^(blocks-1) features); seconds per epoch on a CPU; pretrained = \"digits\" starts from offline digit pretraining"),
         BackboneSpec(name="resnet18", build=_torchvision("resnet18"), options=ResNetOptions,
                      description="torchvision ResNet-18, 512 features"),
         BackboneSpec(name="resnet50", build=_torchvision("resnet50"), options=ResNetOptions,

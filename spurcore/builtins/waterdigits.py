@@ -19,6 +19,7 @@ from spurcore.hookspecs import hookimpl
 from spurcore.specs import DatasetSpec
 
 CACHE_ENV = "SPURCORE_CACHE"
+SOURCE_DIGITS = "sklearn_digits"  # provenance key: the source digits each split draws on
 
 
 def cache_dir() -> Path:
@@ -55,14 +56,20 @@ def _arrays(options: WaterdigitsOptions) -> dict[str, np.ndarray]:
     return arrays
 
 
+def to_inputs(images: np.ndarray) -> torch.Tensor:
+    """uint8 images (n, 3, h, w) as the network sees them: float, scaled to [-1, 1]."""
+    return torch.from_numpy(images).float().div_(255).sub_(0.5).div_(0.5)
+
+
 def build(options: WaterdigitsOptions) -> SpuriousData:
     arrays = _arrays(options)
     splits = {}
     for split in ("train", "val", "test"):
-        x = torch.from_numpy(arrays[f"{split}_x"]).float().div_(255).sub_(0.5).div_(0.5)
-        splits[split] = SplitData(name=split, inputs=x, y=arrays[f"{split}_y"], a=arrays[f"{split}_a"])
+        splits[split] = SplitData(name=split, inputs=to_inputs(arrays[f"{split}_x"]), y=arrays[f"{split}_y"], a=arrays[f"{split}_a"])
+    pools = {split: pool.tolist() for split, pool in gen.pools(options.seed).items()}
     return SpuriousData(name="waterdigits", splits=splits, class_names=gen.CLASS_NAMES,
-                        attr_names=gen.ATTR_NAMES, input_shape=(3, options.size, options.size))
+                        attr_names=gen.ATTR_NAMES, input_shape=(3, options.size, options.size),
+                        provenance={SOURCE_DIGITS: pools})
 
 
 @hookimpl

@@ -14,6 +14,8 @@ Each split renders from its own disjoint pool of source digits, so val/test
 measure generalisation to unseen handwriting, not to re-augmented copies.
 """
 
+from collections.abc import Callable
+
 import numpy as np
 
 CLASS_NAMES = ("curved digit", "straight digit")
@@ -79,8 +81,14 @@ def _digit_masks(src: np.ndarray, size: int, rng: np.random.Generator) -> np.nda
 def _backgrounds(attr: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
     """Land = olive/brown with coarse blobs; water = blue with horizontal waves.
     Colour and texture both give away the attribute at a glance."""
-    n = len(attr)
-    colour = BG_COLOURS[attr] + rng.uniform(-BG_JITTER, BG_JITTER, (n, 3))
+    colour = BG_COLOURS[attr] + rng.uniform(-BG_JITTER, BG_JITTER, (len(attr), 3))
+    return textured(colour, attr == 1, size, rng)
+
+
+def textured(colour: np.ndarray, waves: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Backgrounds (n, 3, size, size) of the given RGB colours (n, 3): horizontal waves where
+    `waves` is true, coarse blobs elsewhere."""
+    n = len(colour)
     coarse = rng.uniform(-1, 1, (n, 4, 4)).astype(np.float32)
     grid = (np.arange(size) + 0.5) * 4 / size - 0.5
     blobs = _bilinear(coarse, np.broadcast_to(grid[None, None, :], (n, size, size)),
@@ -89,20 +97,27 @@ def _backgrounds(attr: np.ndarray, size: int, rng: np.random.Generator) -> np.nd
     cols = np.arange(size)[None, None, :] / size
     period = rng.uniform(0.15, 0.25, (n, 1, 1))
     phase = rng.uniform(0, 2 * np.pi, (n, 2, 1, 1))
-    waves = np.sin(2 * np.pi * (rows + 0.05 * np.sin(2 * np.pi * cols + phase[:, 1])) / period
-                   + phase[:, 0])
-    texture = np.where(attr[:, None, None] == 1, waves, blobs)
+    wave = np.sin(2 * np.pi * (rows + 0.05 * np.sin(2 * np.pi * cols + phase[:, 1])) / period
+                  + phase[:, 0])
+    texture = np.where(np.asarray(waves)[:, None, None], wave, blobs)
     return colour[:, :, None, None] * (1 + BG_TEXTURE * texture[:, None])
+
+
+def compose(src: np.ndarray, size: int, rng: np.random.Generator,
+            background: Callable[[int], np.ndarray]) -> np.ndarray:
+    """Light digit strokes of the source images `src` (n, 8, 8) over `background(n)`, plus
+    noise, as uint8 (n, 3, size, size)."""
+    n = len(src)
+    alpha = _digit_masks(src, size, rng)[:, None]
+    ink = INK * rng.uniform(0.85, 1.0, (n, 1, 1, 1))
+    img = background(n) * (1 - alpha) + ink * alpha
+    img = img + rng.normal(0, NOISE, img.shape)
+    return np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)
 
 
 def _render(src: np.ndarray, attr: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
     """Composite light digit strokes over the attribute's background, add noise."""
-    n = len(src)
-    alpha = _digit_masks(src, size, rng)[:, None]
-    ink = INK * rng.uniform(0.85, 1.0, (n, 1, 1, 1))
-    img = _backgrounds(attr, size, rng) * (1 - alpha) + ink * alpha
-    img = img + rng.normal(0, NOISE, img.shape)
-    return np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)
+    return compose(src, size, rng, lambda n: _backgrounds(attr, size, rng))
 
 
 def _split(images: np.ndarray, labels: np.ndarray, pool: np.ndarray, counts: list[int], size: int,
@@ -122,20 +137,31 @@ def _split(images: np.ndarray, labels: np.ndarray, pool: np.ndarray, counts: lis
     return _render(images[src], a, size, rng), y, a
 
 
-def generate(seed: int = 0, scale: float = 1.0, size: int = 28) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Return {"train": (x, y, a), "val": (x, y, a), "test": (x, y, a)};
-    x uint8 of shape (N, 3, size, size), y int64 in {0,1} (class), a int64 in {0,1} (background attribute)."""
+def source_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1797 digits as (images in [0, 1], shape (1797, 8, 8); digit 0-9)."""
     from sklearn.datasets import load_digits  # imported on use: sklearn takes a second to import
 
     digits = load_digits()
-    images = (digits.images / 16.0).astype(np.float32)
-    labels = np.isin(digits.target, STRAIGHT_DIGITS).astype(np.int64)
-    pool_rng, *split_rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)]
-    perm = pool_rng.permutation(len(images))
-    bounds = np.cumsum([round(POOL_FRACTIONS[s] * len(images)) for s in ("train", "val")])
-    pools = dict(zip(("train", "val", "test"), np.split(perm, bounds)))
+    return (digits.images / 16.0).astype(np.float32), digits.target.astype(np.int64)
+
+
+def pools(seed: int, n_sources: int = 1797) -> dict[str, np.ndarray]:
+    """The source digits (indices into `source_digits()`) each split of `generate(seed)` draws
+    from: disjoint, 50 / 20 / 30 % of the digits."""
+    pool_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(4)[0])
+    perm = pool_rng.permutation(n_sources)
+    bounds = np.cumsum([round(POOL_FRACTIONS[s] * n_sources) for s in ("train", "val")])
+    return dict(zip(("train", "val", "test"), np.split(perm, bounds)))
+
+
+def generate(seed: int = 0, scale: float = 1.0, size: int = 28) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Return {"train": (x, y, a), "val": (x, y, a), "test": (x, y, a)};
+    x uint8 of shape (N, 3, size, size), y int64 in {0,1} (class), a int64 in {0,1} (background attribute)."""
+    images, digit = source_digits()
+    labels = np.isin(digit, STRAIGHT_DIGITS).astype(np.int64)
+    split_rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4)[1:]]
     out = {}
-    for name, rng in zip(("train", "val", "test"), split_rngs):
+    for (name, pool), rng in zip(pools(seed, len(images)).items(), split_rngs):
         counts = [max(1, round(c * scale)) for c in GROUP_COUNTS[name]]
-        out[name] = _split(images, labels, pools[name], counts, size, rng)
+        out[name] = _split(images, labels, pool, counts, size, rng)
     return out
