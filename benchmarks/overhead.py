@@ -1,7 +1,8 @@
 """The runner's overhead against a plain hand-written PyTorch loop.
 
 Both train the same small CNN from the same initial weights on the same waterdigits data in
-the same batch order, and evaluate val and test with per-group accuracy after every epoch;
+the same batch order, and evaluate train (every example: the runner with `train_eval = "full"`,
+what "auto" gives in-memory waterdigits), val and test with per-group accuracy after every epoch;
 the runner additionally calls its hooks, checkpoints every epoch, writes metrics.jsonl, the
 summary, the report and the figure. After one warm-up of each, the two alternate in one
 process (R rounds, ABBA order) so machine noise hits both alike. Prints JSON
@@ -35,13 +36,13 @@ def pipeline(epochs: int, seed: int) -> dict:
     return {
         "selector": "val-worst-class", "seed": seed, "device": "cpu",
         "dataset": {"name": "bench-data"}, "backbone": {"name": "small-cnn"},
-        "train": {"epochs": epochs, "batch_size": 64, "lr": 1e-3, "weight_decay": 1e-4},
+        "train": {"epochs": epochs, "batch_size": 64, "lr": 1e-3, "weight_decay": 1e-4, "train_eval": "full"},
         "stages": [{"method": "erm"}],
     }
 
 
 def plain_loop(data, epochs: int, seed: int) -> float:
-    """What a researcher writes by hand: train, then per-group accuracy on val and test."""
+    """What a researcher writes by hand: train, then per-group accuracy on train, val and test."""
     seed_everything(seed)
     model = build_model(build_small_cnn(SmallCNNOptions(), data), data.n_classes)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-4)
@@ -58,7 +59,7 @@ def plain_loop(data, epochs: int, seed: int) -> float:
             opt.step()
         model.eval()
         with torch.no_grad():
-            for name in ("val", "test"):
+            for name in ("train", "val", "test"):
                 split = data.splits[name]
                 pred = torch.cat([model(chunk).argmax(1) for chunk in torch.split(split.inputs, 512)]).numpy()
                 correct = pred == split.y

@@ -152,10 +152,29 @@ def run_cmd(ctx: click.Context, pipeline: Path, out: Path, overrides: tuple[str,
     click.echo(f"selected: {summary['selected']}; run directory: {out}")
 
 
+@cli.command("prepare")
+@click.argument("pipeline", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a pipeline key.")
+@click.pass_context
+def prepare_cmd(ctx: click.Context, pipeline: Path, overrides: tuple[str, ...]) -> None:
+    """Build what PIPELINE makes once and caches (its dataset, pretrained backbone weights)
+    without training, so that runs and sweep workers start at once."""
+    from spurcore.config import load_pipeline
+    from spurcore.runner import build_base_model, build_data, plan
+
+    manager = plugin_manager(ctx)
+    planned = plan(load_pipeline(pipeline, list(overrides)), manager)
+    data = build_data(planned, manager)
+    model = build_base_model(planned, data, manager)
+    sizes = ", ".join(f"{name} {len(split)}" for name, split in data.splits.items())
+    click.echo(f"dataset {data.name}: {sizes}")
+    click.echo(f"model: backbone {planned.config.backbone.name}, {model.feature_dim} features, {data.n_classes} classes")
+
+
 @cli.command("show")
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
 def show_cmd(run_dir: Path) -> None:
-    """Print the per-group table of a finished run, per stage."""
+    """Print the per-group table of a finished run, per stage (train, val, test, memorization gap)."""
     from spurcore import report
     from spurcore.rundir import RunDir
 
@@ -164,6 +183,8 @@ def show_cmd(run_dir: Path) -> None:
         chosen = stage["selected"]
         how = f"epoch {chosen['epoch']} by {chosen['selector']}" if chosen["selector"] else "post hoc"
         click.echo(f"stage {stage['name']} ({stage['method']}, {how})")
+        if note := report.train_eval_note(stage):
+            click.echo(note)
         click.echo(report.group_table(stage["metrics"]))
 
 
@@ -194,10 +215,12 @@ def _seeds(text: str) -> list[int]:
 @click.option("--grid", "grid", multiple=True, metavar="KEY=V1,V2",
               help="Values to sweep; every combination runs. METHOD.KEY applies to one --methods method.")
 @click.option("--random", "random_draws", type=click.IntRange(min=1), metavar="N",
-              help="N random draws from the search spaces the mitigations declare (and the --grid values).")
+              help="N random draws from the search spaces the mitigations declare (keys --grid does not "
+                   "set), crossed with every --grid combination.")
 @click.option("--seeds", default="0", show_default=True, help="Seeds, e.g. 0,1,2.")
-@click.option("--methods", default="", metavar="M1,M2|all",
-              help="Also run these mitigations against the pipeline (all: every installed one).")
+@click.option("--methods", default="", metavar="M1,A+B|all",
+              help="Also run these mitigations against the pipeline (A+B: a chain of stages; all: every "
+                   "installed one; all,A+B: both).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Sweep directory.")
 @click.option("--launcher", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Trials at a time.")
@@ -215,8 +238,10 @@ def sweep_cmd(ctx: click.Context, pipeline: Path, grid: tuple[str, ...], random_
     names = [m for m in methods.split(",") if m]
     settings = sweep.parse_grid(grid)
 
-    if names == ["all"]:
-        names, settings, left_out = sweep.all_methods(pipeline, manager, settings)
+    if "all" in names:
+        others = [name for name in names if name != "all"]
+        found, settings, left_out = sweep.all_methods(pipeline, manager, settings, others)
+        names = [*found, *others]
         for name, error in left_out.items():
             click.echo(f"--methods all: leaving out {name}: {error}", err=True)
     plan = sweep.plan_sweep(pipeline, out, manager, grid=settings, seeds=_seeds(seeds), methods=names,
@@ -247,14 +272,18 @@ def sweep_cmd(ctx: click.Context, pipeline: Path, grid: tuple[str, ...], random_
 @click.option("--selector", "selectors", multiple=True, metavar="NAME",
               help="Choose each method's settings with this selector. Repeatable (default: every installed one).")
 @click.option("--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True)
+@click.option("--rows-by", "rows_by", multiple=True, metavar="KEY",
+              help="One row per value of this setting (a grid key, e.g. prunedtwin.options.criterion) in the "
+                   "methods that have it, each with its own best settings. Repeatable.")
 @click.pass_context
-def report_cmd(ctx: click.Context, sweep_dir: Path, selectors: tuple[str, ...], fmt: str) -> None:
+def report_cmd(ctx: click.Context, sweep_dir: Path, selectors: tuple[str, ...], fmt: str,
+               rows_by: tuple[str, ...]) -> None:
     """Compare the methods of a sweep: test WGA and average accuracy, mean ± std over seeds."""
     from spurcore import comparison
 
     manager = plugin_manager(ctx, quiet=True)
     names = list(selectors) or sorted(manager.registry("selectors"))
-    text, figure = comparison.write(sweep_dir, manager, names, fmt)
+    text, figure = comparison.write(sweep_dir, manager, names, fmt, rows_by)
     click.echo(text, nl=False)
     click.echo(f"figure: {figure}", err=True)
 

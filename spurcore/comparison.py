@@ -5,6 +5,8 @@ A selector chooses among a method's settings by its score averaged over seeds, e
 score taken on the model that run kept (the epoch its own pipeline selector chose). Test
 numbers are never looked at to choose. Every row says which attribute labels it needed: those
 the method read, those its runs' epoch selector read, and whether the report's selector read them.
+With `--rows-by KEY`, a method whose settings have KEY is one row per value of it, each row
+choosing among the settings with that value, so a setting's values compare at their best.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from spurcore.config import load_pipeline
 from spurcore.context import Candidate
 from spurcore.errors import SpurcoreError
 from spurcore.plugins import PluginManager
-from spurcore.sweep import read_manifest
+from spurcore.sweep import read_manifest, short_key
 
 FORMATS = ("md", "csv", "json")
 
@@ -45,15 +47,29 @@ class Run:
 
 @attrs.frozen(kw_only=True)
 class Row:
+    """One line of the report: a method (its settings with these `by` values, from
+    `--rows-by`) under one selector, at the settings that selector chose."""
+
     method: str
+    by: dict[str, Any] = attrs.field(factory=dict)
     selector: str
     selector_reads_attributes: bool
+    selector_splits: tuple[str, ...]
     labels: tuple[str, ...]
     settings: dict[str, Any]
     seeds: tuple[int, ...]
     val_score: float
     test_wga: tuple[float, ...]
     test_avg: tuple[float, ...]
+
+    @property
+    def label(self) -> str:
+        """The row's name: the method, and its `--rows-by` values (`prunedtwin (criterion=gradient)`)."""
+        if not self.by:
+            return self.method
+        values = (f"{short_key(k).removeprefix(self.method + '.')}={v if isinstance(v, str) else json.dumps(v)}"
+                  for k, v in self.by.items())
+        return f"{self.method} ({', '.join(values)})"
 
     @property
     def wga(self) -> tuple[float, float]:
@@ -78,7 +94,7 @@ def labels_read(run_dir: Path, plugins: PluginManager) -> tuple[str, ...]:
     found = list(labels_read(Path(planned.config.init.run), plugins)) if planned.config.init else []
     found += [f"{s.spec.name}: {split}" for s in planned.stages for split in s.spec.attribute_splits(s.options)]
     if planned.selector.needs_attributes and any(s.spec.kind == "train" for s in planned.stages):
-        found.append(f"epoch by {planned.selector.name}: val")
+        found += [f"epoch by {planned.selector.name}: {split}" for split in planned.selector.splits]
     return tuple(dict.fromkeys(found))
 
 
@@ -99,6 +115,13 @@ def collect(out: Path, plugins: PluginManager) -> tuple[dict[str, dict[str, list
     return methods, unfinished
 
 
+def readable(selector: Any, summary: dict[str, Any]) -> bool:
+    """Whether a run's summary has every split and metric the selector reads (a run that did
+    not evaluate train cannot be scored by a selector reading train)."""
+    found = summary["metrics"]
+    return all(split in found and all(m in found[split] for m in selector.metrics) for split in selector.splits)
+
+
 def score(selector: Any, run: Run, plugins: PluginManager) -> float:
     """The selector's score of the model a run kept (SFit rebuilds it from the checkpoint)."""
     from spurcore.runner import open_run
@@ -111,7 +134,7 @@ def score(selector: Any, run: Run, plugins: PluginManager) -> float:
         return opened[0]
 
     chosen = run.summary["selected"]
-    candidate = Candidate(stage=chosen["stage"], epoch=chosen["epoch"], metrics=run.summary["metrics"],
+    candidate = Candidate(stage=chosen["stage"], epoch=chosen["epoch"], metrics=selector.visible(run.summary["metrics"]),
                           load_model=lambda: runner().load_model(), data=_LazyData(runner))
     return float(selector.score(candidate))
 
@@ -126,34 +149,60 @@ class _LazyData:
         return getattr(self._runner().run.data, name)
 
 
-def rows(out: Path, plugins: PluginManager, selectors: Sequence[str]) -> tuple[list[Row], list[dict[str, Any]]]:
-    """One row per (method, selector), and the trials without a finished run."""
+def rows(out: Path, plugins: PluginManager, selectors: Sequence[str], rows_by: Sequence[str] = ()
+         ) -> tuple[list[Row], list[dict[str, Any]]]:
+    """One row per (method, its values of the `rows_by` keys, selector), and the trials
+    without a finished run."""
     specs = [plugins.get("selectors", name) for name in selectors]
     methods, unfinished = collect(out, plugins)
     if not methods:
         raise ReportError(f"{out}: no finished run yet ({len(unfinished)} trial(s) unfinished)")
+    known = {k for by_settings in methods.values() for key in by_settings for k in json.loads(key)}
+    for key in rows_by:
+        if key not in known:
+            raise ReportError(f"--rows-by {key}: no finished run has this setting; "
+                              f"settings: {', '.join(sorted(known)) or 'none'}")
     table = []
     for method, by_settings in methods.items():
-        for selector in specs:
-            scored = []
-            for key, runs in by_settings.items():
-                missing = [m for m in selector.metrics if m not in runs[0].summary["metrics"]["val"]]
-                if missing:
-                    continue
-                scored.append((float(np.mean([score(selector, r, plugins) for r in runs])), key, runs))
-            if not scored:
-                continue
-            best = max(scored, key=lambda item: item[0])  # ties: the first settings
-            val_score, key, runs = best
-            runs = sorted(runs, key=lambda r: r.seed)
-            table.append(Row(
-                method=method, selector=selector.name, selector_reads_attributes=selector.needs_attributes,
-                labels=tuple(dict.fromkeys(label for r in runs for label in r.labels)),
-                settings=json.loads(key), seeds=tuple(r.seed for r in runs), val_score=val_score,
-                test_wga=tuple(r.summary["metrics"]["test"]["worst_group_acc"] for r in runs),
-                test_avg=tuple(r.summary["metrics"]["test"]["avg_acc"] for r in runs),
-            ))
+        for by, group in split_by(by_settings, rows_by).items():
+            for selector in specs:
+                row = best(method, json.loads(by), group, selector, plugins)
+                if row is not None:
+                    table.append(row)
     return table, unfinished
+
+
+def split_by(by_settings: dict[str, list[Run]], keys: Sequence[str]) -> dict[str, dict[str, list[Run]]]:
+    """A method's settings (JSON text) grouped by their values of those `keys` they have,
+    each group a row of its own."""
+    groups: dict[str, dict[str, list[Run]]] = {}
+    for key, runs in by_settings.items():
+        settings = json.loads(key)
+        groups.setdefault(json.dumps({k: settings[k] for k in keys if k in settings}), {})[key] = runs
+    return groups
+
+
+def best(method: str, by: dict[str, Any], by_settings: dict[str, list[Run]], selector: Any,
+         plugins: PluginManager) -> Row | None:
+    """The row of the settings the selector scores best, averaged over seeds (ties: the
+    first); None when it can score none of them."""
+    scored = []
+    for key, runs in by_settings.items():
+        if not readable(selector, runs[0].summary):
+            continue
+        scored.append((float(np.mean([score(selector, r, plugins) for r in runs])), key, runs))
+    if not scored:
+        return None
+    val_score, key, runs = max(scored, key=lambda item: item[0])
+    runs = sorted(runs, key=lambda r: r.seed)
+    return Row(
+        method=method, by=by, selector=selector.name, selector_reads_attributes=selector.needs_attributes,
+        selector_splits=selector.splits,
+        labels=tuple(dict.fromkeys(label for r in runs for label in r.labels)),
+        settings=json.loads(key), seeds=tuple(r.seed for r in runs), val_score=val_score,
+        test_wga=tuple(r.summary["metrics"]["test"]["worst_group_acc"] for r in runs),
+        test_avg=tuple(r.summary["metrics"]["test"]["avg_acc"] for r in runs),
+    )
 
 
 def _settings(settings: dict[str, Any]) -> str:
@@ -161,7 +210,8 @@ def _settings(settings: dict[str, Any]) -> str:
 
 
 def _labels(row: Row) -> str:
-    used = list(row.labels) + (["settings by selector: val"] if row.selector_reads_attributes else [])
+    used = list(row.labels) + ([f"settings by selector: {s}" for s in row.selector_splits]
+                               if row.selector_reads_attributes else [])
     return "; ".join(used) or "none"
 
 
@@ -173,7 +223,7 @@ def markdown(table: Sequence[Row], unfinished: Sequence[dict[str, Any]]) -> str:
     for row in table:
         (wm, ws), (am, as_) = row.wga, row.avg
         tag = " (reads attributes)" if row.selector_reads_attributes else ""
-        lines.append(f"| {row.method} | {row.selector}{tag} | {wm:.1f} ± {ws:.1f} | {am:.1f} ± {as_:.1f} "
+        lines.append(f"| {row.label} | {row.selector}{tag} | {wm:.1f} ± {ws:.1f} | {am:.1f} ± {as_:.1f} "
                      f"| {len(row.seeds)} | {_labels(row)} | {_settings(row.settings)} |")
     lines += ["", "Mean ± std (population) over seeds, in percent. A selector chooses each method's settings "
               "by its validation score averaged over seeds; within a run, the epoch is the one the "
@@ -188,56 +238,57 @@ def markdown(table: Sequence[Row], unfinished: Sequence[dict[str, Any]]) -> str:
 def as_csv(table: Sequence[Row]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["method", "selector", "selector_reads_attributes", "test_wga_mean", "test_wga_std",
+    writer.writerow(["label", "method", "selector", "selector_reads_attributes", "test_wga_mean", "test_wga_std",
                      "test_avg_mean", "test_avg_std", "seeds", "attribute_labels_read", "settings"])
     for row in table:
-        writer.writerow([row.method, row.selector, row.selector_reads_attributes, f"{row.wga[0]:.2f}",
+        writer.writerow([row.label, row.method, row.selector, row.selector_reads_attributes, f"{row.wga[0]:.2f}",
                          f"{row.wga[1]:.2f}", f"{row.avg[0]:.2f}", f"{row.avg[1]:.2f}",
                          " ".join(map(str, row.seeds)), "; ".join(row.labels), json.dumps(row.settings)])
     return buffer.getvalue()
 
 
 def as_json(table: Sequence[Row], unfinished: Sequence[dict[str, Any]]) -> str:
-    data = {"rows": [{**attrs.asdict(r), "test_wga_mean_std": r.wga, "test_avg_mean_std": r.avg} for r in table],
+    data = {"rows": [{"label": r.label, **attrs.asdict(r), "test_wga_mean_std": r.wga, "test_avg_mean_std": r.avg}
+                     for r in table],
             "unfinished": [{"path": t["path"], "record": t.get("record")} for t in unfinished]}
     return json.dumps(data, indent=2) + "\n"
 
 
 def plot_wga(table: Sequence[Row], path: Path) -> None:
-    """Test worst-group accuracy per method (one bar per selector), mean with std error bars."""
+    """Test worst-group accuracy per row label (one bar per selector), mean with std error bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    methods = list(dict.fromkeys(r.method for r in table))
+    methods = list(dict.fromkeys(r.label for r in table))
     selectors = list(dict.fromkeys(r.selector for r in table))
     width = 0.8 / len(selectors)
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(methods) * max(1, len(selectors)) ** 0.5 + 2), 4.2))
     for k, selector in enumerate(selectors):
-        found = {r.method: r for r in table if r.selector == selector}
+        found = {r.label: r for r in table if r.selector == selector}
         xs = [i + (k - (len(selectors) - 1) / 2) * width for i, m in enumerate(methods) if m in found]
         stats = [found[m].wga for m in methods if m in found]
         bars = ax.bar(xs, [s[0] for s in stats], width=width, yerr=[s[1] for s in stats], capsize=3, label=selector)
         ax.bar_label(bars, fmt="%.0f", fontsize=7, padding=2)
-    ax.set_xticks(range(len(methods)), methods, rotation=15)
+    ax.set_xticks(range(len(methods)), [m.replace(" (", "\n(") for m in methods], rotation=15)
     ax.set_ylabel("test worst-group accuracy (%)")
     ax.set_ylim(0, 105)
     ax.set_title("Worst-group accuracy per method (mean ± std over seeds)")
-    ax.legend(title="settings chosen by", fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2),
-              ncol=len(selectors), frameon=False)
+    ax.legend(title="settings chosen by", fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     fig.tight_layout()
     with atomic.atomic_open(path, "wb") as handle:
         fig.savefig(handle, format="png", dpi=120)
     plt.close(fig)
 
 
-def write(out: Path, plugins: PluginManager, selectors: Sequence[str], fmt: str) -> tuple[str, Path]:
+def write(out: Path, plugins: PluginManager, selectors: Sequence[str], fmt: str, rows_by: Sequence[str] = ()
+          ) -> tuple[str, Path]:
     """Write report.md, report.csv, report.json and wga.png into the sweep directory; return the
     text in `fmt` and the figure's path."""
     if fmt not in FORMATS:
         raise ReportError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
-    table, unfinished = rows(out, plugins, selectors)
+    table, unfinished = rows(out, plugins, selectors, rows_by)
     if not table:
         raise ReportError(f"{out}: no selector among {', '.join(selectors)} could score these runs")
     texts = {"md": markdown(table, unfinished), "csv": as_csv(table), "json": as_json(table, unfinished)}

@@ -8,6 +8,7 @@ validated the same way, against the attrs class each plugin's spec declares.
 from __future__ import annotations
 
 import difflib
+import re
 import sys
 import types
 import typing
@@ -55,6 +56,26 @@ def non_empty(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
         raise FieldError(attribute.name, "must not be empty")
 
 
+TRAIN_EVAL_RULES = ("auto", "full", "none")
+
+
+def parse_train_eval(value: str) -> tuple[str, int | None]:
+    """`train_eval` -> (rule, N): ("auto" | "full" | "none", None) or ("subset", N)."""
+    if value in TRAIN_EVAL_RULES:
+        return value, None
+    subset = re.fullmatch(r"subset:([1-9][0-9]*)", value)
+    if subset:
+        return "subset", int(subset.group(1))
+    raise ValueError(f'must be "auto", "full", "subset:N" (N a positive integer) or "none", got {value!r}')
+
+
+def _train_eval(instance: Any, attribute: attrs.Attribute, value: str) -> None:
+    try:
+        parse_train_eval(value)
+    except ValueError as exc:
+        raise FieldError(attribute.name, str(exc)) from None
+
+
 @attrs.frozen(kw_only=True)
 class ComponentConfig:
     """A plugin chosen by name, with its options (validated by the plugin's options class)."""
@@ -77,6 +98,8 @@ class TrainConfig:
     scheduler: Literal["none", "cosine", "plateau"] = "none"
     num_workers: int = attrs.field(default=0, validator=non_negative)
     keep_checkpoints: Literal["all", "selected"] = "all"
+    # which training examples are evaluated after every epoch (spurcore.evaluation.train_evaluation)
+    train_eval: str = attrs.field(default="auto", validator=_train_eval)
 
 
 @attrs.frozen(kw_only=True)

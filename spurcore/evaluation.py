@@ -1,4 +1,5 @@
-"""Evaluation: one pass over a split, predictions gathered, metrics computed from specs."""
+"""Evaluation: one pass over a split (for train, over the examples `[train] train_eval` names),
+predictions gathered, metrics computed from specs."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ import attrs
 import numpy as np
 import torch
 
+from spurcore import config as cfg
 from spurcore.data import group_ids, iterate_batches
+from spurcore.sampling import capped_subset
 
 if TYPE_CHECKING:  # pragma: no cover
     from spurcore.context import RunContext, StageContext
-    from spurcore.data import SplitData
+    from spurcore.data import SplitData, SpuriousData
     from spurcore.device import Device
     from spurcore.specs import MetricSpec
 
@@ -60,15 +63,19 @@ def compute_metrics(predictions: Predictions, metrics: Sequence[MetricSpec]) -> 
 
 
 @torch.no_grad()
-def evaluate(run: RunContext, stage: StageContext, epoch: int, split: str) -> dict[str, Any]:
-    """Forward one split in eval mode, calling the evaluation hooks, and return its metrics."""
+def evaluate(run: RunContext, stage: StageContext, epoch: int, split: str,
+             positions: np.ndarray | None = None) -> dict[str, Any]:
+    """Forward one split in eval mode, calling the evaluation hooks, and return its metrics:
+    on every example, or on the examples at `positions` only (batches carry their real
+    indices in `batch.index`; metrics are computed on those examples' labels)."""
     model, device, hook = stage.model, run.device, run.plugins.hook
     data = run.data.splits[split]
+    order = np.arange(len(data)) if positions is None else np.asarray(positions, dtype=np.int64)
     model.eval()
     hook.spurcore_evaluation_start(run=run, stage=stage, epoch=epoch, split=split)
     preds = []
     batches = iterate_batches(
-        data, torch.arange(len(data)), stage.train.eval_batch_size,
+        data, torch.from_numpy(order), stage.train.eval_batch_size,
         num_workers=stage.train.num_workers, pin_memory=device.pin_memory,
     )
     for batch in batches:
@@ -78,7 +85,7 @@ def evaluate(run: RunContext, stage: StageContext, epoch: int, split: str) -> di
         preds.append(logits.argmax(1))
         hook.spurcore_evaluation_batch(run=run, stage=stage, epoch=epoch, split=split, batch=batch, logits=logits)
     predictions = Predictions(
-        y=data.y, pred=torch.cat(preds).cpu().numpy(), a=data.a,
+        y=data.y[order], pred=torch.cat(preds).cpu().numpy(), a=None if data.a is None else data.a[order],
         class_names=run.data.class_names, attr_names=run.data.attr_names,
     )
     metrics = compute_metrics(predictions, run_metrics(run))
@@ -109,5 +116,50 @@ def run_metrics(run: RunContext) -> list[MetricSpec]:
 
 
 def evaluation_splits(run: RunContext) -> list[str]:
-    """Every split but train: val, test, then any extra evaluation splits."""
+    """Every split but train: val, test, then any extra evaluation splits. (Train is evaluated
+    first, on the examples `train_evaluation` names.)"""
     return [s for s in run.data.splits if s != "train"]
+
+
+AUTO_SUBSET = 2000
+
+
+@attrs.frozen(kw_only=True)
+class TrainEvaluation:
+    """Which training examples are evaluated after every epoch: `rule` is "full" or
+    "subset:N"; `positions` the sorted example positions (None: every example)."""
+
+    rule: str
+    positions: np.ndarray | None
+    total: int
+
+    @property
+    def examples(self) -> int:
+        return self.total if self.positions is None else len(self.positions)
+
+    def record(self) -> dict[str, Any]:
+        """What a stage's result says about it: {"rule", "examples", "of"}."""
+        return {"rule": self.rule, "examples": self.examples, "of": self.total}
+
+
+def train_evaluation(setting: str, data: SpuriousData, seed: int) -> TrainEvaluation | None:
+    """Resolve `[train] train_eval` on this data; None for "none".
+
+    "auto" is "full" when the training split is held in memory (one forward pass, a fraction
+    of an epoch) and "subset:2000" when it is dataset-backed (decoding it costs about an
+    epoch). "subset:N" keeps up to N examples of every group (every example of a smaller
+    group), or of every class when the split has no attribute labels, drawn by
+    `capped_subset` from `numpy.random.default_rng(seed)`: the same examples in every epoch,
+    every stage and on resume, and nested for growing N.
+    """
+    rule, cap = cfg.parse_train_eval(setting)
+    split = data.splits["train"]
+    if rule == "none":
+        return None
+    if rule == "auto":
+        rule, cap = ("full", None) if split.in_memory else ("subset", AUTO_SUBSET)
+    if rule == "full":
+        return TrainEvaluation(rule="full", positions=None, total=len(split))
+    labels = split.y if split.a is None else data.groups("train")
+    positions = capped_subset(labels, cap, np.random.default_rng(seed % 2**63))
+    return TrainEvaluation(rule=f"subset:{cap}", positions=positions, total=len(split))

@@ -27,7 +27,7 @@ The calling sequence of `spur run`::
             for each batch:
                 spurcore_train_loss(run, stage, model, batch)      # firstresult: the loss
                 spurcore_batch_end(run, stage, epoch, step, batch, loss)
-            for each evaluation split (val, test, ...):
+            for each evaluation split (train per `train_eval`, then val, test, ...):
                 spurcore_evaluation_start(run, stage, epoch, split)
                 spurcore_evaluation_batch(run, stage, epoch, split, batch, logits)  # per batch
                 spurcore_evaluation_end(run, stage, epoch, split, metrics)
@@ -146,7 +146,9 @@ def spurcore_register_selectors() -> list[SelectorSpec]:
 
     Called once when the registry is gathered. A selector scores each candidate
     (`spurcore.context.Candidate`: an epoch of a stage with its metrics per split) and the
-    highest score wins. It declares whether it reads attribute labels.
+    highest score wins. It declares whether it reads attribute labels, and the splits whose
+    metrics it reads (`splits`, default ("val",)): a candidate carries only those, so a
+    selector reads training metrics only if it declares "train".
 
     Example::
 
@@ -289,7 +291,9 @@ def spurcore_epoch_start(run: RunContext, stage: StageContext, epoch: int) -> No
 def spurcore_epoch_end(run: RunContext, stage: StageContext, epoch: int, metrics: dict[str, Any]) -> None:
     """An epoch finished, was evaluated and checkpointed.
 
-    Called once per epoch of a train stage, after its checkpoint is written. `metrics` maps split -> metrics (see `spurcore_evaluation_end`) plus "train_loss".
+    Called once per epoch of a train stage, after its checkpoint is written. `metrics` maps
+    split -> metrics (see `spurcore_evaluation_end`; "train" first unless `train_eval` is
+    "none") plus "train_loss".
 
     Example::
 
@@ -319,7 +323,9 @@ def spurcore_batch_end(run: RunContext, stage: StageContext, epoch: int, step: i
 def spurcore_evaluation_start(run: RunContext, stage: StageContext, epoch: int, split: str) -> None:
     """Evaluation of one split begins, the model in eval mode, gradients off.
 
-    Called per split and epoch. Activation loggers attach their forward hooks here.
+    Called per split and epoch: "train" first (the examples `[train] train_eval` names, from
+    the deterministic inputs, never the augmented ones), then val, test and any extra split.
+    Activation loggers attach their forward hooks here.
 
     Example::
 
@@ -334,6 +340,8 @@ def spurcore_evaluation_batch(run: RunContext, stage: StageContext, epoch: int, 
     """One evaluation batch was forwarded; `logits` are the model's outputs for `batch`.
 
     Called per evaluation batch, after the forward pass (so forward hooks have fired).
+    `batch.index` holds the examples' positions in the split: on a training subset
+    (`train_eval = "subset:N"`) they are the subset's, not 0..len-1.
 
     Example::
 
@@ -348,7 +356,8 @@ def spurcore_evaluation_end(run: RunContext, stage: StageContext, epoch: int, sp
     """Evaluation of one split finished; `metrics` is its metrics mapping.
 
     Called per split after every epoch (`epoch` = 0 in post-hoc stages), after the last
-    `spurcore_evaluation_batch`.
+    `spurcore_evaluation_batch`. On a training subset, metrics (and `group_count`) are the
+    subset's.
     Keys follow the pipeline's metrics (`avg_acc`, `worst_group_acc`, `worst_class_acc`,
     `group_acc`, `group_count`, ...), accuracies as fractions in [0, 1].
 

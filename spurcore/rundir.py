@@ -1,10 +1,12 @@
 """A run directory: its layout, its checkpoints, and reading a finished run back.
 
     config.toml           the resolved pipeline
-    metrics.jsonl         one line per (stage, epoch, split)
+    metrics.jsonl         one line per (stage, epoch, split), train included when evaluated
     checkpoints/<i>-<stage>/epoch_NNN.pt    model, optimizer, scheduler, RNG states, history
     checkpoints/<i>-<stage>/result.json     written when the stage finishes
     summary.json, report.md, group_acc.png  written when the run finishes
+    group_acc_epochs.png  train vs test accuracy per group over epochs (when train was
+                          evaluated and has attribute labels), written when the run finishes
 
 Checkpoints are written atomically and read with `weights_only=True`.
 """
@@ -37,6 +39,7 @@ class RunDir:
     summary = property(lambda self: self.path / "summary.json")
     report = property(lambda self: self.path / "report.md")
     figure = property(lambda self: self.path / "group_acc.png")
+    epochs_figure = property(lambda self: self.path / "group_acc_epochs.png")
 
     def stage_dir(self, stage_key: str) -> Path:
         return self.path / "checkpoints" / stage_key

@@ -8,10 +8,11 @@ the last one and reaches the same result as an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from spurcore.data import SpuriousData, iterate_batches
 from spurcore.device import Device
 from spurcore.embeddings import cached
 from spurcore.errors import SpurcoreError
-from spurcore.evaluation import evaluate, evaluation_splits
+from spurcore.evaluation import TrainEvaluation, evaluate, evaluation_splits, train_evaluation
 from spurcore.model import SpurModel, build_model
 from spurcore.plugins import PluginManager
 from spurcore.rundir import RunDir
@@ -86,6 +87,11 @@ def plan(config: cfg.PipelineConfig, plugins: PluginManager) -> Plan:
         spec = plugins.get("mitigations", stage.method)
         train = cfg.structure(cfg.TrainConfig, {**base, **spec.train_defaults, **stage.train}, f"stages[{i}].train")
         options = _options(spec, stage.options, f"stages[{i}].options")
+        if spec.kind == "train" and "train" in selector.splits and train.train_eval == "none":
+            raise cfg.ConfigError(
+                f"stages[{i}].train.train_eval: selector {selector.name!r} reads the metrics of 'train', "
+                f"and this stage evaluates none (train_eval = \"none\"); use \"auto\", \"full\" or \"subset:N\""
+            )
         stages.append(PlannedStage(index=i, config=stage, spec=spec, options=options, train=train))
     if stages[0].spec.kind != "train" and config.init is None:
         raise RunError(
@@ -102,12 +108,20 @@ def plan(config: cfg.PipelineConfig, plugins: PluginManager) -> Plan:
 
 
 def check_labels(plan: Plan, data: SpuriousData) -> None:
-    """Refuse methods and selectors that need attribute labels the data lacks."""
-    if plan.selector.needs_attributes and not data.splits["val"].has_attributes:
-        raise RunError(
-            f"selector {plan.selector.name!r} needs attribute labels on val, and dataset "
-            f"{data.name!r} has none there; use a selector that needs none (val-worst-class)"
-        )
+    """Refuse selectors reading splits the data lacks, and methods and selectors that need
+    attribute labels the data lacks."""
+    selector = plan.selector
+    for split in selector.splits:
+        if split not in data.splits:
+            raise RunError(
+                f"selector {selector.name!r} reads the metrics of split {split!r}, and dataset {data.name!r} "
+                f"has none (splits: {', '.join(data.splits)})"
+            )
+        if selector.needs_attributes and not data.splits[split].has_attributes:
+            raise RunError(
+                f"selector {selector.name!r} needs attribute labels on {split}, and dataset "
+                f"{data.name!r} has none there; use a selector that needs none (val-worst-class)"
+            )
     for stage in plan.stages:
         for split in stage.spec.attribute_splits(stage.options):
             if split not in data.splits or not data.splits[split].has_attributes:
@@ -162,13 +176,11 @@ class Runner:
         self.run = RunContext(config=plan.config, data=data, device=device, out=out, plugins=plugins,
                               initial_model=self._initial_model, resumed=resume, log=log)
         self.histories: dict[str, list[dict[str, Any]]] = {}
+        self.train_evaluations: dict[str, TrainEvaluation | None] = {}
 
     def _initial_model(self) -> SpurModel:
-        state = get_rng_state()  # building seeds every RNG; the run's own streams go on untouched
-        try:
+        with kept_rng_state():  # building seeds every RNG; the run's own streams go on untouched
             return build_base_model(self.plan, self.run.data, self.plugins).to(self.run.device.device)
-        finally:
-            set_rng_state(state)
 
     # --- the whole run -------------------------------------------------------------------------
 
@@ -189,7 +201,7 @@ class Runner:
                 model = stage_ctx.model
             stage_ctx = None
             summary = self._summary(results)
-            self._write_outputs(summary)
+            self._write_outputs(summary, results)
             self.hook.spurcore_run_end(run=run, summary=summary)
             return summary
         except BaseException as error:
@@ -225,12 +237,14 @@ class Runner:
                 if epoch != selected:
                     out.checkpoint(stage.key, epoch).unlink()
         entry = next(h for h in history if h["epoch"] == selected)
+        train_eval = self._train_evaluation(stage)
         result = {
             "name": stage.name,
             "method": stage.spec.name,
             "kind": stage.spec.kind,
             "selected": {"selector": self.plan.selector.name if stage.spec.kind == "train" else None, "epoch": selected},
             "metrics": entry["metrics"],
+            "train_eval": None if train_eval is None else train_eval.record(),
             "history": history,
         }
         out.write_stage_result(stage.key, result)
@@ -292,7 +306,7 @@ class Runner:
                 total += loss.detach() * len(batch) * (weight > 0)
                 seen += len(batch) * (weight > 0)
                 self.hook.spurcore_batch_end(run=run, stage=stage, epoch=epoch, step=step, batch=batch, loss=loss)
-            metrics = {s: evaluate(run, stage, epoch, s) for s in evaluation_splits(run)}
+            metrics = self._evaluate(stage, epoch)
             entry = {"epoch": epoch, "train_loss": float(distributed.total(total)) / max(float(distributed.total(seen)), 1),
                      "metrics": metrics}
             history.append(entry)
@@ -310,6 +324,26 @@ class Runner:
             self.hook.spurcore_epoch_end(run=run, stage=stage, epoch=epoch,
                                          metrics={**metrics, "train_loss": entry["train_loss"]})
         return history
+
+    def _train_evaluation(self, stage: StageContext) -> TrainEvaluation | None:
+        """The training examples this stage evaluates, drawn once per setting (same seed)."""
+        setting = stage.train.train_eval
+        if setting not in self.train_evaluations:
+            self.train_evaluations[setting] = train_evaluation(setting, self.run.data, self.run.config.seed)
+        return self.train_evaluations[setting]
+
+    def _evaluate(self, stage: StageContext, epoch: int) -> dict[str, dict[str, Any]]:
+        """Metrics per split: train first (per `train_eval`), then val, test and any extra split.
+        The train pass leaves every RNG as it found it (a DataLoader draws its base seed), so
+        training is the same whatever `train_eval` says."""
+        metrics = {}
+        train = self._train_evaluation(stage)
+        if train is not None:
+            with kept_rng_state():
+                metrics["train"] = evaluate(self.run, stage, epoch, "train", train.positions)
+        for split in evaluation_splits(self.run):
+            metrics[split] = evaluate(self.run, stage, epoch, split)
+        return metrics
 
     def _step_scheduler(self, stage: StageContext, entry: dict[str, Any]) -> None:
         if stage.scheduler is None:
@@ -339,7 +373,7 @@ class Runner:
                 f"{expected} from spurcore_posthoc_head, got {head!r}"
             )
         model.head = head.to(run.device.device)
-        metrics = {s: evaluate(run, stage, 0, s) for s in evaluation_splits(run)}
+        metrics = self._evaluate(stage, 0)
         run.out.save_checkpoint(stage.key, 0, {"model": model.state_dict(), "history": [], "rng": get_rng_state()})
         history = [{"epoch": 0, "train_loss": None, "metrics": metrics}]
         self._write_metrics(stage.key, history)
@@ -349,7 +383,7 @@ class Runner:
 
     def _candidate(self, stage: StageContext, entry: dict[str, Any]) -> Candidate:
         epoch = entry["epoch"]
-        return Candidate(stage=stage.key, epoch=epoch, metrics=entry["metrics"],
+        return Candidate(stage=stage.key, epoch=epoch, metrics=self.plan.selector.visible(entry["metrics"]),
                          load_model=lambda: self.load_model(stage.index, epoch), data=self.run.data)
 
     def load_model(self, stage_index: int = -1, epoch: int | None = None) -> SpurModel:
@@ -407,20 +441,23 @@ class Runner:
         final = results[-1]
         chosen = next((r for r in reversed(results) if r["selected"]["selector"] is not None), final)
         return {
-            "metrics": {s: final["metrics"][s] for s in ("val", "test")},
+            "metrics": {s: final["metrics"][s] for s in ("train", "val", "test") if s in final["metrics"]},
             "selected": {"selector": chosen["selected"]["selector"], "stage": chosen["name"], "epoch": chosen["selected"]["epoch"]},
             "stages": [
-                {"name": r["name"], "method": r["method"], "kind": r["kind"], "selected": r["selected"], "metrics": r["metrics"]}
+                {"name": r["name"], "method": r["method"], "kind": r["kind"], "selected": r["selected"],
+                 "metrics": r["metrics"], "train_eval": r.get("train_eval")}
                 for r in results
             ],
         }
 
-    def _write_outputs(self, summary: dict[str, Any]) -> None:
+    def _write_outputs(self, summary: dict[str, Any], results: list[dict[str, Any]]) -> None:
         from spurcore import report
 
         atomic.write_json(self.run.out.summary, summary)
         atomic.write_text(self.run.out.report, report.markdown(summary, self.plan.config))
         report.plot_group_acc(summary, self.run.out.figure)
+        if not report.plot_group_acc_epochs(results, self.run.out.epochs_figure):
+            self.run.log("no train evaluation with attribute labels: group_acc_epochs.png not written")
 
 
 def make_optimizer(train: cfg.TrainConfig, params: Any) -> torch.optim.Optimizer:
@@ -459,6 +496,22 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((3, tuple(int(v) for v in state["python"].tolist()), None))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def kept_rng_state() -> Iterator[None]:
+    """Run a block that may draw from the global RNGs, then put every RNG back exactly as it
+    was (numpy's cached Gaussian included)."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    state = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    try:
+        yield
+    finally:
+        torch.set_rng_state(state[0])
+        np.random.set_state(state[1])
+        random.setstate(state[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
 
 
 def _json_line(row: dict[str, Any]) -> str:

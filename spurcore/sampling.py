@@ -1,5 +1,6 @@
 """Balancing by label, shared by every method that balances groups or classes (DFR's balanced
-subsets, NeuronTune's class-balanced sampling, group-balanced training)."""
+subsets, NeuronTune's class-balanced sampling, group-balanced training) and by the runner's
+per-group subset of the training split it evaluates (`train_eval = "subset:N"`)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,16 @@ import numpy as np
 def balanced_subset(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Indices of a subset in which every label present appears equally often: each label's
     examples are shuffled and cut to the count of the rarest label. Sorted."""
+    return capped_subset(labels, int(np.unique(labels, return_counts=True)[1].min()), rng)
+
+
+def capped_subset(labels: np.ndarray, cap: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of up to `cap` examples of every label present (every example of a rarer one):
+    each label's examples, in increasing label order, are shuffled by `rng` and cut to `cap`.
+    Sorted. The same `rng` state gives nested subsets for growing caps."""
     labels = np.asarray(labels)
-    values = np.unique(labels)
-    per_label = [np.flatnonzero(labels == v) for v in values]
-    keep = min(len(ix) for ix in per_label)
-    return np.sort(np.concatenate([rng.permutation(ix)[:keep] for ix in per_label]))
+    per_label = [np.flatnonzero(labels == v) for v in np.unique(labels)]
+    return np.sort(np.concatenate([rng.permutation(ix)[:cap] for ix in per_label]))
 
 
 def balanced_weights(labels: np.ndarray) -> np.ndarray:

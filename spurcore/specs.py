@@ -97,13 +97,21 @@ class SelectorSpec:
     Ties go to the earliest candidate. `needs_attributes` is True when the score reads
     attribute labels (validation worst-group accuracy does; worst-class accuracy does not).
     `metrics` names the metrics the score reads; a pipeline must compute them.
+    `splits` names the splits whose metrics the score reads: a candidate carries those only,
+    so a selector never sees training (or test) metrics it did not declare, and a pipeline
+    whose data (or `train_eval = "none"`) lacks one is refused before it runs.
     """
 
     name: str = attrs.field(validator=_name)
     score: Callable[[Any], float]
     needs_attributes: bool = False
     metrics: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    splits: tuple[str, ...] = attrs.field(default=("val",), converter=tuple)
     description: str = ""
+
+    def visible(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
+        """The part of a candidate's metrics (split -> metrics) this selector may read."""
+        return {split: metrics[split] for split in self.splits}
 
 
 @attrs.frozen(kw_only=True)

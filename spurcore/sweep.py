@@ -1,14 +1,17 @@
 """Sweeps: one pipeline over settings x seeds (and, optionally, against other methods), one run
 directory per trial, recorded in `sweep.json` so a report can read them all back.
 
-Settings come from `--grid KEY=V1,V2` (every combination) or `--random N` (N draws from the
-`search_space` each stage's mitigation declares, widened by the grid's values). With
-`methods`, the pipeline is the baseline and every named method becomes a pipeline of its own:
-a post-hoc method, or a training method that fine-tunes (`MitigationSpec.fine_tunes`), starts
-from the baseline run of the same settings and seed (`[init] run = ...`), so all of them share
-one trained model and its cached embeddings; any other training method trains from scratch
-with the baseline's settings. Grid keys that start with a method's name (`dfr.options.retrains`)
-apply to that method's stage only; all others are pipeline overrides of the baseline.
+Settings come from `--grid KEY=V1,V2` (every combination), crossed, with `--random N`, with N
+draws from the `search_space` each stage's mitigation declares (the keys the grid does not
+set). With `methods`, the pipeline is the baseline and every named method becomes a pipeline
+of its own: a post-hoc method, or a training method that fine-tunes
+(`MitigationSpec.fine_tunes`), starts from the baseline run of the same settings and seed
+(`[init] run = ...`), so all of them share one trained model and its cached embeddings; any
+other training method trains from scratch with the baseline's settings. A chain `a+b` is a
+pipeline of those stages; when the sweep runs its prefix (`a`), it starts from that run
+instead and runs the rest. Grid keys that start with a method's name (`dfr.options.retrains`,
+`a+b.stages.1.options.retrains`) apply to that method's stages only; all others are pipeline
+overrides of the baseline.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import tomli_w
 from spurcore import atomic
 from spurcore.config import ConfigError, load_pipeline, parse_override
 from spurcore.errors import SpurcoreError
-from spurcore.plugins import PluginManager
+from spurcore.plugins import PluginError, PluginManager
 
 MANIFEST = "sweep.json"
 
@@ -73,20 +76,77 @@ def toml_value(value: Any) -> str:
     return tomli_w.dumps({"v": value}).split("=", 1)[1].strip()
 
 
-def expand(space: Mapping[str, Sequence[Any]], random_draws: int | None, rng: random.Random) -> list[dict[str, Any]]:
-    """Every combination of `space`, or `random_draws` distinct random draws from it."""
-    keys = sorted(space)
+def expand(grid: Mapping[str, Sequence[Any]], space: Mapping[str, Sequence[Any]], random_draws: int | None,
+           rng: random.Random) -> list[dict[str, Any]]:
+    """Every combination of the grid's values; with `random_draws`, each combination crossed
+    with the same `random_draws` distinct draws from the `space` keys the grid does not set, so
+    a grid key compares its values on equal draws."""
+    combos = _combinations(grid)
     if random_draws is None:
-        return [dict(zip(keys, combo)) for combo in itertools.product(*(space[k] for k in keys))]
+        return combos
+    draws = _draw({k: v for k, v in space.items() if k not in grid}, random_draws, rng)
+    return [{**combo, **draw} for combo in combos for draw in draws]
+
+
+def _combinations(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    keys = sorted(grid)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
+
+
+def _draw(space: Mapping[str, Sequence[Any]], n: int, rng: random.Random) -> list[dict[str, Any]]:
+    """`n` distinct draws from `space` (all of its combinations when it has no more)."""
+    keys = sorted(space)
     total = 1
     for key in keys:
         total *= len(space[key])
     drawn: list[dict[str, Any]] = []
-    while len(drawn) < min(random_draws, total):
+    while len(drawn) < min(n, total):
         pick = {k: rng.choice(list(space[k])) for k in keys}
         if pick not in drawn:
             drawn.append(pick)
     return drawn
+
+
+@attrs.frozen(kw_only=True)
+class Method:
+    """A `--methods` entry: one mitigation (`dfr`) or a chain of them (`fairdropout+dfr`, a
+    pipeline of those stages), labelled as named there."""
+
+    label: str
+    stages: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, entry: str, plugins: PluginManager) -> Method:
+        """A `--methods` entry, every stage a registered mitigation."""
+        stages = tuple(entry.split("+"))
+        for name in stages:
+            try:
+                plugins.get("mitigations", name)
+            except PluginError as error:
+                raise ConfigError(f"--methods {entry}: {error}") from None
+        return cls(label=entry, stages=stages)
+
+    def key(self, index: int, rest: str) -> str:
+        """The grid key of `rest` (`options.retrains`) in stage `index`: `dfr.options.retrains`
+        for one mitigation, `a+b.stages.1.options.retrains` in a chain."""
+        return f"{self.label}.{rest}" if len(self.stages) == 1 else f"{self.label}.stages.{index}.{rest}"
+
+    def locate(self, key: str) -> tuple[int, str]:
+        """The stage index and the stage's own key of one of this method's grid keys."""
+        rest = key[len(self.label) + 1:]
+        if len(self.stages) == 1:
+            return 0, rest
+        found = re.fullmatch(r"stages\.(\d+)\.(.+)", rest)
+        if not found or int(found[1]) >= len(self.stages):
+            raise ConfigError(f"--grid {key}: a chain's keys are {self.label}.stages.N.KEY, "
+                              f"N from 0 to {len(self.stages) - 1}")
+        return int(found[1]), found[2]
+
+
+def owner(key: str, labels: Sequence[str]) -> str | None:
+    """The method a grid key belongs to (the longest label it starts with), or None for a key
+    of the baseline pipeline."""
+    return max((label for label in labels if key.startswith(f"{label}.")), key=len, default=None)
 
 
 @attrs.frozen(kw_only=True)
@@ -117,10 +177,15 @@ class Sweep:
     threads: int = 0
 
 
+def short_key(key: str) -> str:
+    """A settings key without its `options.` part (and a chain's `stages.N.`), for names."""
+    return re.sub(r"(^|\.)(stages\.\d+\.)?options\.", r"\1", key)
+
+
 def _slug(settings: Mapping[str, Any]) -> str:
     if not settings:
         return "default"
-    short = {re.sub(r"(^|\.)(stages\.\d+\.)?options\.", r"\1", k): v for k, v in settings.items()}
+    short = {short_key(k): v for k, v in settings.items()}
     text = ",".join(f"{k}={json.dumps(v)}" for k, v in sorted(short.items()))
     slug = re.sub(r"[^A-Za-z0-9._=,+-]+", "", text)
     digest = hashlib.sha1(json.dumps(sorted(settings.items())).encode()).hexdigest()[:8]
@@ -136,73 +201,98 @@ def plan_sweep(pipeline: Path, out: Path, plugins: PluginManager, *, grid: Mappi
 
     if not seeds:
         raise ConfigError("--seeds: name at least one seed")
-    base_config = load_pipeline(pipeline)
-    label = "+".join(stage.label for stage in base_config.stages)
-    for method in methods:
-        plugins.get("mitigations", method)
-        if method == label:
-            raise ConfigError(f"--methods {method}: that is the pipeline itself (its runs are the baseline)")
-    own = {k: v for k, v in grid.items() if k.split(".")[0] not in methods}
-    space = dict(own)
-    if random_draws is not None:
-        for i, stage in enumerate(base_config.stages):
-            for option, values in plugins.get("mitigations", stage.method).search_space.items():
-                space.setdefault(f"stages.{i}.options.{option}", values)
-    rng = random.Random(draw_seed)
-    base_settings = expand(space, random_draws, rng)
-    trials = []
-    for settings in base_settings:
-        overrides = [f"{k}={toml_value(v)}" for k, v in settings.items()]
-        for seed in seeds:
-            trials.append(Trial(method=label, settings=settings, seed=seed,
-                                path=f"{label}/{_slug(settings)}/seed{seed}",
-                                overrides=(*overrides, f"seed={seed}")))
-        plan(load_pipeline(pipeline, overrides), plugins)
-    baselines = {(json.dumps(t.settings, sort_keys=True), t.seed): t for t in trials}
-    for method in methods:
-        spec = plugins.get("mitigations", method)
-        mine = {k[len(method) + 1:]: v for k, v in grid.items() if k.split(".")[0] == method}
-        if random_draws is not None:
-            for option, values in spec.search_space.items():
-                mine.setdefault(f"options.{option}", values)
-        follows = spec.kind == "posthoc" or spec.fine_tunes
-        for method_settings in expand(mine, random_draws, rng):
-            stage = [f'stages=[{{method="{method}"}}]',
-                     *(f"stages.0.{k}={toml_value(v)}" for k, v in method_settings.items())]
-            for base in base_settings:
-                settings = {**base, **{f"{method}.{k}": v for k, v in method_settings.items()}}
-                for seed in seeds:
-                    start = baselines[(json.dumps(base, sort_keys=True), seed)] if follows else None
-                    if start is not None:
-                        head = (*start.overrides, f"init.run={toml_value(str(out.resolve() / start.path))}")
-                    else:
-                        head = (*(f"{k}={toml_value(v)}" for k, v in base.items()), f"seed={seed}")
-                    trial = Trial(method=method, settings=settings, seed=seed,
-                                  path=f"{method}/{_slug(settings)}/seed{seed}", overrides=(*head, *stage),
-                                  after=start.path if start else None)
-                    trials.append(trial)
-                plan(load_pipeline(pipeline, trial.overrides), plugins)
-    return Sweep(pipeline=pipeline.resolve(), out=out.resolve(), trials=tuple(trials), plugin_args=tuple(plugin_args),
+    stages = load_pipeline(pipeline).stages
+    base = "+".join(stage.label for stage in stages)
+    chosen = [Method.parse(entry, plugins) for entry in dict.fromkeys(methods)]
+    labels = [method.label for method in chosen]
+    if base in labels:
+        raise ConfigError(f"--methods {base}: that is the pipeline itself (its runs are the baseline)")
+    space = {f"stages.{i}.options.{option}": values for i, stage in enumerate(stages)
+             for option, values in plugins.get("mitigations", stage.method).search_space.items()}
+    own = {k: v for k, v in grid.items() if owner(k, labels) is None}
+    trials = {base: [
+        Trial(method=base, settings=settings, seed=seed, path=f"{base}/{_slug(settings)}/seed{seed}",
+              overrides=(*(f"{k}={toml_value(v)}" for k, v in settings.items()), f"seed={seed}"))
+        for settings in expand(own, space, random_draws, _rng(draw_seed, base)) for seed in seeds]}
+    for method in sorted(chosen, key=lambda m: len(m.stages)):  # a chain after the methods it starts from
+        start, done = _start(method, base, labels, plugins)
+        mine = {k: v for k, v in grid.items() if owner(k, labels) == method.label}
+        trials[method.label] = _method_trials(
+            method, trials[start or base], out, plugins, start=start, done=done, grid=mine,
+            random_draws=random_draws, rng=_rng(draw_seed, method.label))
+    planned = [trial for group in trials.values() for trial in group]
+    for trial in planned:
+        plan(load_pipeline(pipeline, trial.overrides), plugins)
+    return Sweep(pipeline=pipeline.resolve(), out=out.resolve(), trials=tuple(planned), plugin_args=tuple(plugin_args),
                  threads=threads)
 
 
-def all_methods(pipeline: Path, plugins: PluginManager, grid: Mapping[str, Sequence[Any]]
+def _rng(draw_seed: int, label: str) -> random.Random:
+    """Each method's own draws, so adding a method to a sweep leaves the others' draws alone."""
+    return random.Random(f"{draw_seed}:{label}")
+
+
+def _start(method: Method, base: str, labels: Sequence[str], plugins: PluginManager) -> tuple[str | None, int]:
+    """Which trials `method`'s trials start from, and how many of its stages those ran: the
+    longest prefix of its chain that the sweep runs (the pipeline `base` or one of `labels`);
+    else, when its first stage is post-hoc or fine-tunes, the baseline's, with none of its
+    stages; else none (it trains from scratch)."""
+    for done in range(len(method.stages) - 1, 0, -1):
+        prefix = "+".join(method.stages[:done])
+        if prefix == base or prefix in labels:
+            return prefix, done
+    first = plugins.get("mitigations", method.stages[0])
+    return (base, 0) if first.kind == "posthoc" or first.fine_tunes else (None, 0)
+
+
+def _method_trials(method: Method, starts: Sequence[Trial], out: Path, plugins: PluginManager, *,
+                   start: str | None, done: int, grid: Mapping[str, Sequence[Any]],
+                   random_draws: int | None, rng: random.Random) -> list[Trial]:
+    """A method's trials: its own settings (its grid keys, its stages' search spaces) crossed
+    with `starts`, the trials whose settings and seed it takes, and whose runs it continues
+    from (`[init] run`) when it has a `start`, running only the stages after the first `done`."""
+    for key in grid:
+        index, _ = method.locate(key)
+        if index < done:
+            raise ConfigError(f"--grid {key}: stage {index} ({method.stages[index]}) of {method.label} is not "
+                              f"run again; it comes from the {start} trials, so set it on {start}'s keys")
+    space = {method.key(i, f"options.{option}"): values for i in range(done, len(method.stages))
+             for option, values in plugins.get("mitigations", method.stages[i]).search_space.items()}
+    stages = "stages=[" + ", ".join(f"{{method={json.dumps(name)}}}" for name in method.stages[done:]) + "]"
+    trials = []
+    for mine in expand(grid, space, random_draws, rng):
+        own = [stages]
+        for key, value in mine.items():
+            index, rest = method.locate(key)
+            own.append(f"stages.{index - done}.{rest}={toml_value(value)}")
+        for begin in starts:
+            settings = {**begin.settings, **mine}
+            head = begin.overrides
+            if start:
+                head = (*head, f"init.run={toml_value(str(out.resolve() / begin.path))}")
+            trials.append(Trial(method=method.label, settings=settings, seed=begin.seed,
+                                path=f"{method.label}/{_slug(settings)}/seed{begin.seed}", overrides=(*head, *own),
+                                after=begin.path if start else None))
+    return trials
+
+
+def all_methods(pipeline: Path, plugins: PluginManager, grid: Mapping[str, Sequence[Any]], others: Sequence[str] = ()
                 ) -> tuple[list[str], dict[str, Sequence[Any]], dict[str, str]]:
     """`--methods all`: every installed mitigation not in the pipeline that plans with its
     defaults (and its grid keys) here; the grid without the keys of those left out; and why
-    each was left out."""
+    each was left out. `others` are the sweep's other methods (chains), whose keys are theirs."""
     base = {stage.method for stage in load_pipeline(pipeline).stages}
     installed = [name for name in sorted(plugins.registry("mitigations")) if name not in base]
     kept, left_out = [], {}
     for name in installed:
-        mine = {k: v for k, v in grid.items() if k.split(".")[0] not in installed or k.split(".")[0] == name}
+        mine = {k: v for k, v in grid.items() if owner(k, [*installed, *others]) in (None, name)}
         try:
             plan_sweep(pipeline, Path("."), plugins, grid=mine, seeds=[0], methods=[name])
         except SpurcoreError as error:
             left_out[name] = str(error)
         else:
             kept.append(name)
-    return kept, {k: v for k, v in grid.items() if k.split(".")[0] not in left_out}, left_out
+    return kept, {k: v for k, v in grid.items() if owner(k, list(left_out)) is None}, left_out
 
 
 def run_trial(spec: Mapping[str, Any], manager: PluginManager | None = None) -> dict[str, Any]:

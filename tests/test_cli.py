@@ -16,7 +16,8 @@ from spurcore.cli import cli
 from spurcore.config import load_pipeline, pipeline_from_dict
 from spurcore.plugins import PluginManager
 
-TABLE_HEAD = "| group | val n | val acc % | test n | test acc % |"
+TABLE_HEAD = ("| group | train n | train acc % | val n | val acc % | test n | test acc % "
+              "| memorization gap (train - test, pts) |")
 GROUPS = ("neg/off", "neg/on", "pos/off", "pos/on")
 
 
@@ -135,11 +136,13 @@ def test_run_prints_the_group_table(finished):
 def test_run_writes_the_run_directory(finished):
     pipeline, out, _ = finished
     names = {p.name for p in out.iterdir() if not p.name.startswith(".")}
-    assert names == {"config.toml", "metrics.jsonl", "summary.json", "report.md", "group_acc.png", "checkpoints"}
+    assert names == {"config.toml", "metrics.jsonl", "summary.json", "report.md", "group_acc.png",
+                     "group_acc_epochs.png", "checkpoints"}
     assert sorted(p.name for p in (out / "checkpoints" / "0-erm").iterdir()) == [
         "epoch_001.pt", "epoch_002.pt", "epoch_003.pt", "result.json",
     ]
-    assert (out / "group_acc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for figure in ("group_acc.png", "group_acc_epochs.png"):
+        assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # config.toml is the resolved pipeline: it loads back to the one that was run
     assert load_pipeline(out / "config.toml") == pipeline_from_dict(tomllib.loads(pipeline.read_text()))
     assert tomllib.loads((out / "config.toml").read_text())["train"]["eval_batch_size"] == 512
@@ -149,7 +152,7 @@ def test_metrics_jsonl_has_a_line_per_epoch_and_split(finished):
     _, out, _ = finished
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [(r["stage"], r["epoch"], r["split"]) for r in rows] == [
-        ("0-erm", e, s) for e in (1, 2, 3) for s in ("val", "test")
+        ("0-erm", e, s) for e in (1, 2, 3) for s in ("train", "val", "test")
     ]
     for r in rows:
         assert r["train_loss"] > 0
@@ -161,7 +164,8 @@ def test_summary_has_the_documented_structure(finished):
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) == {"metrics", "selected", "stages"}
     data = make_tiny(TinyOptions())
-    for split in ("val", "test"):
+    assert list(summary["metrics"]) == ["train", "val", "test"]
+    for split in ("train", "val", "test"):
         m = summary["metrics"][split]
         assert set(m) == {"avg_acc", "worst_group_acc", "worst_class_acc", "group_acc", "group_count"}
         assert list(m["group_acc"]) == list(GROUPS)
@@ -181,7 +185,7 @@ def test_summary_has_the_documented_structure(finished):
     assert summary["stages"] == [{
         "name": "erm", "method": "erm", "kind": "train",
         "selected": {"selector": "val-wga", "epoch": selected["epoch"]},
-        "metrics": summary["metrics"],
+        "metrics": summary["metrics"], "train_eval": {"rule": "full", "examples": 200, "of": 200},
     }]
 
 
@@ -201,7 +205,8 @@ def test_show_prints_the_table(finished):
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0] == f"stage erm (erm, epoch {summary['selected']['epoch']} by val-wga)"
-    assert lines[1] == TABLE_HEAD
+    assert lines[1] == "Train columns: every training example (200), in eval mode without augmentation (`train_eval` full)."
+    assert lines[2] == TABLE_HEAD
     # the same table `run` printed
     table = [line for line in run.output.splitlines() if line.startswith("|")]
     assert [line for line in lines if line.startswith("|")] == table

@@ -80,4 +80,4 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
         torch.testing.assert_close(both["model"][name], value, rtol=0, atol=1e-5, msg=name)
     assert both["history"][0]["train_loss"] == pytest.approx(one["history"][0]["train_loss"], abs=1e-5)
     lines = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
-    assert [(r["epoch"], r["split"]) for r in lines] == [(1, "val"), (1, "test")]
+    assert [(r["epoch"], r["split"]) for r in lines] == [(1, "train"), (1, "val"), (1, "test")]

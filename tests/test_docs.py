@@ -107,6 +107,10 @@ def test_metrics_page_defines_every_installed_metric_and_selector(installed):
             says = rows[name][-1].split()[0]
             assert says == ("yes" if entry.spec.needs_attributes else "no"), (
                 f"docs/metrics.md says {kind[:-1]} {name!r} needs attribute labels: {says}; its spec says {entry.spec.needs_attributes}")
+            if kind == "selectors":
+                splits = tuple(s.strip() for s in rows[name][-2].split(","))
+                assert splits == entry.spec.splits, (
+                    f"docs/metrics.md says selector {name!r} reads splits {splits}; its spec says {entry.spec.splits}")
 
 
 def page_and_readmes(page: Path) -> str:

@@ -210,7 +210,7 @@ class Recorder:
     @hookimpl
     def spurcore_epoch_end(self, run, stage, epoch, metrics):
         assert run.out.checkpoint(stage.key, epoch).is_file(), "epoch_end before the checkpoint is written"
-        assert set(metrics) == {"val", "test", "train_loss"}
+        assert list(metrics) == ["train", "val", "test", "train_loss"]
         self.calls.append(("epoch_end", epoch))
 
     @hookimpl(tryfirst=True)
@@ -284,8 +284,9 @@ def test_runner_calls_hooks_in_the_documented_order(plugins, tiny_config, tmp_pa
         stages=[{"method": "erm"}, {"method": "refit"}],
     )
     run_pipeline(config, tmp_path / "run", plugins, log=lambda message: None)
-    # tiny: 200 train examples (2 batches of 100), val 120 and test 160 (2 batches each)
-    expected = documented_sequence(epochs=2, train_batches=2, eval_batches={"val": 2, "test": 2})
+    # tiny: 200 train examples (2 batches of 100), val 120 and test 160 (2 batches each); train
+    # is evaluated first (train_eval "auto": every example of the in-memory split)
+    expected = documented_sequence(epochs=2, train_batches=2, eval_batches={"train": 2, "val": 2, "test": 2})
     assert recorder.calls == expected
 
 

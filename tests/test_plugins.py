@@ -411,14 +411,16 @@ def test_trace_hooks_prints_every_hook_call_with_its_implementations(monkeypatch
     run_pipeline(config, tmp_path / "run", kit_manager(), log=lambda message: None)
     lines = [l for l in capsys.readouterr().err.splitlines() if l.startswith("[spurcore] ")]
     names = [l.split(" ", 1)[1].split("(", 1)[0] for l in lines]
-    # tiny: 200 training examples in 2 batches, val and test one batch each
+    # tiny: 200 training examples in 2 batches; train, val and test evaluated in one batch each
     assert names == ["spurcore_run_start", "spurcore_stage_start", "spurcore_prepare_model", "spurcore_epoch_start",
                      "spurcore_train_sampler", *["spurcore_train_loss", "spurcore_batch_end"] * 2,
-                     *["spurcore_evaluation_start", "spurcore_evaluation_batch", "spurcore_evaluation_end"] * 2,
+                     *["spurcore_evaluation_start", "spurcore_evaluation_batch", "spurcore_evaluation_end"] * 3,
                      "spurcore_epoch_end", "spurcore_stage_end", "spurcore_run_end"]
     loss = lines[names.index("spurcore_train_loss")]
     assert "stage=StageContext(0-erm)" in loss and "batch=Batch[100]" in loss and loss.endswith("-> [erm]")
-    assert "logits=Tensor(120x2)" in lines[names.index("spurcore_evaluation_batch")]
+    evaluation_batches = [line for name, line in zip(names, lines) if name == "spurcore_evaluation_batch"]
+    assert "split='train', batch=Batch[200], logits=Tensor(200x2)" in evaluation_batches[0]
+    assert "split='val', batch=Batch[120], logits=Tensor(120x2)" in evaluation_batches[1]
     assert "step=1, batch=Batch[100], loss=Tensor(scalar)" in lines[names.index("spurcore_batch_end", 7)]
 
 

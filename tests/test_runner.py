@@ -72,7 +72,7 @@ def test_resume_reaches_the_uninterrupted_result(tmp_path, plugins, tiny_config)
         assert torch.equal(value, _weights(tmp_path / "cut")[key]), key
     lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
     assert [(json.loads(l)["epoch"], json.loads(l)["split"]) for l in lines] == [
-        (e, s) for e in range(1, 5) for s in ("val", "test")
+        (e, s) for e in range(1, 5) for s in ("train", "val", "test")
     ]
 
 
@@ -122,7 +122,7 @@ def test_events_arrive_in_the_documented_order(tmp_path, plugins, tiny_config):
     recorder = Recorder()
     plugins.register(recorder, "recorder")
     run_pipeline(tiny_config(train={"epochs": 2}), tmp_path / "r", plugins)
-    per_epoch = lambda e: [f"epoch_start:{e}", f"eval:{e}:val", f"eval:{e}:test", f"epoch_end:{e}"]
+    per_epoch = lambda e: [f"epoch_start:{e}", f"eval:{e}:train", f"eval:{e}:val", f"eval:{e}:test", f"epoch_end:{e}"]
     assert recorder.events == ["run_start", "stage_start:0-erm", *per_epoch(1), *per_epoch(2),
                                "stage_end:0-erm", "run_end"]
 

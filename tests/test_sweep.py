@@ -1,4 +1,4 @@
-"""`spur sweep` and `spur report`: settings x seeds, resume, failures, random draws, methods."""
+"""`spur sweep` and `spur report`: settings x seeds, resume, failures, random draws, methods, chains, rows by a setting."""
 
 from __future__ import annotations
 
@@ -8,15 +8,19 @@ import json
 import random
 from pathlib import Path
 
+import attrs
 import pytest
 import tomli_w
+import torch.nn.functional as F
 from click.testing import CliRunner
-from spurcore.testing import TinyPlugin, tiny_pipeline
+from spurcore.testing import TinyPlugin, TinyRefit, kit_manager, tiny_pipeline
 
+from spurcore import hookimpl
 from spurcore.cli import cli
 from spurcore.config import ConfigError, load_pipeline
 from spurcore.plugins import PluginManager
-from spurcore.sweep import all_methods, expand, parse_grid
+from spurcore.specs import MitigationSpec
+from spurcore.sweep import all_methods, expand, parse_grid, plan_sweep
 
 
 def manager() -> PluginManager:
@@ -58,12 +62,20 @@ def test_parse_grid_refuses_malformed_items(bad):
 
 def test_expand_grid_is_every_combination_and_random_draws_are_distinct():
     space = {"a": [1, 2, 3], "b": ["x", "y"]}
-    assert len(expand(space, None, random.Random(0))) == 6
-    drawn = expand(space, 4, random.Random(0))
+    assert len(expand(space, {"c": [0, 1]}, None, random.Random(0))) == 6  # no draws: the grid alone
+    drawn = expand({}, space, 4, random.Random(0))
     assert len(drawn) == 4 and len({json.dumps(d, sort_keys=True) for d in drawn}) == 4
     assert all(d["a"] in space["a"] and d["b"] in space["b"] for d in drawn)
-    assert expand(space, 4, random.Random(0)) == drawn  # the draw seed fixes the draws
-    assert len(expand(space, 50, random.Random(0))) == 6  # never more than there are
+    assert expand({}, space, 4, random.Random(0)) == drawn  # the draw seed fixes the draws
+    assert len(expand({}, space, 50, random.Random(0))) == 6  # never more than there are
+
+
+def test_expand_crosses_every_grid_value_with_the_same_draws_of_the_other_keys():
+    settings = expand({"b": ["y", "z"]}, {"a": [1, 2, 3, 4], "b": ["x"], "c": [5, 6]}, 3, random.Random(0))
+    assert len(settings) == 6
+    by_b = {b: [{k: v for k, v in s.items() if k != "b"} for s in settings if s["b"] == b] for b in ("y", "z")}
+    assert by_b["y"] == by_b["z"] and len({json.dumps(d, sort_keys=True) for d in by_b["y"]}) == 3
+    assert all(set(d) == {"a", "c"} for d in by_b["y"])  # "b" is the grid's, never drawn ("x" never appears)
 
 
 # --- a sweep of 2 settings x 3 seeds -----------------------------------------------------------
@@ -166,8 +178,9 @@ def test_a_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path):
 def test_methods_start_from_the_baseline_run_of_the_same_seed(tmp_path):
     path = pipeline(tmp_path)
     out = tmp_path / "sweep"
+    # quantifier "any" with threshold 0 zeroes every dimension of the tiny model: fix "all", draw the rest
     result = invoke(manager(), "sweep", path, "--seeds", "3", "--methods", "dfr,neurontune", "--random", "2",
-                    "--out", out)
+                    "--grid", 'neurontune.options.quantifier="all"', "--out", out)
     assert result.exit_code == 0, result.output
     dfr_runs = sorted(out.glob("dfr/*/seed3"))
     assert len(dfr_runs) == 2  # the two values of dfr's declared search space
@@ -238,9 +251,228 @@ def test_an_interrupted_run_continues_from_its_last_checkpoint(tmp_path):
 
 def test_all_methods_are_the_installed_ones_that_plan_here(tmp_path):
     pm = manager()
-    grid = {"dfr.options.retrains": [0], "dfr-class.options.retrains": [3], "train.lr": [0.1]}
-    kept, kept_grid, left_out = all_methods(pipeline(tmp_path), pm, grid)
+    grid = {"dfr.options.retrains": [0], "dfr-class.options.retrains": [3], "train.lr": [0.1],
+            "dfr-class+dfr.stages.1.options.retrains": [5]}
+    kept, kept_grid, left_out = all_methods(pipeline(tmp_path), pm, grid, others=["dfr-class+dfr"])
     installed = sorted(set(pm.registry("mitigations")) - {"erm"})
     assert kept == [m for m in installed if m != "dfr"] and "dfr-class" in kept
     assert list(left_out) == ["dfr"] and "retrains: must be positive, got 0" in left_out["dfr"]
-    assert kept_grid == {"dfr-class.options.retrains": [3], "train.lr": [0.1]}
+    assert kept_grid == {"dfr-class.options.retrains": [3], "train.lr": [0.1],
+                         "dfr-class+dfr.stages.1.options.retrains": [5]}  # the chain's key stays the chain's
+
+
+# --- chains, grids crossed with draws, rows by a setting ---------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class SmoothOptions:
+    smoothing: float = 0.0
+    width: int = 1  # read by nothing: a second key to draw
+
+
+class Smooth:
+    """A training method: cross-entropy with label smoothing (so its settings change its numbers)."""
+
+    def __init__(self, options: SmoothOptions) -> None:
+        self.options = options
+
+    @hookimpl
+    def spurcore_train_loss(self, model, batch):
+        return F.cross_entropy(model(batch.x, index=batch.index), batch.y, label_smoothing=self.options.smoothing)
+
+
+@attrs.frozen(kw_only=True)
+class HeadOptions:
+    alpha: float = 1.0
+
+
+class ChainMethods:
+    """`tiny-train` (trains from scratch) and `tiny-head` (post hoc, reads val attributes),
+    each with a search space."""
+
+    @hookimpl
+    def spurcore_register_mitigations(self):
+        return [MitigationSpec(name="tiny-train", factory=Smooth, kind="train", options=SmoothOptions,
+                               search_space={"smoothing": [0.0, 0.1, 0.2], "width": [1, 2, 3]}),
+                MitigationSpec(name="tiny-head", factory=TinyRefit, kind="posthoc", options=HeadOptions,
+                               needs_attributes=("val",), search_space={"alpha": [0.5, 2.0]})]
+
+
+class StageCounter:
+    """Which stages ran in which run directory, in order."""
+
+    def __init__(self) -> None:
+        self.ran: dict[str, list[str]] = {}
+
+    @hookimpl
+    def spurcore_stage_start(self, run, stage):
+        self.ran.setdefault(str(run.out.path), []).append(stage.spec.name)
+
+
+def trials_of(out):
+    return {t["path"]: t for t in json.loads((out / "sweep.json").read_text())["trials"]}
+
+
+CHAIN = "tiny-train+tiny-head"
+
+
+@pytest.fixture(scope="module")
+def chained(tmp_path_factory):
+    """`--methods all,tiny-train+tiny-head`: erm, tiny-head, tiny-refit, tiny-train (2 x 2
+    settings) and the chain, over seeds 0 and 1."""
+    root = tmp_path_factory.mktemp("chained")
+    counter = StageCounter()
+    pm = kit_manager([(ChainMethods(), "chain-methods"), (counter, "counter")])
+    out = root / "sweep"
+    args = ["sweep", pipeline(root), "--methods", f"all,{CHAIN}", "--seeds", "0,1", "--out", out,
+            "--grid", "tiny-train.options.smoothing=0.0,0.3", "--grid", "tiny-train.train.epochs=1,2",
+            "--grid", f"{CHAIN}.stages.1.options.alpha=2.0"]
+    result = invoke(pm, *args)
+    return pm, counter, out, result, args
+
+
+def test_a_chain_starts_from_its_prefix_trial_and_trains_it_once(chained):
+    pm, counter, out, result, args = chained
+    assert result.exit_code == 0, result.output
+    trials = trials_of(out)
+    assert sorted({t["method"] for t in trials.values()}) == ["erm", "tiny-head", "tiny-refit", "tiny-train", CHAIN]
+    # every tiny-train model is trained once, in its own trial: 4 settings x 2 seeds
+    trained = [path for path, stages in counter.ran.items() if "tiny-train" in stages]
+    assert len(trained) == 8 and all(Path(p).relative_to(out).parts[0] == "tiny-train" for p in trained)
+    chain = {p: t for p, t in trials.items() if t["method"] == CHAIN}
+    assert len(chain) == 8 and {t["after"] for t in chain.values()} == {
+        p for p, t in trials.items() if t["method"] == "tiny-train"}
+    for path, trial in chain.items():
+        prefix = trials[trial["after"]]
+        assert trial["seed"] == prefix["seed"]
+        assert trial["settings"] == {**prefix["settings"], f"{CHAIN}.stages.1.options.alpha": 2.0}
+        config = load_pipeline(out / path / "config.toml")
+        assert config.init.run == str((out / prefix["path"]).resolve()) and config.seed == prefix["seed"]
+        assert [(s.method, s.options) for s in config.stages] == [("tiny-head", {"alpha": 2.0})]
+        assert counter.ran[str((out / path).resolve())] == ["tiny-head"]
+    again = invoke(pm, *args)  # launched again: nothing runs
+    assert again.exit_code == 0 and again.output.count("finished earlier") == len(trials) == 2 + 2 + 2 + 8 + 8
+
+
+def test_report_rows_by_a_setting_choose_per_value_and_read_labels_along_the_chain(chained):
+    pm, _, out, _, _ = chained
+    key = "tiny-train.options.smoothing"
+    result = invoke(pm, "report", out, "--selector", "val-wga", "--rows-by", key, "--format", "json")
+    assert result.exit_code == 0, result.output
+    rows = {r["label"]: r for r in json.loads(result.output.split("figure:")[0])["rows"]}
+    assert sorted(rows) == ["erm", "tiny-head", "tiny-refit", "tiny-train (smoothing=0.0)", "tiny-train (smoothing=0.3)",
+                            f"{CHAIN} (tiny-train.smoothing=0.0)", f"{CHAIN} (tiny-train.smoothing=0.3)"]
+    runs: dict[tuple, dict] = {}
+    for trial in trials_of(out).values():
+        summary = json.loads((out / trial["path"] / "summary.json").read_text())["metrics"]
+        settings = json.dumps(trial["settings"], sort_keys=True)
+        runs.setdefault((trial["method"], trial["settings"].get(key)), {}).setdefault(settings, []).append(summary)
+    for row in rows.values():
+        assert row["by"] == ({key: row["settings"][key]} if key in row["settings"] else {})
+        group = runs[(row["method"], row["settings"].get(key))]
+        assert len(group) == (2 if row["by"] else 1)  # tiny-train.train.epochs=1,2 within each value
+        best = max(group, key=lambda s: sum(m["val"]["worst_group_acc"] for m in group[s]))
+        assert json.loads(best) == row["settings"]
+        wga = [100 * m["test"]["worst_group_acc"] for m in group[best]]
+        mean = sum(wga) / 2
+        assert row["test_wga_mean_std"] == pytest.approx([mean, (sum((w - mean) ** 2 for w in wga) / 2) ** 0.5])
+    # the chain ran tiny-head alone; the epoch selection it relies on is its prefix run's
+    assert rows[f"{CHAIN} (tiny-train.smoothing=0.3)"]["labels"] == ["epoch by val-wga: val", "tiny-head: val"]
+    assert rows["tiny-train (smoothing=0.0)"]["test_wga"] != rows["tiny-train (smoothing=0.3)"]["test_wga"]
+    md = (out / "report.md").read_text()
+    assert "| tiny-train (smoothing=0.3) | val-wga (reads attributes) |" in md
+    table = list(csv.DictReader(io.StringIO((out / "report.csv").read_text())))
+    assert [r["label"] for r in table] == list(rows) and {r["method"] for r in table} == {
+        "erm", "tiny-head", "tiny-refit", "tiny-train", CHAIN}
+    assert (out / "wga.png").stat().st_size > 5000
+
+
+def test_report_refuses_rows_by_a_setting_no_run_has(chained):
+    pm, _, out, _, _ = chained
+    result = invoke(pm, "report", out, "--selector", "val-wga", "--rows-by", "tiny-train.options.smoothin")
+    assert result.exit_code == 1
+    assert "--rows-by tiny-train.options.smoothin: no finished run has this setting" in result.output
+    assert "tiny-train.options.smoothing" in result.output  # the settings there are
+
+
+def test_a_chain_without_its_prefix_in_the_sweep_runs_every_stage(plugins, register_plugin, tmp_path):
+    register_plugin(ChainMethods())
+    counter = register_plugin(StageCounter())
+    out = tmp_path / "sweep"
+    result = invoke(plugins, "sweep", pipeline(tmp_path), "--methods", f"{CHAIN},tiny-head+tiny-refit",
+                    "--random", "2", "--out", out)
+    assert result.exit_code == 0, result.output
+    trials = trials_of(out)
+    chain = [t for t in trials.values() if t["method"] == CHAIN]
+    assert len(chain) == 2 and all(t["after"] is None for t in chain)  # trains from scratch
+    for trial in chain:
+        assert set(trial["settings"]) == {f"{CHAIN}.stages.0.options.smoothing", f"{CHAIN}.stages.0.options.width",
+                                          f"{CHAIN}.stages.1.options.alpha"}  # drawn from both stages' spaces
+        config = load_pipeline(out / trial["path"] / "config.toml")
+        assert config.init is None
+        assert [s.method for s in config.stages] == ["tiny-train", "tiny-head"]
+        assert config.stages[0].options == {"smoothing": trial["settings"][f"{CHAIN}.stages.0.options.smoothing"],
+                                            "width": trial["settings"][f"{CHAIN}.stages.0.options.width"]}
+        assert config.stages[1].options == {"alpha": trial["settings"][f"{CHAIN}.stages.1.options.alpha"]}
+        assert counter.ran[str((out / trial["path"]).resolve())] == ["tiny-train", "tiny-head"]
+    posthoc_first = [t for t in trials.values() if t["method"] == "tiny-head+tiny-refit"]
+    assert len(posthoc_first) == 2 and {t["after"] for t in posthoc_first} == {"erm/default/seed0"}
+    for trial in posthoc_first:  # a post-hoc first stage starts from the baseline, as a single method would
+        config = load_pipeline(out / trial["path"] / "config.toml")
+        assert config.init.run == str((out / "erm/default/seed0").resolve())
+        assert [s.method for s in config.stages] == ["tiny-head", "tiny-refit"]
+        assert counter.ran[str((out / trial["path"]).resolve())] == ["tiny-head", "tiny-refit"]
+
+
+def test_a_chain_starts_from_its_longest_prefix_in_the_sweep(plugins, register_plugin, tmp_path):
+    register_plugin(ChainMethods())
+    three = f"{CHAIN}+tiny-refit"
+    sweep = plan_sweep(pipeline(tmp_path), tmp_path / "s", plugins, grid={}, seeds=[0],
+                       methods=[three, "erm+tiny-head", CHAIN, "tiny-train"])
+    by_method = {t.method: t for t in sweep.trials}
+    assert list(by_method) == ["erm", "tiny-train", "erm+tiny-head", CHAIN, three]  # prefixes first
+    assert by_method[three].after == by_method[CHAIN].path
+    assert by_method[CHAIN].after == by_method["tiny-train"].path
+    assert by_method["erm+tiny-head"].after == "erm/default/seed0"  # the pipeline is a prefix too
+    for method, runs in ((three, ["tiny-refit"]), ("erm+tiny-head", ["tiny-head"])):
+        config = load_pipeline(pipeline(tmp_path), by_method[method].overrides)
+        assert [s.method for s in config.stages] == runs
+        assert config.init.run == str((tmp_path / "s" / by_method[method].after).resolve())
+
+
+def test_random_draws_are_crossed_with_every_grid_value(tmp_path):
+    pm = manager()
+    grid = {"prunedtwin.options.criterion": ["magnitude", "gradient"]}
+    sweep = plan_sweep(pipeline(tmp_path), tmp_path / "s", pm, grid=grid, seeds=[0, 1], methods=["prunedtwin"],
+                       random_draws=6)
+    settings = [t.settings for t in sweep.trials if t.method == "prunedtwin" and t.seed == 0]
+    assert len(settings) == 12 and len(sweep.trials) == 2 + 24
+    draws = {c: [{k: v for k, v in s.items() if k != "prunedtwin.options.criterion"}
+                 for s in settings if s["prunedtwin.options.criterion"] == c] for c in ("magnitude", "gradient")}
+    assert draws["magnitude"] == draws["gradient"]
+    assert len({json.dumps(d, sort_keys=True) for d in draws["magnitude"]}) == 6
+    assert all(set(d) == {"prunedtwin.options.q", "prunedtwin.options.lam"} for d in draws["magnitude"])
+    # each method draws on its own: adding another leaves these draws as they were
+    more = plan_sweep(pipeline(tmp_path), tmp_path / "s", pm, grid=grid, seeds=[0, 1], methods=["dfr", "prunedtwin"],
+                      random_draws=6)
+    assert [t for t in more.trials if t.method == "prunedtwin"] == [t for t in sweep.trials if t.method == "prunedtwin"]
+    no_draws = plan_sweep(pipeline(tmp_path), tmp_path / "s", pm, grid=grid, seeds=[0], methods=["prunedtwin"])
+    assert [t.settings for t in no_draws.trials] == [{}, *({"prunedtwin.options.criterion": c}
+                                                           for c in ("magnitude", "gradient"))]
+
+
+@pytest.mark.parametrize(("methods", "grid", "message"), [
+    ("fairdropot+dfr", [], "--methods fairdropot+dfr: no mitigation named 'fairdropot' (did you mean 'fairdropout'?)"),
+    ("fairdropout,fairdropout+dfr", ["fairdropout+dfr.stages.0.options.p_gen=0.3"],
+     "--grid fairdropout+dfr.stages.0.options.p_gen: stage 0 (fairdropout) of fairdropout+dfr is not run again"),
+    ("fairdropout+dfr", ["fairdropout+dfr.options.retrains=5"],
+     "--grid fairdropout+dfr.options.retrains: a chain's keys are fairdropout+dfr.stages.N.KEY, N from 0 to 1"),
+    ("fairdropout+dfr", ["fairdropout+dfr.stages.2.options.retrains=5"], "N from 0 to 1"),
+    ("erm+dfr", ["erm+dfr.stages.1.options.retrains=0"], "stages[0].options.retrains: must be positive, got 0"),
+])
+def test_sweep_refuses_a_bad_chain_naming_it_before_running(tmp_path, methods, grid, message):
+    args = [f"--grid={item}" for item in grid]
+    result = invoke(manager(), "sweep", pipeline(tmp_path), "--methods", methods, *args, "--out", tmp_path / "s")
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not (tmp_path / "s").exists()

@@ -162,8 +162,8 @@ def mitigation_conformance(
             out, summary = reference
             stage = summary["stages"][-1]
             assert stage["method"] == method and stage["kind"] == spec().kind
-            for split in ("val", "test"):
-                metrics = stage["metrics"][split]
+            assert list(stage["metrics"]) == ["train", "val", "test"], "train is evaluated first, then val and test"
+            for split, metrics in stage["metrics"].items():
                 for key in ("avg_acc", "worst_class_acc", "worst_group_acc"):
                     assert 0.0 <= metrics[key] <= 1.0, f"{split} {key} = {metrics[key]}"
                 for where, value in _numbers(metrics, split):
@@ -186,7 +186,7 @@ def mitigation_conformance(
                 f"{method!r} declares attribute labels only on {list(needs) or 'no split'}, but its "
                 f"weights change when {hidden} carry none: it reads them ({differ[:3]})"
             )
-            for split in ("val", "test"):
+            for split in ("train", "val", "test"):
                 for key in ("avg_acc", "worst_class_acc"):
                     assert blind["metrics"][split][key] == summary["metrics"][split][key]
 

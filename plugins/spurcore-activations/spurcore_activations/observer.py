@@ -1,9 +1,9 @@
 """The pipeline observer: records chosen modules during the runner's evaluation passes.
 
 Hooks are attached at `spurcore_evaluation_start` (for the chosen splits, epochs and stages
-only), rows are written at `spurcore_evaluation_batch` from `batch.index`, `batch.y`,
-`batch.a`, and the hooks are removed at `spurcore_evaluation_end`, or at `spurcore_run_error`
-when evaluation fails. The file is closed at run end or error. The forward hooks return
+only; train like any split, on the examples its `train_eval` evaluates), rows are written at
+`spurcore_evaluation_batch` from `batch.index`, `batch.y`, `batch.a`, and the hooks are
+removed at `spurcore_evaluation_end`, or at `spurcore_run_error` when evaluation fails. The file is closed at run end or error. The forward hooks return
 nothing and copy what they take, so the run computes exactly what it computes without them.
 
 On `--resume`, rows of epochs the run will repeat (no checkpoint yet) are dropped and the
@@ -37,6 +37,14 @@ def pipeline_hash(config: Any) -> str:
     return config_hash(data)
 
 
+def evaluated_splits(run: Any) -> list[str]:
+    """The splits the runner evaluates: train when some stage's `train_eval` is not "none"."""
+    from spurcore.runner import plan
+
+    trains = any(stage.train.train_eval != "none" for stage in plan(run.config, run.plugins).stages)
+    return [s for s in run.data.splits if s != "train" or trains]
+
+
 class Recording:
     """The activation logging of one run."""
 
@@ -44,11 +52,12 @@ class Recording:
         self.run = run
         self.options = options
         data = run.data
-        evaluated = [s for s in data.splits if s != "train"]
+        evaluated = evaluated_splits(run)
         for i, split in enumerate(options.splits):
-            if split == "train":
-                raise ConfigError(f"{WHERE}.splits[{i}]: the runner does not evaluate 'train'; record it from the "
-                                  f"finished run with `spur activations RUN_DIR --split train`")
+            if split == "train" and split not in evaluated:
+                raise ConfigError(f"{WHERE}.splits[{i}]: no stage evaluates 'train' (train_eval = \"none\"); "
+                                  f"set [train] train_eval, or record it from the finished run with "
+                                  f"`spur activations RUN_DIR --split train`")
             if split not in evaluated:
                 raise ConfigError(f"{WHERE}.splits[{i}]: {split!r} is not an evaluated split of dataset "
                                   f"{data.name!r} ({', '.join(evaluated)})")

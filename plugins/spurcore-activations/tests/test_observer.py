@@ -83,7 +83,6 @@ def test_without_settings_the_plugin_does_nothing(act_plugins, tiny_config, tmp_
     ({"modulez": ["embed"]}, "settings.activations.modulez: unknown key (did you mean 'modules'?)"),
     ({"reduce": "median"}, "settings.activations.reduce"),
     ({"modules": []}, "settings.activations.modules: must not be empty"),
-    ({"splits": ["train"]}, "settings.activations.splits[0]: the runner does not evaluate 'train'"),
     ({"splits": ["holdout"]}, "settings.activations.splits[0]: 'holdout' is not an evaluated split"),
     ({"stages": ["nope"]}, "settings.activations.stages[0]: no stage named 'nope'"),
     ({"epochs": "first"}, "settings.activations.epochs"),
@@ -93,6 +92,39 @@ def test_bad_settings_stop_the_run_before_training(act_plugins, tiny_config, tmp
         run_pipeline(tiny_config(settings=settings(**bad)), tmp_path / "run", act_plugins, log=lambda m: None)
     assert where in str(info.value)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_train_is_refused_only_when_no_stage_evaluates_it(act_plugins, tiny_config, tmp_path):
+    config = tiny_config(settings=settings(splits=["val", "train"]),
+                         train={"epochs": 3, "batch_size": 32, "lr": 0.01, "train_eval": "none"})
+    with pytest.raises(ConfigError, match=r"settings.activations.splits\[1\]: no stage evaluates 'train'"):
+        run_pipeline(config, tmp_path / "run", act_plugins, log=lambda m: None)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("train_eval", ["full", "subset:20"])
+def test_train_is_recorded_through_the_evaluation_hooks(act_plugins, tiny_config, tmp_path, train_eval):
+    config = tiny_config(settings=settings(splits=["train"], epochs=[1, 3]),
+                         train={"epochs": 3, "batch_size": 32, "lr": 0.01, "train_eval": train_eval})
+    summary = run_pipeline(config, tmp_path / "run", act_plugins, log=lambda m: None)
+    f = ActivationFile(tmp_path / "run" / "activations.h5")
+    runner = open_run(tmp_path / "run", act_plugins)
+    train = runner.run.data.splits["train"]
+    counts = summary["metrics"]["train"]["group_count"]
+    assert f.splits == ["train"] and f.epochs == [1, 3]
+    for epoch in (1, 3):
+        rows = f.index(split="train", epoch=epoch)
+        assert len(rows) == sum(counts.values()) == summary["stages"][0]["train_eval"]["examples"]
+        assert np.all(np.diff(rows["index"]) > 0)  # real positions in the split, in order
+        assert np.array_equal(rows["y"], train.y[rows["index"]]) and np.array_equal(rows["a"], train.a[rows["index"]])
+    if train_eval == "full":
+        assert np.array_equal(f.index(split="train", epoch=3)["index"], np.arange(len(train)))
+    else:
+        assert np.bincount(f.index(split="train", epoch=3)["group"]).tolist() == list(counts.values())
+    positions = torch.from_numpy(np.ascontiguousarray(f.index(split="train", epoch=3)["index"]))
+    with torch.no_grad():
+        expected = runner.load_model(0, 3).embed(train.inputs[positions])
+    assert np.allclose(f.read("embed", split="train", epoch=3), expected.numpy(), atol=1e-6)
 
 
 def test_unknown_module_stops_the_run_before_training(act_plugins, tiny_config, tmp_path):
