@@ -58,4 +58,5 @@ def without_unreadable(table: Table) -> Table:
     shown = "; ".join(reason for _, reason in bad[:SHOWN])
     print(f"{table.name}: skipping {len(bad)} unreadable image(s) of {len(table.items)}: {shown}", file=sys.stderr)
     return validate(attrs.evolve(table, items=[table.items[i] for i in keep], y=table.y[keep], a=table.a[keep],
-                                 splits={k: v for k, v in splits.items() if len(v)}))
+                                 splits={k: v for k, v in splits.items() if len(v)},
+                                 lines=None if table.lines is None else table.lines.only(keep)))

@@ -118,7 +118,8 @@ def write_table(table: Table, out: Path) -> Path:
         name = image.relative_to(out) if out in image.parents else image
         lines.append(f"{_csv_field(str(name))},{split_of[i]},{table.y[i]},{table.a[i]}\n")
     path = out / "metadata.csv"
-    atomic.write_text(path, "".join(lines))
+    with atomic.atomic_open(path, "wb") as handle:  # UTF-8 whatever the locale: the encoding every reader reads
+        handle.write("".join(lines).encode("utf-8"))
     return path
 
 

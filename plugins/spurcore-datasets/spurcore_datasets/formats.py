@@ -2,7 +2,8 @@
 
 Readers take the folder the user points at (the dataset's own folder or its parent), read
 only metadata, and never decode an image: building a dataset costs one pass over its
-metadata and a stat of every file.
+metadata and a stat of every file. Every text file is read through `textfiles` (UTF-8, with
+or without a byte-order mark), and every message names a row by its file line.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import numpy as np
 
 from spurcore.errors import DataError
 from spurcore_datasets.tables import (
-    Lines, Table, duplicates, find_file, fractions, image_paths, integers, read_csv, split_rows, validate,
+    Inside, Lines, Table, duplicates, find_file, fractions, image_paths, integers, read_csv, split_rows, validate,
 )
+from spurcore_datasets.textfiles import read_lines
 
 # --- the SubpopBench table: filename, split, y, a --------------------------------------------
 
@@ -35,7 +37,7 @@ def canonical(name: str, root: str, metadata: str, class_names: Sequence[str] = 
     items = image_paths(folder, rows["filename"], rows.lines, absolute_ok=True)
     return validate(Table(name=name, source=path, kind="image", items=items, y=y, a=a,
                           splits=split_rows(rows["split"], rows.lines, extra=True),
-                          class_names=class_names, attr_names=attr_names))
+                          class_names=class_names, attr_names=attr_names, lines=rows.lines))
 
 
 # --- Waterbirds (group_DRO / WILDS) ------------------------------------------------------------
@@ -52,6 +54,7 @@ def waterbirds(root: str) -> Table:
         name="waterbirds", source=path, kind="image", items=items,
         y=integers(rows, "y", (0, 1)), a=integers(rows, "place", (0, 1)),
         splits=split_rows(rows["split"], rows.lines), class_names=("landbird", "waterbird"), attr_names=("land", "water"),
+        lines=rows.lines,
     ))
 
 
@@ -73,9 +76,10 @@ def celeba(root: str, target: str = "Blond_Hair", attribute: str = "Male") -> Ta
             raise DataError(f"{attr_path}: no attribute {column!r} (attributes: {', '.join(names)})")
     part_path, partition = _celeba_partition(folder)
     duplicates(files, lines, "image")
-    missing = [f for f in files if f not in partition]
+    missing = [i for i, f in enumerate(files) if f not in partition]
     if missing:
-        raise DataError(f"{part_path}: {len(missing)} images of {attr_path.name} have no partition, first {missing[0]}")
+        some = "1 image has" if len(missing) == 1 else f"{len(missing)} images have"
+        raise DataError(f"{lines(missing[0])}: {files[missing[0]]} has no partition in {part_path} ({some} none)")
     images = folder / "img_align_celeba"
     if (images / "img_align_celeba").is_dir():  # the Kaggle archive nests the folder
         images = images / "img_align_celeba"
@@ -86,7 +90,8 @@ def celeba(root: str, target: str = "Blond_Hair", attribute: str = "Male") -> Ta
                         "partition")
     items = image_paths(images, files, lines, absolute_ok=False)
     return validate(Table(name="celeba", source=attr_path, kind="image", items=items, y=y, a=a, splits=splits,
-                          class_names=(f"not_{target}", target), attr_names=(f"not_{attribute}", attribute)))
+                          class_names=(f"not_{target}", target), attr_names=(f"not_{attribute}", attribute),
+                          lines=lines))
 
 
 def _celeba_folder(root: str) -> Path:
@@ -102,33 +107,32 @@ def _celeba_folder(root: str) -> Path:
 
 def _celeba_attr_txt(path: Path) -> tuple[list[str], list[str], np.ndarray, Lines]:
     """Line 1: the image count; line 2: the 40 names; then `file v1 ... v40` (-1 / 1)."""
-    lines = path.read_text().splitlines()
-    if len(lines) < 3:
+    text = read_lines(path)
+    if len(text) < 3:
         raise DataError(f"{path}: expected the image count, the attribute names and one row per image")
     try:
-        count = int(lines[0].strip())
+        count = int(text[0].strip())
     except ValueError:
-        raise DataError(f"{path} line 1: {lines[0]!r} is not the image count") from None
-    names = lines[1].split()
-    rows = [line.split() for line in lines[2:] if line.strip()]
-    if len(rows) != count:
-        raise DataError(f"{path}: line 1 announces {count} images, the file lists {len(rows)}")
-    files, values = [], np.empty((len(rows), len(names)), dtype=np.int64)
-    for i, row in enumerate(rows):
+        raise DataError(f"{path} line 1: {text[0]!r} is not the image count") from None
+    names = text[1].split()
+    numbered = [(n, line.split()) for n, line in enumerate(text[2:], start=3) if line.strip()]
+    if len(numbered) != count:
+        raise DataError(f"{path}: line 1 announces {count} images, the file lists {len(numbered)}")
+    lines = Lines(path, [n for n, _ in numbered])
+    files, values = [], np.empty((len(numbered), len(names)), dtype=np.int64)
+    for i, (_, row) in enumerate(numbered):
         if len(row) != len(names) + 1:
-            raise DataError(f"{path} line {i + 3}: {len(row) - 1} values, expected {len(names)}")
+            raise DataError(f"{lines(i)}: {len(row) - 1} values, expected {len(names)}")
         files.append(row[0])
-        values[i] = _plus_minus(row[1:], f"{path} line {i + 3}", names)
-    return names, files, values, Lines(path, range(3, len(rows) + 3))
+        values[i] = _plus_minus(row[1:], lines(i), names)
+    return names, files, values, lines
 
 
 def _celeba_attr_csv(path: Path) -> tuple[list[str], list[str], np.ndarray, Lines]:
-    with open(path, newline="") as handle:
-        header = next(csv.reader(handle), [])
-    if not header or header[0] != "image_id":
-        raise DataError(f"{path}: the first column must be image_id (found {header[:1]})")
-    names = header[1:]
-    rows = read_csv(path, header)
+    rows = read_csv(path, None)
+    if rows.header[0] != "image_id":
+        raise DataError(f"{path}: the first column must be image_id (found {rows.header[:1]})")
+    names = rows.header[1:]
     values = np.empty((len(rows), len(names)), dtype=np.int64)
     for i in range(len(rows)):
         values[i] = _plus_minus([rows[n][i] for n in names], rows.lines(i), names)
@@ -148,18 +152,23 @@ def _celeba_partition(folder: Path) -> tuple[Path, dict[str, tuple[str, int]]]:
     """{file: (partition, line)}."""
     txt = folder / "list_eval_partition.txt"
     if txt.is_file():
-        partition = {}
-        for line, text in enumerate(txt.read_text().splitlines(), start=1):
+        files, parts, numbers = [], [], []
+        for line, text in enumerate(read_lines(txt), start=1):
             fields = text.split()
             if not fields:
                 continue
             if len(fields) != 2:
                 raise DataError(f"{txt} line {line}: expected `file partition`, got {text!r}")
-            partition[fields[0]] = (fields[1], line)
-        return txt, partition
-    path = folder / "list_eval_partition.csv"
-    rows = read_csv(path, ["image_id", "partition"])
-    return path, {f: (p, line) for f, p, line in zip(rows["image_id"], rows["partition"], rows.lines.numbers)}
+            files.append(fields[0])
+            parts.append(fields[1])
+            numbers.append(line)
+        path, lines = txt, Lines(txt, numbers)
+    else:
+        path = folder / "list_eval_partition.csv"
+        rows = read_csv(path, ["image_id", "partition"])
+        files, parts, lines = rows["image_id"], rows["partition"], rows.lines
+    duplicates(files, lines, "image")
+    return path, {f: (p, line) for f, p, line in zip(files, parts, lines.numbers)}
 
 
 # --- MetaShift (cat vs dog, indoor vs outdoor; SubpopBench folders) ----------------------------
@@ -183,8 +192,11 @@ def metashift(root: str, seed: int = 42, test_fraction: float = 0.25, val_fracti
     if missing:
         raise DataError(f"{base}: not the MetaShift cat/dog layout; missing folder(s) {', '.join(missing)}")
     items, y, a = [], [], []
+    inside = Inside(base)
     for folder, (label, attr) in METASHIFT_DIRS.items():
         files = sorted((base / folder).glob("*.jpg"))
+        for file in files:
+            inside.check(file, f"{file}:")
         items += files
         y += [label] * len(files)
         a += [attr] * len(files)

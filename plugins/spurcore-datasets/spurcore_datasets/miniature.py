@@ -37,7 +37,7 @@ def image(path: Path, y: int, a: int, size: tuple[int, int], rng: np.random.Gene
 
 def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         writer.writerows(rows)
@@ -85,8 +85,9 @@ def celeba(root: Path, form: str = "txt", counts=COUNTS, size=(36, 44), seed: in
     if form == "txt":
         lines = [str(len(names)), " ".join(CELEBA_ATTRS)]
         lines += [f"{n} " + " ".join(f"{v:2d}" for v in row) for n, row in zip(names, values)]
-        (folder / "list_attr_celeba.txt").write_text("\n".join(lines) + "\n")
-        (folder / "list_eval_partition.txt").write_text("".join(f"{n} {p}\n" for n, p in zip(names, parts)))
+        (folder / "list_attr_celeba.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        (folder / "list_eval_partition.txt").write_text("".join(f"{n} {p}\n" for n, p in zip(names, parts)),
+                                                        encoding="utf-8")
         return folder / "list_attr_celeba.txt"
     _write_csv(folder / "list_eval_partition.csv", ["image_id", "partition"], list(zip(names, parts)))
     return _write_csv(folder / "list_attr_celeba.csv", ["image_id", *CELEBA_ATTRS],
@@ -147,7 +148,7 @@ def multinli(root: Path, counts=None, seed: int = 0) -> Path:
             p, h, label = pairs[j]
             lines.append("\t".join([str(j), "0", f"{j}e", "fiction", "( x )", "( y )", "(ROOT x)", "(ROOT y)",
                                     p, h, label, label]))
-        (glue / name).write_text("\n".join(lines) + "\n")
+        (glue / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
 

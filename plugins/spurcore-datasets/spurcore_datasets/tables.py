@@ -1,9 +1,11 @@
 """A dataset read from disk, before any tensor exists: one row per example (an image path
 or a text), its class `y`, its attribute `a`, and the rows of each split.
 
-Every loader reads its own format into a `Table`; `validate` then runs the checks every
-format shares (splits present, every group populated, files present, no duplicates), so
-`spur data check` and the start of a run refuse the same inputs with the same message.
+Every loader reads its own format into a `Table` (its text files through `textfiles`);
+`validate` then runs the checks every format shares (splits present, every group populated,
+files present, no duplicates), so `spur data check` and the start of a run refuse the same
+inputs with the same message. Messages name a row by its file line: `<file> line N: ...`,
+where a CSV header is line 1 and its first row line 2.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import csv
 import os
 from collections.abc import Mapping, Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +22,31 @@ import numpy as np
 
 from spurcore.data import REQUIRED_SPLITS, group_ids
 from spurcore.errors import DataError
+from spurcore_datasets.textfiles import csv_records
 
 SHOWN = 5  # how many offending paths or rows a message lists
 csv.field_size_limit(2**31 - 1)  # CivilComments has long comments
 
 
+@attrs.frozen
+class Lines:
+    """Where each row of a file starts, for messages: `lines(i)` is "path line N"."""
+
+    path: Path
+    numbers: Sequence[int]
+
+    def __call__(self, i: int) -> str:
+        return f"{self.path} line {self.numbers[i]}"
+
+    def only(self, rows: Sequence[int]) -> Lines:
+        return Lines(self.path, [self.numbers[i] for i in rows])
+
+
 @attrs.frozen(kw_only=True)
 class Table:
     """Rows of one dataset. `items` are image paths (`kind == "image"`) or texts (`"text"`,
-    with `pairs` holding the second text of a pair); `splits` maps a split name to its rows."""
+    with `pairs` holding the second text of a pair); `splits` maps a split name to its rows;
+    `lines`, where the rows come from a file, the line of each."""
 
     name: str
     source: Path
@@ -39,6 +58,7 @@ class Table:
     class_names: tuple[str, ...]
     attr_names: tuple[str, ...]
     pairs: Sequence[str] | None = None
+    lines: Lines | None = None
 
     def group_counts(self) -> dict[str, list[int]]:
         """Examples per group (g = y * n_attrs + a) in every split."""
@@ -71,23 +91,13 @@ def find_file(root: str | Path, name: str, folders: Sequence[str] = ()) -> Path:
 
 
 @attrs.frozen
-class Lines:
-    """Where each row of a file starts, for messages: `lines(i)` is "path line N"."""
-
-    path: Path
-    numbers: Sequence[int]
-
-    def __call__(self, i: int) -> str:
-        return f"{self.path} line {self.numbers[i]}"
-
-
-@attrs.frozen
 class Rows:
-    """Columns read from a CSV file, and the line each row starts on (quoted cells may span
-    lines, as CivilComments' comments do)."""
+    """Columns read from a CSV file, its header, and the line each row starts on (quoted cells
+    may span lines, as CivilComments' comments do)."""
 
     columns: Mapping[str, list[str]]
     lines: Lines
+    header: list[str]
 
     def __getitem__(self, column: str) -> list[str]:
         return self.columns[column]
@@ -96,40 +106,33 @@ class Rows:
         return len(self.lines.numbers)
 
 
-def read_csv(path: Path, columns: Sequence[str], *, delimiter: str = ",",
+def read_csv(path: Path, columns: Sequence[str] | None, *, delimiter: str = ",",
              quoting: int = csv.QUOTE_MINIMAL) -> Rows:
-    """The named columns of a CSV file (line numbers in messages count the header as line 1)."""
-    try:
-        handle = open(path, newline="", encoding="utf-8")
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
-    with handle:
-        reader = csv.reader(handle, delimiter=delimiter, quoting=quoting)
-        header = next(reader, None)
+    """The named columns (None: every column) of a CSV file with a header (line 1)."""
+    with closing(csv_records(path, delimiter=delimiter, quoting=quoting)) as records:
+        _, header = next(records, (1, None))
         if header is None:
-            raise DataError(f"{path}: empty file (expected a header with {', '.join(columns)})")
+            wanted = f" with {', '.join(columns)}" if columns else ""
+            raise DataError(f"{path}: empty file (expected a header{wanted})")
         header = [h.strip() for h in header]
+        columns = list(header if columns is None else columns)
         missing = [c for c in columns if c not in header]
         if missing:
             raise DataError(f"{path}: no column {', '.join(map(repr, missing))} (columns: {', '.join(header)})")
         where = [header.index(c) for c in columns]
         out: dict[str, list[str]] = {c: [] for c in columns}
-        starts, previous = [], reader.line_num
-        try:
-            for row in reader:
-                start, previous = previous + 1, reader.line_num
-                if not row:
-                    continue
-                if len(row) <= max(where):
-                    raise DataError(f"{path} line {start}: {len(row)} fields, expected {len(header)}")
-                starts.append(start)
-                for c, i in zip(columns, where):
-                    out[c].append(row[i])
-        except (csv.Error, UnicodeDecodeError) as exc:
-            raise DataError(f"{path} line {reader.line_num}: malformed ({exc})") from None
+        starts = []
+        for line, row in records:
+            if not row:
+                continue
+            if len(row) <= max(where, default=-1):
+                raise DataError(f"{path} line {line}: {len(row)} fields, expected {len(header)}")
+            starts.append(line)
+            for c, i in zip(columns, where):
+                out[c].append(row[i])
     if not starts:
         raise DataError(f"{path}: no rows")
-    return Rows(out, Lines(path, starts))
+    return Rows(out, Lines(path, starts), header)
 
 
 def integers(rows: Rows, column: str, allowed: Sequence[int] | None = None) -> np.ndarray:
@@ -184,24 +187,59 @@ def split_rows(values: Sequence[str], lines: Lines, column: str = "split", *,
 
 def image_paths(root: Path, names: Sequence[str], lines: Lines, *, absolute_ok: bool) -> list[Path]:
     """The path of each named image (see `_image_path`)."""
-    return [_image_path(root, name, lines(i), absolute_ok=absolute_ok) for i, name in enumerate(names)]
+    inside = Inside(root)
+    return [_image_path(inside, name, lines(i), absolute_ok=absolute_ok) for i, name in enumerate(names)]
 
 
-def _image_path(root: Path, name: str, where: str, *, absolute_ok: bool) -> Path:
-    """`root/name`, refusing a relative name that leads outside `root` (`../x`)."""
+def _image_path(inside: Inside, name: str, where: str, *, absolute_ok: bool) -> Path:
+    """`root/name`, refusing a relative name that leads outside `root`, by `../` or through a
+    symlink. Absolute names, where the format allows them, are taken as they are."""
     name = name.strip()
     if not name:
         raise DataError(f"{where}: empty file name")
-    candidate = Path(name)
-    if candidate.is_absolute():
+    if os.path.isabs(name):
         if not absolute_ok:
             raise DataError(f"{where}: {name!r} is an absolute path; this format names files "
-                            f"relative to the dataset folder {root}")
-        return candidate
-    full = Path(os.path.normpath(root / candidate))
-    if full != root and root not in full.parents:
-        raise DataError(f"{where}: {name!r} leads outside the dataset folder {root}; refused")
-    return full
+                            f"relative to the dataset folder {inside.root}")
+        return Path(name)
+    full = os.path.normpath(os.path.join(inside.folder, name))  # strings: CelebA names 200,000 files
+    if not inside.holds(full):
+        raise DataError(f"{where}: {name!r} leads outside the dataset folder {inside.root}; refused")
+    inside.check(full, f"{where}: {name!r}")
+    return Path(full)
+
+
+class Inside:
+    """Whether paths lie inside the dataset folder `root`: by name (`holds`), and once every
+    symlink is resolved (`check`; the root itself may be a link). Each directory is resolved
+    once, so `check` costs one `lstat` per file."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.folder = os.path.normpath(root)
+        self._real_root = os.path.realpath(root)
+        self._real_dirs: dict[str, str] = {}
+
+    def holds(self, path: str) -> bool:
+        """`path` (normalized) names the root or something below it."""
+        return _below(path, self.folder)
+
+    def check(self, path: str | Path, what: str) -> None:
+        """Refuse `path` (named `what` in the message) if it resolves to a place outside the root."""
+        parent, name = os.path.split(os.fspath(path))
+        real_parent = self._real_dirs.get(parent)
+        if real_parent is None:
+            real_parent = self._real_dirs[parent] = os.path.realpath(parent)
+        real = os.path.join(real_parent, name)
+        if os.path.islink(real):
+            real = os.path.realpath(real)
+        if not _below(real, self._real_root):
+            raise DataError(f"{what} leads outside the dataset folder {self.root} through a symlink (to {real}); "
+                            f"refused")
+
+
+def _below(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder if folder.endswith(os.sep) else folder + os.sep)
 
 
 # --- the checks every format shares ----------------------------------------------------------
@@ -231,7 +269,9 @@ def _unique_files(table: Table) -> None:
     seen: dict[Any, int] = {}
     for i, item in enumerate(table.items):
         if item in seen:
-            raise DataError(f"{table.source}: {item} is listed twice (rows {seen[item] + 1} and {i + 1})")
+            if table.lines is None:
+                raise DataError(f"{table.source}: file {item} is listed twice")
+            raise DataError(f"{table.lines(i)}: file {item} repeats line {table.lines.numbers[seen[item]]}")
         seen[item] = i
 
 

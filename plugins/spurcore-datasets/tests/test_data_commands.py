@@ -71,6 +71,17 @@ def test_check_refuses_bad_data_with_one_message_and_exit_code(tmp_path):
     assert result.exit_code == 2 and "dataset 'waterdigits' is not read from a folder" in result.output
 
 
+def test_check_names_the_line_of_a_byte_that_is_not_utf8(tmp_path):
+    meta = miniature.waterbirds(tmp_path)
+    data = meta.read_bytes()
+    assert data.count(b"_0009_9.jpg") == 1  # data row 9, on line 10
+    meta.write_bytes(data.replace(b"_0009_9.jpg", b"\xe9_0009_9.jpg"))
+    result = spur("data", "check", "waterbirds", "--root", tmp_path)
+    assert result.exit_code == 1
+    offset = data.index(b"_0009_9.jpg")
+    assert result.output == f"Error: {meta} line 10: not UTF-8 (byte 0xe9 at offset {offset}); save the file as UTF-8\n"
+
+
 def test_check_images_decodes_every_image(tmp_path):
     miniature.waterbirds(tmp_path)
     assert spur("data", "check", "waterbirds", "--root", tmp_path, "--images").exit_code == 0

@@ -225,7 +225,7 @@ def test_duplicated_ids_and_files(waterbirds, tmp_path):
         read("waterbirds", root=str(waterbirds))
     meta.write_text(original)
     set_cell(meta, 3, "img_filename", lambda rows: rows[1][1])
-    with pytest.raises(DataError, match=r"_0002_2.jpg is listed twice \(rows 2 and 4\)"):
+    with pytest.raises(DataError, match=r"metadata.csv line 5: file .*/Black_footed_Albatross_0002_2.jpg repeats line 3$"):
         read("waterbirds", root=str(waterbirds))
 
 
