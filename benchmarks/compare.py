@@ -38,7 +38,7 @@ def main() -> None:
     for seed in (int(s) for s in args.seeds.split(",")):
         erm_dir = Path(args.out) / f"erm-seed{seed}"
         erm = run_pipeline(load_pipeline(args.erm, [*args.overrides, f"seed={seed}"]), erm_dir, plugins,
-                           resume=True, log=quiet)
+                           resume="auto", log=quiet)
         rows.setdefault("erm", []).append(_row(erm, erm["selected"]["selector"]))
         for label in args.methods.split(","):
             method, _, options = label.partition(":")
@@ -46,7 +46,7 @@ def main() -> None:
             overrides = [*args.overrides, f"seed={seed}", f'init.run="{erm_dir}"',
                          f'stages=[{{method="{method}", options={table}, train={{{args.stage_train}}}}}]']
             folder = Path(args.out) / f"{label.replace(':', '-').replace(';', '-').replace('=', '')}-seed{seed}"
-            summary = run_pipeline(load_pipeline(args.erm, overrides), folder, plugins, resume=True, log=quiet)
+            summary = run_pipeline(load_pipeline(args.erm, overrides), folder, plugins, resume="auto", log=quiet)
             rows.setdefault(label, []).append(_row(summary, f"{erm['selected']['selector']} (ERM epoch)"))
     table = _table(rows)
     print(table)

@@ -59,7 +59,7 @@ def main() -> None:
     checks = []
     for seed in (int(s) for s in args.seeds.split(",")):
         erm = run_pipeline(load_pipeline("examples/erm.toml", [f"seed={seed}"]), out / f"erm-seed{seed}", plugins,
-                           resume=True, log=quiet)
+                           resume="auto", log=quiet)
         rows["erm"].append({"test": erm["metrics"]["test"], "setting": None})
         candidates = []
         for values in itertools.product(*GRID.values()):
@@ -68,13 +68,13 @@ def main() -> None:
             folder = out / f"{name}-seed{seed}"
             stage = f'stages=[{{method="fairdropout", options={options_table(setting)}}}]'
             summary = run_pipeline(load_pipeline("examples/erm.toml", [f"seed={seed}", stage]), folder, plugins,
-                                   resume=True, log=quiet)
+                                   resume="auto", log=quiet)
             candidates.append((summary["metrics"]["val"]["worst_class_acc"], folder, setting, summary))
         _, folder, setting, chosen = max(candidates, key=lambda c: c[0])  # ties: the first
         rows["fairdropout"].append({"test": chosen["metrics"]["test"], "setting": setting})
         dfr = run_pipeline(load_pipeline("examples/erm.toml", [f"seed={seed}", f'init.run="{folder}"',
                                                                'stages=[{method="dfr"}]']),
-                           out / f"fd-dfr-seed{seed}", plugins, resume=True, log=quiet)
+                           out / f"fd-dfr-seed{seed}", plugins, resume="auto", log=quiet)
         rows["fairdropout-dfr"].append({"test": dfr["metrics"]["test"], "setting": setting})
         kept, dropped = (test_metrics(folder, plugins, m)["worst_group_acc"] for m in ("keep", "drop"))
         checks.append({"seed": seed, "setting": setting, "wga_kept": kept, "wga_dropped": dropped})

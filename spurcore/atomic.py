@@ -1,7 +1,10 @@
 """Atomic file writes: a finished result is never left half-written.
 
-Everything a run writes goes to a temporary file in the same directory, is flushed to disk,
-and is renamed over the target in one step.
+Everything a run writes goes to a temporary sibling of the target (`.<name>.<random>.tmp`),
+is flushed to disk, gets the mode the user's umask gives new files, and is renamed over the
+target in one step. A writer that cannot hand over a file object (HDF5) asks for
+`temporary_path(target)` and renames it itself; `is_temporary` recognises every such leftover
+of a killed writer, so the next run in the folder can remove them.
 """
 
 from __future__ import annotations
@@ -10,10 +13,33 @@ import contextlib
 import io
 import json
 import os
-import tempfile
+import re
+import secrets
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+TEMPORARY = re.compile(r"^\..+\.[0-9a-z_]+\.tmp$")
+_umask_lock = threading.Lock()
+
+
+def temporary_path(path: str | Path) -> Path:
+    """A fresh temporary sibling of `path`, named so that `is_temporary` knows it."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+
+
+def is_temporary(path: str | Path) -> bool:
+    return bool(TEMPORARY.match(Path(path).name))
+
+
+def file_mode() -> int:
+    """The mode a new file gets under the process's umask (0666 & ~umask)."""
+    with _umask_lock:  # reading the umask means setting it; keep other threads out meanwhile
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return 0o666 & ~umask
 
 
 @contextlib.contextmanager
@@ -27,7 +53,8 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = temporary_path(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, file_mode())
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle
@@ -47,3 +74,14 @@ def write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def write_figure(fig: Any, path: str | Path, **savefig: Any) -> None:
+    """Save a matplotlib figure as PNG atomically, then close it (figures hold memory until closed)."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_open(path, "wb") as handle:
+            fig.savefig(handle, format="png", **savefig)
+    finally:
+        plt.close(fig)

@@ -14,7 +14,7 @@ from pathlib import Path
 import attrs
 import click
 
-from spurcore import __version__
+from spurcore import __version__, portable
 from spurcore.errors import SpurcoreError
 from spurcore.plugins import PluginManager
 from spurcore.scaffold import KINDS as PLUGIN_KINDS
@@ -85,13 +85,17 @@ def plugins_cmd(ctx: click.Context, as_json: bool) -> None:
     infos = manager.infos()
     if as_json:
         rows = [attrs.asdict(i) for i in infos]
-        rows += [{"name": n, "version": "", "hooks": [], "builtin": False, "error": e} for n, e in manager.failed.items()]
+        rows += [{"name": n, "version": "", "hooks": [], "stage_hooks": {}, "builtin": False, "error": e}
+                 for n, e in manager.failed.items()]
         click.echo(json.dumps(rows, indent=2))
         return
     for info in infos:
         tag = " (built-in)" if info.builtin else ""
         click.echo(f"{info.name} {info.version}{tag}")
         click.echo(f"    hooks: {', '.join(info.hooks)}")
+        for method, hooks in sorted(info.stage_hooks.items()):
+            shown = hooks if isinstance(hooks, str) else ", ".join(hooks) or "none"
+            click.echo(f"    mitigation {method}, stage hooks: {shown}")
     for name, error in manager.failed.items():
         click.echo(f"{name} FAILED TO LOAD: {error}")
 
@@ -101,22 +105,41 @@ def plugins_cmd(ctx: click.Context, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def list_cmd(ctx: click.Context, kind: str, as_json: bool) -> None:
-    """List what plugins offer of one KIND."""
+    """List what plugins offer of one KIND, marking (from each spec) what reads attribute labels."""
+    from spurcore.errors import ConfigError
+    from spurcore.plugins import default_options
+
     entries = plugin_manager(ctx).registry(kind)
     rows = []
     for name, entry in sorted(entries.items()):
         spec = entry.spec
         row = {"name": name, "plugin": entry.plugin, "description": spec.description}
-        for extra in ("kind", "needs_attributes"):
-            if hasattr(spec, extra):
-                row[extra] = getattr(spec, extra)
+        if hasattr(spec, "kind"):  # a mitigation: needs_attributes may be a function of its options
+            row["kind"] = spec.kind
+            varies = callable(spec.needs_attributes)
+            try:
+                row["needs_attributes"] = spec.attribute_splits(default_options(spec) if varies else None)
+            except ConfigError as exc:
+                row["needs_attributes"] = f"depends on the options ({exc})"
+            row["needs_attributes_depend_on_options"] = varies
+        elif hasattr(spec, "needs_attributes"):
+            row["needs_attributes"] = spec.needs_attributes
         rows.append(row)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     for row in rows:
         needs = row.get("needs_attributes")
-        flag = " [needs attribute labels]" if needs else ""
+        defaults = " with the default options" if row.get("needs_attributes_depend_on_options") else ""
+        if "needs_attributes" not in row:
+            flag = ""
+        elif isinstance(needs, str):
+            flag = " [attribute labels depend on the options]"
+        elif needs:
+            splits = "" if needs is True else f" on {', '.join(needs)}"
+            flag = f" [needs attribute labels{splits}{defaults}]"
+        else:
+            flag = f" [no attribute labels{defaults}]"
         click.echo(f"{row['name']:<18} {row['description']}{flag}  ({row['plugin']})")
 
 
@@ -128,7 +151,9 @@ def list_cmd(ctx: click.Context, kind: str, as_json: bool) -> None:
 @click.option("--seed", type=int, help="Same as -o seed=N.")
 @click.option("--device", help="auto, cpu, cuda or cuda:N (same as -o device=...).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--quiet", is_flag=True,
+              help="No progress bar and no log lines (the run.log messages of the kernel and plugins); "
+                   "the final table is still printed.")
 @click.pass_context
 def run_cmd(ctx: click.Context, pipeline: Path, out: Path, overrides: tuple[str, ...], seed: int | None,
             device: str | None, resume: bool, quiet: bool) -> None:
@@ -224,14 +249,14 @@ def _seeds(text: str) -> list[int]:
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Sweep directory.")
 @click.option("--launcher", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Trials at a time.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Torch threads of every trial, whatever the machine and --jobs: CPU results depend on it.")
 @click.option("--address", help="Ray cluster address (default: start a local Ray instance).")
 @click.pass_context
 def sweep_cmd(ctx: click.Context, pipeline: Path, grid: tuple[str, ...], random_draws: int | None, seeds: str,
-              methods: str, out: Path, launcher: str, jobs: int, address: str | None) -> None:
+              methods: str, out: Path, launcher: str, jobs: int, threads: int, address: str | None) -> None:
     """Run PIPELINE over settings x seeds, one run directory each under --out; finished runs are
     skipped when launched again, failed ones recorded in sweep.json. Then: spur report DIR."""
-    import os
-
     from spurcore import launchers, sweep
 
     manager = plugin_manager(ctx, quiet=True)
@@ -246,7 +271,7 @@ def sweep_cmd(ctx: click.Context, pipeline: Path, grid: tuple[str, ...], random_
             click.echo(f"--methods all: leaving out {name}: {error}", err=True)
     plan = sweep.plan_sweep(pipeline, out, manager, grid=settings, seeds=_seeds(seeds), methods=names,
                             random_draws=random_draws, plugin_args=ctx.find_root().obj["plugin_args"],
-                            threads=max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else 0)
+                            threads=threads)
     out.mkdir(parents=True, exist_ok=True)
     sweep.write_manifest(plan, {})
     records: dict[str, dict] = {}
@@ -259,7 +284,7 @@ def sweep_cmd(ctx: click.Context, pipeline: Path, grid: tuple[str, ...], random_
         extra = f": {record['error']}" if "error" in record else ""
         click.echo(f"[{len(records)}/{total}] {trial.path}: {state}{extra}")
 
-    launchers.execute(plan, launchers.make_launcher(launcher, jobs, address, manager), heard)
+    launchers.execute(plan, launchers.make_launcher(launcher, jobs, address, manager, threads), heard)
     failed = [p for p, r in records.items() if r["status"] != "done"]
     click.echo(f"{total - len(failed)} of {total} trials finished; {len(failed)} failed or not run. "
                f"Next: spur report {out}")
@@ -289,6 +314,7 @@ def report_cmd(ctx: click.Context, sweep_dir: Path, selectors: tuple[str, ...], 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    portable.pin_environment()  # before torch is imported (by the plugin manager's built-ins)
     argv = list(sys.argv[1:] if argv is None else argv)
     plugin_args = _plugin_args(argv)
     manager = _manager(plugin_args)

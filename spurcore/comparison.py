@@ -22,7 +22,6 @@ import attrs
 import numpy as np
 
 from spurcore import atomic
-from spurcore.config import load_pipeline
 from spurcore.context import Candidate
 from spurcore.errors import SpurcoreError
 from spurcore.plugins import PluginManager
@@ -88,9 +87,9 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 def labels_read(run_dir: Path, plugins: PluginManager) -> tuple[str, ...]:
     """Where a run (and the run it started from) read attribute labels: `<method>: <split>`
     per stage, `epoch by <selector>: val`."""
-    from spurcore.runner import plan
+    from spurcore.runner import plan_saved
 
-    planned = plan(load_pipeline(run_dir / "config.toml"), plugins)
+    planned = plan_saved(run_dir, plugins)
     found = list(labels_read(Path(planned.config.init.run), plugins)) if planned.config.init else []
     found += [f"{s.spec.name}: {split}" for s in planned.stages for split in s.spec.attribute_splits(s.options)]
     if planned.selector.needs_attributes and any(s.spec.kind == "train" for s in planned.stages):
@@ -277,9 +276,7 @@ def plot_wga(table: Sequence[Row], path: Path) -> None:
     ax.set_title("Worst-group accuracy per method (mean ± std over seeds)")
     ax.legend(title="settings chosen by", fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     fig.tight_layout()
-    with atomic.atomic_open(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=120)
-    plt.close(fig)
+    atomic.write_figure(fig, path, dpi=120)
 
 
 def write(out: Path, plugins: PluginManager, selectors: Sequence[str], fmt: str, rows_by: Sequence[str] = ()

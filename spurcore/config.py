@@ -144,6 +144,9 @@ class PipelineConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True
+    deterministic: bool = True  # torch's deterministic algorithms (spurcore.device.set_deterministic)
+    # the file the pipeline was read from, for messages; not part of the pipeline (never saved)
+    source: str = attrs.field(default="", eq=False, metadata={"saved": False})
 
 
 # --- structuring: plain data -> attrs classes, with errors that name the key -------------
@@ -309,15 +312,17 @@ def pipeline_from_dict(data: Mapping[str, Any], overrides: Sequence[str] = (), s
     for text in overrides:
         key, value = parse_override(text)
         apply_override(data, key, value, text)
+    if "source" in data:
+        raise ConfigError(f"{source}: source: unknown key")
     try:
-        return structure(PipelineConfig, data)
+        return attrs.evolve(structure(PipelineConfig, data), source=source)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
 
 
 def to_dict(config: Any) -> dict[str, Any]:
-    """Plain data for an attrs config (the inverse of `structure`)."""
-    return attrs.asdict(config, recurse=True)
+    """Plain data for an attrs config (the inverse of `structure`), without unsaved fields."""
+    return attrs.asdict(config, recurse=True, filter=lambda field, value: field.metadata.get("saved", True))
 
 
 def dumps(config: PipelineConfig) -> str:

@@ -41,7 +41,9 @@ class RunContext:
 @attrs.define(kw_only=True)
 class StageContext:
     """One stage of a run. `model` is the model being trained or changed; `optimizer` and
-    `scheduler` exist for train stages once training starts."""
+    `scheduler` exist for train stages once training starts. `first_epoch` is the first epoch
+    this process trains: 1, or, when a resumed run continues the stage, one past its last
+    checkpoint (the epochs before it are not trained, evaluated or announced again)."""
 
     index: int
     config: StageConfig
@@ -52,6 +54,7 @@ class StageContext:
     model: SpurModel
     optimizer: torch.optim.Optimizer | None = None
     scheduler: Any = None
+    first_epoch: int = 1
 
     @property
     def name(self) -> str:

@@ -6,6 +6,7 @@ Nothing else in spurcore or its plugins calls `.cuda()`; they ask the run's `Dev
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any
 
 import attrs
@@ -78,6 +79,17 @@ class Device:
     def grad_scaler(self) -> torch.amp.GradScaler:
         """A loss scaler for float16 training; a no-op when AMP is off."""
         return torch.amp.GradScaler(self.device.type, enabled=self.amp)
+
+
+def set_deterministic(on: bool) -> None:
+    """Use torch's deterministic algorithms where it has them (and no cuDNN autotuning), so one
+    machine gives the same numbers run after run; an op without a deterministic version warns
+    instead of failing. On CUDA this can cost speed: pipelines may set `deterministic = false`.
+    cuBLAS needs its workspace fixed before CUDA starts, hence the environment variable."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on, warn_only=True)
+    torch.backends.cudnn.benchmark = not on
 
 
 def to_device(x: Any, device: torch.device, non_blocking: bool = False) -> Any:

@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 import torch
 
-from spurcore import distributed
+from spurcore import atomic, distributed
 from spurcore.data import SpuriousData, iterate_batches
 from spurcore.device import Device
 from spurcore.model import SpurModel
@@ -95,7 +95,7 @@ def cached(model: SpurModel, data: SpuriousData, device: Device, dataset: dict, 
     if not distributed.writes_files():  # data-parallel: rank 0 writes the cache
         return CacheResult(embeddings, path, False)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
+    tmp = atomic.temporary_path(path)
     try:
         with h5py.File(tmp, "w") as handle:
             handle.attrs["fingerprint"] = name[:-3]

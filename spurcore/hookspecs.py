@@ -5,9 +5,11 @@ Three kinds of hook, each with one calling style:
 * **Registration hooks** (`spurcore_register_*`) return a list of frozen specs from
   `spurcore.specs`. They are called once, when the plugin manager gathers the registry.
   A name registered by two plugins is an error naming both.
-* **Lifecycle hooks** are notifications in start / end / error form. Every loaded plugin
-  receives them; their return values are ignored. Observers (progress, activation logging,
-  tracers that listen) use these and never change what the run computes.
+* **Lifecycle hooks** are notifications in check / start / end / error form. Every loaded
+  plugin receives them; their return values are ignored. Observers (`ObserverSpec`: progress,
+  activation logging, experiment tracking) are objects built for one run from its
+  `[settings.<name>]` table and registered for that run only; they use these hooks and never
+  change what the run computes. `spurcore_run_check` may refuse a run before it writes anything.
 * **Stage hooks** shape a stage. The runner registers the stage's method object (built by
   its `MitigationSpec.factory`) as a plugin when the stage starts and unregisters it when the
   stage ends, so a method's implementations act only in its own stage. A method object that
@@ -15,8 +17,11 @@ Three kinds of hook, each with one calling style:
   (tensors and plain data) and `load_state_dict(state)`: the state goes into every epoch's
   checkpoint and comes back on `--resume`.
 
-The calling sequence of `spur run`::
+Observers (`ObserverSpec`) are registered for a run before its first hook and unregistered
+after its last. The calling sequence of `spur run`::
 
+    spurcore_run_check(run, models)                # data and models built and tried, nothing written
+    (the run directory is locked and config.toml written)
     spurcore_run_start(run)
     for each stage:
         spurcore_stage_start(run, stage)           # stage.model is the previous stage's choice
@@ -37,7 +42,8 @@ The calling sequence of `spur run`::
             evaluation hooks as above, with epoch = 0
         spurcore_stage_end(run, stage, result)
     spurcore_run_end(run, summary)
-    on an exception anywhere above: spurcore_run_error(run, stage, error), then it propagates.
+    on an exception after spurcore_run_start: spurcore_run_error(run, stage, error), then it
+    propagates.
 
 `run` is a `spurcore.context.RunContext` (config, data, device, run directory, registry,
 and `initial_model()`, a fresh copy of the model the pipeline started from);
@@ -60,7 +66,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from spurcore.data import Batch
     from spurcore.embeddings import Embeddings
     from spurcore.model import SpurModel
-    from spurcore.specs import BackboneSpec, DatasetSpec, MetricSpec, MitigationSpec, SelectorSpec, TracerSpec
+    from spurcore.specs import (BackboneSpec, DatasetSpec, MetricSpec, MitigationSpec, ObserverSpec, SelectorSpec,
+                                TracerSpec)
 
 PROJECT = "spurcore"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -175,6 +182,35 @@ def spurcore_register_metrics() -> list[MetricSpec]:
 
 
 @hookspec
+def spurcore_register_observers() -> list[ObserverSpec]:
+    """Return the observers this plugin provides.
+
+    Called once when the registry is gathered. An observer is configured by the pipeline's
+    `[settings.<name>]` table, validated against `ObserverSpec.settings` when the pipeline is
+    planned; `factory(settings)` builds one object per run (None: nothing to do in this run),
+    which is registered for that run and unregistered after it, and receives its lifecycle hooks.
+
+    Example::
+
+        @attrs.frozen
+        class CSVSettings:
+            path: str = "epochs.csv"
+
+        class CSVLog:
+            def __init__(self, settings): self.settings = settings
+            @hookimpl
+            def spurcore_epoch_end(self, run, epoch, metrics):
+                with open(run.out.path / self.settings.path, "a") as f:
+                    print(epoch, metrics["val"]["avg_acc"], sep=",", file=f)
+
+        @hookimpl
+        def spurcore_register_observers():
+            return [ObserverSpec(name="csv", settings=CSVSettings,
+                                 factory=lambda s: CSVLog(s) if s is not None else None)]
+    """
+
+
+@hookspec
 def spurcore_register_commands(cli: click.Group) -> None:
     """Add subcommands to the `spur` command line.
 
@@ -192,6 +228,27 @@ def spurcore_register_commands(cli: click.Group) -> None:
 
 
 # --- lifecycle notifications ------------------------------------------------------------------
+
+
+@hookspec
+def spurcore_run_check(run: RunContext, models: dict[str, SpurModel]) -> None:
+    """The last chance to refuse a run before it writes anything.
+
+    Called once per run (also on `--resume`), after the pipeline is planned, the data built,
+    the model the pipeline starts from built and run on one batch, and each train stage's
+    `spurcore_prepare_model` replayed on a copy of it; before the run directory is locked or
+    written. `models` maps each stage's key to the model as that stage starts training it
+    (inserted layers included). Raise a `spurcore.errors.SpurcoreError` whose message names the
+    key to stop the run cleanly: checks that need the data or the model (a split or a module
+    name in an observer's settings) belong here.
+
+    Example::
+
+        @hookimpl
+        def spurcore_run_check(self, run, models):
+            if self.settings.split not in run.data.splits:
+                raise ConfigError(f"settings.mine.split: no split {self.settings.split!r}")
+    """
 
 
 @hookspec
@@ -422,7 +479,8 @@ def spurcore_train_loss(run: RunContext, stage: StageContext, model: SpurModel, 
         @hookimpl
         def spurcore_train_loss(self, model, batch):
             losses = F.cross_entropy(model(batch.x, index=batch.index), batch.y, reduction="none")
-            return (losses * self.weights[batch.index]).mean()
+            weights = self.weights.to(losses.device)  # kept on the CPU; the batch may be on a GPU
+            return (losses * weights[batch.index]).mean()
     """
 
 

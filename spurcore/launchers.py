@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import concurrent.futures as futures
 import multiprocessing
-import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -61,7 +60,7 @@ class Pool(Inline):
 
 class Ray:
     """Trials as Ray tasks on the cluster at `address` (a local instance when None), each asking
-    for `cpus_per_trial` CPUs (and as many torch threads), and one GPU when the cluster has GPUs.
+    for `cpus_per_trial` CPUs (the trial's torch threads), and one GPU when the cluster has GPUs.
     Run directories must be on storage every node sees."""
 
     def __init__(self, address: str | None, cpus_per_trial: int) -> None:
@@ -78,7 +77,7 @@ class Ray:
         self.task = ray.remote(num_cpus=cpus_per_trial, num_gpus=gpus, max_retries=0)(run_trial)
 
     def submit(self, spec: dict[str, Any]) -> Any:
-        return self.task.remote({**spec, "threads": self.cpus})
+        return self.task.remote(spec)
 
     def wait(self, pending: list[Any]) -> Iterator[tuple[Any, dict[str, Any]]]:
         done, _ = self.ray.wait(pending, num_returns=1)
@@ -94,9 +93,10 @@ class Ray:
         pass
 
 
-def make_launcher(name: str, jobs: int, address: str | None = None, manager: PluginManager | None = None) -> Inline:
+def make_launcher(name: str, jobs: int, address: str | None = None, manager: PluginManager | None = None,
+                  threads: int = 1) -> Inline:
     if name == "ray":
-        return Ray(address, max(1, (os.cpu_count() or 1) // jobs))
+        return Ray(address, threads)
     if name != "local":
         raise LauncherError(f"--launcher {name!r}: use one of {', '.join(LAUNCHERS)}")
     return Inline(manager) if jobs <= 1 else Pool(jobs)

@@ -22,7 +22,8 @@ import attrs
 import pluggy
 
 from spurcore import hookspecs
-from spurcore.errors import SpurcoreError
+from spurcore.config import structure
+from spurcore.errors import ConfigError, SpurcoreError
 from spurcore.specs import KINDS, SPEC_TYPES
 
 ENTRY_POINT_GROUP = "spurcore"
@@ -52,10 +53,21 @@ class Registered:
 
 @attrs.frozen
 class PluginInfo:
+    """`stage_hooks`: for each mitigation the plugin registers, the hooks of its stage object
+    (which `hooks` cannot show: the object exists only while its stage runs), or why they are
+    unknown."""
+
     name: str
     version: str
     hooks: tuple[str, ...]
     builtin: bool
+    stage_hooks: Mapping[str, tuple[str, ...] | str] = attrs.field(factory=dict)
+
+
+def default_options(spec: Any) -> Any:
+    """The options a stage of `spec` gets from an empty `[stages.options]` table (None for a
+    spec without options); a ConfigError names an option that has no default."""
+    return None if spec.options is None else structure(spec.options, {}, f"{spec.name}.options")
 
 
 class _Manager(pluggy.PluginManager):
@@ -258,15 +270,42 @@ class PluginManager:
 
     # --- listing -------------------------------------------------------------------------------
 
+    def stage_hooks(self, spec: Any) -> tuple[str, ...]:
+        """The hooks a mitigation's stage object implements: read off `factory` when it is a
+        class, else off the object it builds from the default options (which may raise)."""
+        method = spec.factory if inspect.isclass(spec.factory) else spec.factory(default_options(spec))
+        return tuple(sorted(
+            name for name in dir(method)
+            if name.startswith(f"{hookspecs.PROJECT}_") and self._has_spec(name)
+            and self.pm.parse_hookimpl_opts(method, name) is not None
+        ))
+
+    def _described_stage_hooks(self, spec: Any) -> tuple[str, ...] | str:
+        try:
+            return self.stage_hooks(spec)
+        except ConfigError as exc:
+            return f"unknown without options ({exc})"
+        except Exception as exc:  # a factory that fails on its defaults must not stop the listing
+            return f"unknown: {spec.name}'s factory failed on its default options: {type(exc).__name__}: {exc}"
+
     def infos(self) -> list[PluginInfo]:
-        """Name, version and implemented hooks of every loaded plugin (for `spur plugins`)."""
+        """Name, version and implemented hooks of every loaded plugin, and the stage hooks of
+        the mitigations it registers (for `spur plugins`)."""
         from spurcore import __version__
 
+        stages: dict[str, dict[str, tuple[str, ...] | str]] = {}
+        try:
+            mitigations = self.registry("mitigations")
+        except PluginError:  # a name registered twice: still list the plugins, which is how one finds them
+            mitigations = {}
+        for method, entry in mitigations.items():
+            stages.setdefault(entry.plugin, {})[method] = self._described_stage_hooks(entry.spec)
         rows = []
         for name, plugin in self.pm.list_name_plugin():
             if name is None or plugin is None:
                 continue
             hooks = tuple(sorted(c.name for c in self.pm.get_hookcallers(plugin) or ()))
             builtin = name in self._builtin
-            rows.append(PluginInfo(name, __version__ if builtin else self._versions.get(name, ""), hooks, builtin))
+            version = __version__ if builtin else self._versions.get(name, "")
+            rows.append(PluginInfo(name, version, hooks, builtin, stages.get(name, {})))
         return sorted(rows, key=lambda r: (not r.builtin, r.name))

@@ -116,9 +116,7 @@ def plot_group_acc(summary: dict[str, Any], path: str | Path) -> None:
     ax.set_title(f"Per-group accuracy, stage {stage}")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=3, fontsize=8, frameon=False)
     fig.tight_layout()
-    with atomic.atomic_open(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=120)
-    plt.close(fig)
+    atomic.write_figure(fig, path, dpi=120)
 
 
 def plot_group_acc_epochs(results: list[dict[str, Any]], path: str | Path) -> bool:
@@ -166,7 +164,5 @@ def plot_group_acc_epochs(results: list[dict[str, Any]], path: str | Path) -> bo
     fig.legend(handles=handles, loc="lower center", ncol=columns, fontsize=8, frameon=False)
     fig.suptitle("Accuracy per group over training: train (solid) vs test (dashed)", fontsize=11)
     fig.tight_layout(rect=(0, 0.015 + 0.045 * -(-len(handles) // columns), 1, 1))
-    with atomic.atomic_open(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=120)
-    plt.close(fig)
+    atomic.write_figure(fig, path, dpi=120)
     return True

@@ -4,7 +4,9 @@
     metrics.jsonl         one line per (stage, epoch, split), train included when evaluated
     checkpoints/<i>-<stage>/epoch_NNN.pt    model, optimizer, scheduler, RNG states, history
     checkpoints/<i>-<stage>/result.json     written when the stage finishes
-    summary.json, report.md, group_acc.png  written when the run finishes
+    summary.json, report.md, group_acc.png  written when the run finishes (summary.json last:
+                          a folder with it holds a complete run)
+    .lock                 held by the process writing the run (spurcore.runlock)
     group_acc_epochs.png  train vs test accuracy per group over epochs (when train was
                           evaluated and has attribute labels), written when the run finishes
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ import torch
 
 from spurcore import atomic, distributed
 from spurcore.errors import SpurcoreError
+from spurcore.runlock import LOCK_FILE
 
 EPOCH_FILE = re.compile(r"epoch_(\d+)\.pt$")
 
@@ -40,6 +44,31 @@ class RunDir:
     report = property(lambda self: self.path / "report.md")
     figure = property(lambda self: self.path / "group_acc.png")
     epochs_figure = property(lambda self: self.path / "group_acc_epochs.png")
+
+    def other_files(self) -> list[str]:
+        """What the folder holds besides its lock and leftover temporary files (sorted names)."""
+        if not self.path.is_dir():
+            return []
+        return sorted(p.name for p in self.path.iterdir() if p.name != LOCK_FILE and not atomic.is_temporary(p))
+
+    def remove_temporaries(self) -> None:
+        """Delete the temporary files a killed writer left anywhere in the run (call holding the lock)."""
+        for path in self.path.rglob(".*.tmp"):
+            if path.is_file() and atomic.is_temporary(path):
+                path.unlink(missing_ok=True)
+
+    def has_checkpoints(self) -> bool:
+        return any(self.path.glob("checkpoints/*/epoch_*.pt"))
+
+    def clear(self) -> None:
+        """Remove everything but the lock: for a new run that failed before it finished anything."""
+        for path in self.path.iterdir() if self.path.is_dir() else ():
+            if path.name == LOCK_FILE:
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
 
     def stage_dir(self, stage_key: str) -> Path:
         return self.path / "checkpoints" / stage_key

@@ -9,10 +9,12 @@ the last one and reaches the same result as an uninterrupted run.
 from __future__ import annotations
 
 import contextlib
+import copy
+import difflib
 import json
 import random
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +23,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from spurcore import atomic, config as cfg, distributed
+from spurcore import atomic, config as cfg, distributed, portable, runlock
 from spurcore.context import Candidate, RunContext, StageContext
 from spurcore.data import SpuriousData, iterate_batches
-from spurcore.device import Device
+from spurcore.device import Device, set_deterministic
 from spurcore.embeddings import cached
 from spurcore.errors import SpurcoreError
 from spurcore.evaluation import TrainEvaluation, evaluate, evaluation_splits, train_evaluation
 from spurcore.model import SpurModel, build_model
 from spurcore.plugins import PluginManager
 from spurcore.rundir import RunDir
-from spurcore.specs import MitigationSpec, SelectorSpec
+from spurcore.specs import MitigationSpec, ObserverSpec, SelectorSpec
 
 
 class RunError(SpurcoreError):
@@ -60,6 +62,7 @@ class Plan:
     backbone_options: Any
     stages: tuple[PlannedStage, ...]
     selector: SelectorSpec
+    observers: tuple[tuple[ObserverSpec, Any], ...] = ()  # every observer, with its validated settings or None
 
 
 def _options(spec: Any, values: dict[str, Any], where: str) -> Any:
@@ -71,20 +74,36 @@ def _options(spec: Any, values: dict[str, Any], where: str) -> Any:
 
 
 def plan(config: cfg.PipelineConfig, plugins: PluginManager) -> Plan:
-    """Resolve every name and validate every option, or raise naming the key."""
+    """Resolve every name and validate every option, or raise naming the file and the key."""
+    try:
+        return _plan(config, plugins)
+    except SpurcoreError as error:
+        if not config.source or str(error).startswith(config.source):
+            raise
+        raise type(error)(f"{config.source}: {error}") from None
+
+
+def _get(plugins: PluginManager, kind: str, name: str, key: str) -> Any:
+    try:
+        return plugins.get(kind, name)
+    except SpurcoreError as error:
+        raise type(error)(f"{key}: {error}") from None
+
+
+def _plan(config: cfg.PipelineConfig, plugins: PluginManager) -> Plan:
     plugins.require(config.requires)
-    dataset = plugins.get("datasets", config.dataset.name)
-    backbone = plugins.get("backbones", config.backbone.name)
-    selector = plugins.get("selectors", config.selector)
-    for name in config.metrics:
-        plugins.get("metrics", name)
+    dataset = _get(plugins, "datasets", config.dataset.name, "dataset.name")
+    backbone = _get(plugins, "backbones", config.backbone.name, "backbone.name")
+    selector = _get(plugins, "selectors", config.selector, "selector")
+    for i, name in enumerate(config.metrics):
+        _get(plugins, "metrics", name, f"metrics[{i}]")
     missing = [m for m in selector.metrics if m not in config.metrics]
     if missing:
         raise cfg.ConfigError(f"metrics: selector {selector.name!r} reads {', '.join(missing)}; add it to `metrics`")
     base = cfg.to_dict(config.train)
     stages = []
     for i, stage in enumerate(config.stages):
-        spec = plugins.get("mitigations", stage.method)
+        spec = _get(plugins, "mitigations", stage.method, f"stages[{i}].method")
         train = cfg.structure(cfg.TrainConfig, {**base, **spec.train_defaults, **stage.train}, f"stages[{i}].train")
         options = _options(spec, stage.options, f"stages[{i}].options")
         if spec.kind == "train" and "train" in selector.splits and train.train_eval == "none":
@@ -104,7 +123,27 @@ def plan(config: cfg.PipelineConfig, plugins: PluginManager) -> Plan:
         backbone_options=_options(backbone, config.backbone.options, "backbone.options"),
         stages=tuple(stages),
         selector=selector,
+        observers=_observers(config, plugins),
     )
+
+
+def _observers(config: cfg.PipelineConfig, plugins: PluginManager) -> tuple[tuple[ObserverSpec, Any], ...]:
+    """Every observer with its `[settings.<name>]` validated (None without a table); a table
+    that names no observer is an error with the closest name."""
+    specs = {name: entry.spec for name, entry in plugins.registry("observers").items()}
+    for name in config.settings:
+        if name not in specs:
+            close = difflib.get_close_matches(name, list(specs), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"observers: {', '.join(sorted(specs)) or 'none'}"
+            raise cfg.ConfigError(f"settings.{name}: no observer of that name is installed ({hint})")
+    found = []
+    for name, spec in specs.items():
+        table = config.settings.get(name)
+        if table is not None and spec.settings is None:
+            raise cfg.ConfigError(f"settings.{name}: observer {name!r} takes no settings")
+        settings = None if table is None else cfg.structure(spec.settings, table, f"settings.{name}")
+        found.append((spec, settings))
+    return tuple(found)
 
 
 def check_labels(plan: Plan, data: SpuriousData) -> None:
@@ -184,9 +223,10 @@ class Runner:
 
     # --- the whole run -------------------------------------------------------------------------
 
-    def execute(self) -> dict[str, Any]:
+    def execute(self, model: SpurModel) -> dict[str, Any]:
+        """Run every stage from `model`, the model the pipeline starts from (`build_base_model`)."""
         run = self.run
-        model = build_base_model(self.plan, run.data, self.plugins).to(run.device.device)
+        model = model.to(run.device.device)
         stage_ctx: StageContext | None = None
         results = []
         try:
@@ -208,6 +248,32 @@ class Runner:
             self.hook.spurcore_run_error(run=run, stage=stage_ctx, error=error)
             raise
 
+    def stage_models(self, model: SpurModel) -> dict[str, SpurModel]:
+        """Each stage's model as it starts training, by stage key: `spurcore_prepare_model`
+        replayed, stage after stage, on copies of `model` (which stays untouched), so a layer
+        that cannot be inserted, or a module name that will not exist, is found before the run
+        writes anything."""
+        models = {}
+        for planned in self.plan.stages:
+            ctx = self._stage_context(planned, copy.deepcopy(model))
+            self._replay_prepare(ctx)
+            models[planned.key] = model = ctx.model
+        return models
+
+    def _replay_prepare(self, ctx: StageContext) -> None:
+        """`spurcore_prepare_model` of this stage's object alone (not of a stage that is running,
+        nor of observers), on a model being rebuilt or checked."""
+        if ctx.spec.kind != "train":
+            return
+        self.plugins.register(ctx.method, f"replay:{ctx.key}")
+        try:
+            others = [p for p in self.plugins.pm.get_plugins() if p is not ctx.method]
+            caller = self.plugins.pm.subset_hook_caller("spurcore_prepare_model", remove_plugins=others)
+            caller(run=self.run, stage=ctx, model=ctx.model)
+            ctx.model.to(self.run.device.device)
+        finally:
+            self.plugins.unregister(ctx.method)
+
     def _stage_context(self, planned: PlannedStage, model: SpurModel) -> StageContext:
         return StageContext(index=planned.index, config=planned.config, spec=planned.spec,
                             options=planned.options, train=planned.train,
@@ -221,8 +287,10 @@ class Runner:
             self._load_weights(stage, finished["selected"]["epoch"])
             self.histories[stage.key] = finished["history"]
             return finished
-        if not out.epochs(stage.key) and out.stage_dir(stage.key).exists() and distributed.writes_files():
+        done = out.epochs(stage.key) if run.resumed else []
+        if not done and out.stage_dir(stage.key).exists() and distributed.writes_files():
             shutil.rmtree(out.stage_dir(stage.key))  # leftovers of a stage cut before its first checkpoint
+        stage.first_epoch = done[-1] + 1 if done and stage.spec.kind == "train" else 1
         self.hook.spurcore_stage_start(run=run, stage=stage)
         if stage.spec.kind == "train":
             self._prepare(stage)
@@ -265,9 +333,8 @@ class Runner:
         stage.scheduler = make_scheduler(train, stage.optimizer)
         scaler = run.device.grad_scaler()
         history: list[dict[str, Any]] = []
-        done = out.epochs(stage.key) if run.resumed else []
-        if done:
-            state = out.load_checkpoint(stage.key, done[-1])
+        if stage.first_epoch > 1:
+            state = out.load_checkpoint(stage.key, stage.first_epoch - 1)
             model.load_state_dict(state["model"])
             stage.optimizer.load_state_dict(state["optimizer"])
             if stage.scheduler is not None:
@@ -397,22 +464,8 @@ class Runner:
                 raise RunError(f"{self.run.out.path}: stage {target.key!r} has not finished; name an epoch")
             epoch = result["selected"]["epoch"]
         model = self._initial_model()
-        # replay each stage's prepare_model with that stage's object alone: a running stage's
-        # object (registered while a selector rebuilds its candidates) must not act twice
-        running = [(name, p) for name, p in self.plugins.pm.list_name_plugin() if name and name.startswith("stage:")]
-        for _, plugin in running:
-            self.plugins.unregister(plugin)
-        try:
-            for planned in planned_stages:
-                ctx = self._stage_context(planned, model)
-                self.plugins.register(ctx.method, f"restore:{planned.key}")
-                try:
-                    self._prepare(ctx)
-                finally:
-                    self.plugins.unregister(ctx.method)
-        finally:
-            for name, plugin in running:
-                self.plugins.register(plugin, name)
+        for planned in planned_stages:
+            self._replay_prepare(self._stage_context(planned, model))
         model.load_state_dict(self.run.out.load_checkpoint(target.key, epoch)["model"])
         return model.to(self.run.device.device).eval()
 
@@ -453,11 +506,11 @@ class Runner:
     def _write_outputs(self, summary: dict[str, Any], results: list[dict[str, Any]]) -> None:
         from spurcore import report
 
-        atomic.write_json(self.run.out.summary, summary)
         atomic.write_text(self.run.out.report, report.markdown(summary, self.plan.config))
         report.plot_group_acc(summary, self.run.out.figure)
         if not report.plot_group_acc_epochs(results, self.run.out.epochs_figure):
             self.run.log("no train evaluation with attribute labels: group_acc_epochs.png not written")
+        atomic.write_json(self.run.out.summary, summary)  # last: a run with summary.json is complete
 
 
 def make_optimizer(train: cfg.TrainConfig, params: Any) -> torch.optim.Optimizer:
@@ -518,26 +571,131 @@ def _json_line(row: dict[str, Any]) -> str:
     return json.dumps(row) + "\n"
 
 
+RESUME_MODES = (False, True, "auto")
+
+
 def run_pipeline(config: cfg.PipelineConfig, out_path: Any, plugins: PluginManager, *,
-                 resume: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Validate everything, then run the pipeline into `out_path` (or continue it with `resume`)."""
+                 resume: bool | str = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Validate everything, then run the pipeline into `out_path`.
+
+    `resume=False` starts a run in a folder that holds none; `True` continues the run the folder
+    holds (from its last checkpoint) and refuses a folder without one; `"auto"` does whichever
+    applies (sweeps and scripts that relaunch). Everything that can fail is checked before the
+    first file is written: names and options, the data, the model the pipeline starts from (run
+    on one batch), each stage's and observer's checks (`spurcore_run_check`). While it runs, the
+    run holds the folder's lock, so a second run into it stops with the holder's name. A new run
+    that fails before its first checkpoint leaves the folder as it found it.
+    """
+    if resume not in RESUME_MODES:
+        raise ValueError(f"resume must be one of {RESUME_MODES}, got {resume!r}")
     planned = plan(config, plugins)
     out = RunDir(out_path)
     resolved = cfg.to_dict(config)
-    if out.config.exists():
-        if not resume:
-            raise RunError(f"{out.path} already holds a run: pass --resume to continue it, or choose another --out")
-        _check_same_pipeline(out, resolved)
-    elif out.path.exists() and any(out.path.iterdir()):
-        raise RunError(f"{out.path} is not empty and holds no run; choose another --out")
+    _folder_state(out, resume, resolved)
     device = Device.from_config(config.device, config.amp)
+    set_deterministic(config.deterministic)
+    portable.apply_to_torch()
     distributed.setup(device.device)
     data = build_data(planned, plugins)
     check_labels(planned, data)
-    distributed.barrier()  # every process has checked the run directory before rank 0 writes to it
-    atomic.write_text(out.config, cfg.dumps(config))
-    runner = Runner(planned, out, plugins, device=device, data=data, resume=resume, log=log)
-    return runner.execute()
+    model = build_base_model(planned, data, plugins).to(device.device)
+    check_model(planned, data, model, device)
+    with observing(planned, plugins):
+        runner = Runner(planned, out, plugins, device=device, data=data, log=log)
+        with kept_rng_state():
+            models = runner.stage_models(model)
+            for stage in planned.stages:
+                if stage.spec.check is not None:
+                    _named(f"stages[{stage.index}].options", stage.spec.check, stage.options, data, models[stage.key])
+            plugins.hook.spurcore_run_check(run=runner.run, models=models)
+        with runlock.locked(out.path) if distributed.writes_files() else contextlib.nullcontext():
+            resumed = _folder_state(out, resume, resolved)  # again, now that no one else can write here
+            if distributed.writes_files():
+                out.remove_temporaries()
+            distributed.barrier()  # every process has checked the run directory before rank 0 writes to it
+            runner.run.resumed = resumed
+            if not resumed:
+                atomic.write_text(out.config, cfg.dumps(config))
+            try:
+                return runner.execute(model)
+            except BaseException:
+                if not resumed and not out.has_checkpoints() and distributed.writes_files():
+                    out.clear()  # nothing finished: leave the folder as this run found it
+                raise
+
+
+def _folder_state(out: RunDir, resume: bool | str, resolved: dict[str, Any]) -> bool:
+    """Whether the run continues the one in `out` (True) or starts one there (False); refuse a
+    folder that does not fit `resume`."""
+    if out.config.exists():
+        if resume is False:
+            raise RunError(f"{out.path} already holds a run: pass --resume to continue it, or choose another --out")
+        _check_same_pipeline(out, resolved)
+        return True
+    if resume is True:
+        raise RunError(f"{out.path} holds no run to resume (no config.toml): check the path, or drop --resume "
+                       f"to start a run there")
+    if out.other_files():
+        raise RunError(f"{out.path} is not empty and holds no run ({', '.join(out.other_files()[:3])}); "
+                       f"choose another --out")
+    return False
+
+
+def check_model(plan: Plan, data: SpuriousData, model: SpurModel, device: Device) -> None:
+    """Run the starting model on two training examples in eval mode (no RNG drawn, nothing
+    changed): a dataset the backbone cannot take stops the run here, naming both, before
+    anything is written."""
+    split = data.splits["train"]
+    name = plan.config.backbone.name if plan.config.init is None else f"the model of init.run ({plan.config.init.run})"
+    was_training = model.training
+    try:
+        with kept_rng_state(), torch.no_grad():
+            batch = device.move(next(iterate_batches(split, torch.arange(min(2, len(split))), 2)))
+            model.eval()
+            with device.autocast():
+                logits = model(batch.x, index=batch.index)
+    except SpurcoreError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure here means the two do not fit
+        detail = (str(exc).strip().splitlines() or [""])[-1]
+        raise RunError(f"backbone {name!r} cannot take the inputs of dataset {data.name!r} (input shape "
+                       f"{data.input_shape or 'not declared'}): {type(exc).__name__}: {detail}") from None
+    finally:
+        model.train(was_training)
+    if tuple(logits.shape) != (len(batch), data.n_classes):
+        raise RunError(f"backbone {name!r} gives outputs of shape {tuple(logits.shape)} for {len(batch)} examples of "
+                       f"dataset {data.name!r}; expected ({len(batch)}, {data.n_classes})")
+
+
+def _named(where: str, check: Callable[..., None], *args: Any) -> None:
+    """Run a plugin's check; its error is prefixed with the key it concerns."""
+    try:
+        check(*args)
+    except SpurcoreError as error:
+        raise type(error)(f"{where}: {error}") from None
+
+
+@contextlib.contextmanager
+def observing(plan: Plan, plugins: PluginManager) -> Iterator[None]:
+    """Register each observer's object for one run, and unregister it after, whatever happens."""
+    registered = []
+    try:
+        for spec, settings in plan.observers:
+            observer = spec.factory(settings)
+            if observer is not None:
+                plugins.register(observer, f"observer:{spec.name}")
+                registered.append(observer)
+        yield
+    finally:
+        for observer in reversed(registered):
+            plugins.unregister(observer)
+
+
+def plan_saved(run_dir: Any, plugins: PluginManager, overrides: Sequence[str] = ()) -> Plan:
+    """The plan of the pipeline a run directory saved, for reading the run back: its observers'
+    settings are left out, since reading a run needs none of the observers that watched it."""
+    config = cfg.load_pipeline(RunDir(run_dir).config, overrides)
+    return plan(attrs.evolve(config, settings={}), plugins)
 
 
 def open_run(path: Any, plugins: PluginManager, *, device: str = "cpu") -> Runner:
@@ -545,8 +703,8 @@ def open_run(path: Any, plugins: PluginManager, *, device: str = "cpu") -> Runne
     out = RunDir(path)
     if not out.config.exists():
         raise RunError(f"{out.path}: not a run directory (no config.toml)")
-    config = cfg.load_pipeline(out.config, [f"device={json.dumps(device)}"])
-    planned = plan(config, plugins)
+    planned = plan_saved(out.path, plugins, [f"device={json.dumps(device)}"])
+    config = planned.config
     return Runner(planned, out, plugins, device=Device.from_config(config.device, config.amp),
                   data=build_data(planned, plugins), resume=True, log=lambda message: None)
 
@@ -555,11 +713,34 @@ RESUMABLE_DIFFERENCES = ("device", "amp")
 
 
 def _check_same_pipeline(out: RunDir, resolved: dict[str, Any]) -> None:
-    """Compare after filling defaults, so runs saved before a new key existed still resume."""
+    """Compare after filling defaults, so runs saved before a new key existed still resume; a
+    difference is named by its first differing key."""
     saved = cfg.to_dict(cfg.load_pipeline(out.config))
-    for key in sorted(set(saved) | set(resolved)):
-        if key not in RESUMABLE_DIFFERENCES and saved.get(key) != resolved.get(key):
-            raise RunError(
-                f"{out.config}: the saved pipeline differs from this one at {key!r} "
-                f"({saved.get(key)!r} != {resolved.get(key)!r}); resume with the same pipeline or choose another --out"
-            )
+    for key in RESUMABLE_DIFFERENCES:
+        saved.pop(key, None)
+    difference = first_difference(saved, {k: v for k, v in resolved.items() if k not in RESUMABLE_DIFFERENCES})
+    if difference is not None:
+        key, was, now = difference
+        raise RunError(f"{out.config}: the saved pipeline differs from this one at {key} (saved {was!r}, now "
+                       f"{now!r}); resume with the same pipeline or choose another --out")
+
+
+_MISSING = "<missing>"
+
+
+def first_difference(a: Any, b: Any, where: str = "") -> tuple[str, Any, Any] | None:
+    """The first key path (`stages[0].options.p_gen`) at which two plain-data trees differ, with
+    both values there; None when they are equal."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b), key=str):
+            found = first_difference(a.get(key, _MISSING), b.get(key, _MISSING), f"{where}.{key}" if where else str(key))
+            if found is not None:
+                return found
+        return None
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            found = first_difference(x, y, f"{where}[{i}]")
+            if found is not None:
+                return found
+        return None
+    return None if a == b else (where, a, b)

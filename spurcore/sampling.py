@@ -1,25 +1,38 @@
 """Balancing by label, shared by every method that balances groups or classes (DFR's balanced
 subsets, NeuronTune's class-balanced sampling, group-balanced training) and by the runner's
-per-group subset of the training split it evaluates (`train_eval = "subset:N"`)."""
+per-group subset of the training split it evaluates (`train_eval = "subset:N"`).
+
+Subsets are drawn from either a numpy generator or the `torch.Generator` that
+`spurcore_train_sampler` hands out (seeded by seed, stage and epoch, so a resumed run draws the
+same subsets); both give numpy index arrays."""
 
 from __future__ import annotations
 
 import numpy as np
+import torch
+
+Generator = np.random.Generator | torch.Generator
 
 
-def balanced_subset(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _permutation(indices: np.ndarray, rng: Generator) -> np.ndarray:
+    if isinstance(rng, torch.Generator):
+        return indices[torch.randperm(len(indices), generator=rng).numpy()]
+    return rng.permutation(indices)
+
+
+def balanced_subset(labels: np.ndarray, rng: Generator) -> np.ndarray:
     """Indices of a subset in which every label present appears equally often: each label's
     examples are shuffled and cut to the count of the rarest label. Sorted."""
     return capped_subset(labels, int(np.unique(labels, return_counts=True)[1].min()), rng)
 
 
-def capped_subset(labels: np.ndarray, cap: int, rng: np.random.Generator) -> np.ndarray:
+def capped_subset(labels: np.ndarray, cap: int, rng: Generator) -> np.ndarray:
     """Indices of up to `cap` examples of every label present (every example of a rarer one):
     each label's examples, in increasing label order, are shuffled by `rng` and cut to `cap`.
     Sorted. The same `rng` state gives nested subsets for growing caps."""
     labels = np.asarray(labels)
     per_label = [np.flatnonzero(labels == v) for v in np.unique(labels)]
-    return np.sort(np.concatenate([rng.permutation(ix)[:cap] for ix in per_label]))
+    return np.sort(np.concatenate([_permutation(ix, rng)[:cap] for ix in per_label]))
 
 
 def balanced_weights(labels: np.ndarray) -> np.ndarray:

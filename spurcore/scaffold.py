@@ -3,7 +3,9 @@
 The package is what a first-party plugin looks like: `pyproject.toml` with the `spurcore`
 entry point, `spurcore_<name>/__init__.py` with a working hook implementation of its kind,
 a README, and tests that use the test kit (`spurcore.testing`), the first of which checks that
-the plugin is installed (as simonw/llm's and datasette's plugin templates do).
+the plugin is installed (as simonw/llm's and datasette's plugin templates do). A mitigation is
+a training stage that shapes the loss (`mitigation`) or a post-hoc stage that fits a new head
+on frozen embeddings (`posthoc-mitigation`).
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from pathlib import Path
 from spurcore import atomic
 from spurcore.errors import SpurcoreError
 
-KINDS = ("mitigation", "dataset", "backbone", "selector", "metric", "tracer")
+KINDS = ("mitigation", "posthoc-mitigation", "dataset", "backbone", "selector", "metric", "tracer")
 NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 
 USAGE = {
     "mitigation": 'In a pipeline:\n\n```toml\n[[stages]]\nmethod = "$name"\n[stages.options]\npower = 1.0\n```',
+    "posthoc-mitigation": 'In a pipeline, after the stage that trains the features:\n\n```toml\n[[stages]]\n'
+                          'method = "erm"\n\n[[stages]]\nmethod = "$name"\n[stages.options]\nsteps = 200\n```',
     "dataset": 'In a pipeline:\n\n```toml\n[dataset]\nname = "$name"\n[dataset.options]\nn_train = 400\n```',
     "backbone": 'In a pipeline:\n\n```toml\n[backbone]\nname = "$name"\n[backbone.options]\nwidth = 32\n```',
     "selector": 'In a pipeline (top-level key):\n\n```toml\nselector = "$name"\n```',
@@ -28,6 +32,12 @@ USAGE = {
     "tracer": "On a finished run:\n\n```python\nfrom spurcore.plugins import PluginManager\n"
               "from $module import trace\ntrace(\"runs/erm\", None, PluginManager())   # writes runs/erm/$module.json\n```",
 }
+
+
+def registers(kind: str) -> str:
+    """The kind of spec a plugin of this scaffold kind registers (a post-hoc mitigation is a
+    mitigation: `spurcore_register_mitigations`, `spur list mitigations`)."""
+    return kind.removeprefix("posthoc-")
 
 
 class ScaffoldError(SpurcoreError):
@@ -52,9 +62,9 @@ def new_plugin(name: str, kind: str, out: Path) -> Path:
         raise ScaffoldError(f"{root} already exists; choose another --out or name")
     module = f"spurcore_{name.replace('-', '_')}"
     values = {
-        "name": name, "kind": kind, "kinds": f"{kind}s", "module": module, "dist": f"spurcore-{name}",
+        "name": name, "kind": kind, "kinds": f"{registers(kind)}s", "module": module, "dist": f"spurcore-{name}",
         "Class": "".join(part.capitalize() for part in name.split("-")),
-        "summary": f"{name}: a spurcore {kind} plugin",
+        "summary": f"{name}: a spurcore {kind.replace('-', ' ')} plugin",
     }
     values["usage"] = string.Template(USAGE[kind]).substitute(values)
     files = {

@@ -11,7 +11,7 @@ from typing import Any
 
 import attrs
 
-KINDS = ("datasets", "backbones", "tracers", "mitigations", "selectors", "metrics")
+KINDS = ("datasets", "backbones", "tracers", "mitigations", "selectors", "metrics", "observers")
 
 STAGE_KINDS = ("train", "posthoc")
 
@@ -70,6 +70,9 @@ class MitigationSpec:
     `fine_tunes` marks a train-kind method that continues a trained model (pruned-twin
     fine-tuning) rather than training from scratch: a comparison starts it, like a post-hoc
     method, from the baseline's trained run.
+    `check(options, data, model)`, when given, refuses options that do not fit the data or the
+    model the pipeline starts from (a split or module name), by raising a `SpurcoreError` that
+    names the option; it runs before the run writes anything.
     """
 
     name: str = attrs.field(validator=_name)
@@ -82,6 +85,7 @@ class MitigationSpec:
     train_defaults: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping)
     search_space: Mapping[str, Any] = attrs.field(factory=dict, converter=_frozen_mapping)
     fine_tunes: bool = False
+    check: Callable[[Any, Any, Any], None] | None = None
     description: str = ""
 
     def attribute_splits(self, options: Any) -> tuple[str, ...]:
@@ -143,6 +147,25 @@ class TracerSpec:
     description: str = ""
 
 
+@attrs.frozen(kw_only=True)
+class ObserverSpec:
+    """An observer: it listens to a run's lifecycle hooks and never changes what the run computes
+    (progress display, activation logging, experiment trackers).
+
+    `[settings.<name>]` configures it: the table is validated against `settings` (an attrs
+    class) when the pipeline is planned, before data is built or any file written, and a
+    settings table that names no observer is an error. For each run, `factory(settings)` (the
+    validated settings, or None when the pipeline has no such table) returns the object that is
+    registered as a plugin for that run only, or None when the observer has nothing to do.
+    Its hook implementations receive the run's lifecycle events, `spurcore_run_check` first.
+    """
+
+    name: str = attrs.field(validator=_name)
+    factory: Callable[[Any], object | None]
+    settings: type | None = None
+    description: str = ""
+
+
 SPEC_TYPES: Mapping[str, type] = {
     "datasets": DatasetSpec,
     "backbones": BackboneSpec,
@@ -150,4 +173,5 @@ SPEC_TYPES: Mapping[str, type] = {
     "mitigations": MitigationSpec,
     "selectors": SelectorSpec,
     "metrics": MetricSpec,
+    "observers": ObserverSpec,
 }

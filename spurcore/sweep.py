@@ -174,7 +174,7 @@ class Sweep:
     out: Path
     trials: tuple[Trial, ...]
     plugin_args: tuple[str, ...] = ()
-    threads: int = 0
+    threads: int = 1  # torch threads of every trial
 
 
 def short_key(key: str) -> str:
@@ -194,7 +194,7 @@ def _slug(settings: Mapping[str, Any]) -> str:
 
 def plan_sweep(pipeline: Path, out: Path, plugins: PluginManager, *, grid: Mapping[str, Sequence[Any]],
                seeds: Sequence[int], methods: Sequence[str] = (), random_draws: int | None = None,
-               draw_seed: int = 0, plugin_args: Sequence[str] = (), threads: int = 0) -> Sweep:
+               draw_seed: int = 0, plugin_args: Sequence[str] = (), threads: int = 1) -> Sweep:
     """Every trial of a sweep, each pipeline checked against the installed plugins (names,
     options) before any run starts."""
     from spurcore.runner import plan
@@ -306,12 +306,11 @@ def run_trial(spec: Mapping[str, Any], manager: PluginManager | None = None) -> 
     from spurcore.cli import _manager
     from spurcore.runner import run_pipeline
 
-    if spec.get("threads"):
-        torch.set_num_threads(int(spec["threads"]))
+    torch.set_num_threads(int(spec["threads"]))  # fixed per trial: CPU results depend on it
     try:
         manager = manager or _manager([*spec["plugin_args"], "no:progress"])
         config = load_pipeline(spec["pipeline"], spec["overrides"])
-        summary = run_pipeline(config, spec["out"], manager, resume=True, log=lambda message: None)
+        summary = run_pipeline(config, spec["out"], manager, resume="auto", log=lambda message: None)
     except Exception as error:  # noqa: BLE001 - recorded, and the sweep goes on
         return {"status": "failed", "error": f"{type(error).__name__}: {error}",
                 "traceback": traceback.format_exc()}

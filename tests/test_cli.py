@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import tomllib
 
+import attrs
 import numpy as np
 import pytest
 import tomli_w
@@ -12,9 +13,11 @@ from click.testing import CliRunner
 from spurcore.testing import TinyOptions, kit_manager, make_tiny, tiny_pipeline
 
 import spurcore
+from spurcore import hookimpl
 from spurcore.cli import cli
 from spurcore.config import load_pipeline, pipeline_from_dict
 from spurcore.plugins import PluginManager
+from spurcore.specs import KINDS, MitigationSpec, SelectorSpec
 
 TABLE_HEAD = ("| group | train n | train acc % | val n | val acc % | test n | test acc % "
               "| memorization gap (train - test, pts) |")
@@ -61,7 +64,9 @@ def test_plugins_json(plugins):
     assert rows["erm"]["hooks"] == ["spurcore_register_mitigations", "spurcore_train_loss"]
     assert rows["waterdigits"]["hooks"] == ["spurcore_register_datasets"]
     assert rows["tiny"] == {"name": "tiny", "version": "", "builtin": False, "hooks": [
-        "spurcore_register_backbones", "spurcore_register_datasets", "spurcore_register_mitigations"]}
+        "spurcore_register_backbones", "spurcore_register_datasets", "spurcore_register_mitigations"],
+        "stage_hooks": {"tiny-refit": ["spurcore_posthoc_head"]}}
+    assert rows["erm"]["stage_hooks"] == {"erm": []}  # its loss is the module's hook, the fallback of every stage
 
 
 def test_plugins_text_lists_failures(plugins):
@@ -72,8 +77,21 @@ def test_plugins_text_lists_failures(plugins):
     assert "    hooks: spurcore_register_mitigations, spurcore_train_loss" in result.output
     assert "broken FAILED TO LOAD: ImportError: no module named torchaudio" in result.output
     rows = json.loads(invoke(plugins, "plugins", "--json").output)
-    assert {"name": "broken", "version": "", "hooks": [], "builtin": False,
+    assert {"name": "broken", "version": "", "hooks": [], "stage_hooks": {}, "builtin": False,
             "error": "ImportError: no module named torchaudio"} in rows
+
+
+def test_every_listing_is_json_with_every_installed_plugin():
+    """What `spur` loads on this machine (entry points included), not the kit's world: dfr's
+    needs_attributes is a function of its options, which JSON cannot hold."""
+    manager = PluginManager()
+    for kind in KINDS:
+        result = invoke(manager, "list", kind, "--json")
+        assert result.exit_code == 0, f"spur list {kind} --json: {result.output[-500:]}"
+        assert [row["name"] for row in json.loads(result.output)] == sorted(manager.registry(kind))
+    result = invoke(manager, "plugins", "--json")
+    assert result.exit_code == 0, result.output[-500:]
+    assert {row["name"] for row in json.loads(result.output)} >= {info.name for info in manager.infos()}
 
 
 def test_list_mitigations_json(plugins):
@@ -99,6 +117,89 @@ def test_list_selectors_flags_attribute_labels(plugins):
     result = invoke(plugins, "list", "selectors")
     flagged = {line.split()[0] for line in result.output.splitlines() if "[needs attribute labels]" in line}
     assert flagged == {"val-wga"}
+
+
+@attrs.frozen
+class SplitOptions:
+    split: str = "val"
+
+
+@attrs.frozen
+class RequiredOptions:
+    split: str
+
+
+class Stage:
+    def __init__(self, options):
+        self.options = options
+
+    @hookimpl
+    def spurcore_train_loss(self, model, batch):
+        return None
+
+
+def needs_a_gpu(options):
+    raise RuntimeError("no GPU here")
+
+
+class Labelled:
+    """Specs whose descriptions say nothing about attribute labels: `spur list` reads the specs."""
+
+    @hookimpl
+    def spurcore_register_mitigations(self):
+        return [
+            MitigationSpec(name="reads-train", factory=Stage, needs_attributes=("train",), description="one"),
+            MitigationSpec(name="reads-none", factory=Stage, description="two"),
+            MitigationSpec(name="reads-chosen", factory=lambda o: Stage(o), options=SplitOptions,
+                           needs_attributes=lambda o: (o.split,), description="three"),
+            MitigationSpec(name="reads-required", factory=lambda o: Stage(o), options=RequiredOptions,
+                           needs_attributes=lambda o: (o.split,), description="four"),
+            MitigationSpec(name="breaks", factory=needs_a_gpu, description="five"),
+        ]
+
+    @hookimpl
+    def spurcore_register_selectors(self):
+        return [SelectorSpec(name="peeking", score=lambda c: 0.0, needs_attributes=True, description="six"),
+                SelectorSpec(name="blind", score=lambda c: 0.0, description="seven")]
+
+
+def test_list_derives_the_attribute_label_markers_from_the_specs(plugins, register_plugin):
+    register_plugin(Labelled(), "labelled")
+    lines = {line.split()[0]: line for line in invoke(plugins, "list", "mitigations").output.splitlines()}
+    assert lines["reads-train"].endswith(" one [needs attribute labels on train]  (labelled)")
+    assert lines["reads-none"].endswith(" two [no attribute labels]  (labelled)")
+    assert lines["reads-chosen"].endswith(" three [needs attribute labels on val with the default options]  (labelled)")
+    assert lines["reads-required"].endswith(" four [attribute labels depend on the options]  (labelled)")
+    assert lines["tiny-refit"].count("no attribute labels") == 1
+    rows = {row["name"]: row for row in json.loads(invoke(plugins, "list", "mitigations", "--json").output)}
+    assert (rows["reads-chosen"]["needs_attributes"], rows["reads-chosen"]["needs_attributes_depend_on_options"]) == (["val"], True)
+    assert (rows["reads-train"]["needs_attributes"], rows["reads-train"]["needs_attributes_depend_on_options"]) == (["train"], False)
+    assert rows["reads-required"]["needs_attributes"] == ("depends on the options (reads-required.options.split: "
+                                                          "missing (required))")
+    lines = {line.split()[0]: line for line in invoke(plugins, "list", "selectors").output.splitlines()}
+    assert lines["peeking"].endswith(" six [needs attribute labels]  (labelled)")
+    assert lines["blind"].endswith(" seven [no attribute labels]  (labelled)")
+
+
+def test_plugins_shows_the_stage_hooks_of_each_mitigation(plugins, register_plugin):
+    register_plugin(Labelled(), "labelled")
+    lines = invoke(plugins, "plugins").output.splitlines()
+    mine = lines[lines.index("labelled ") + 1:lines.index("labelled ") + 7]
+    assert mine == ["    hooks: spurcore_register_mitigations, spurcore_register_selectors",
+                    "    mitigation breaks, stage hooks: unknown: breaks's factory failed on its default options: "
+                    "RuntimeError: no GPU here",
+                    "    mitigation reads-chosen, stage hooks: spurcore_train_loss",
+                    "    mitigation reads-none, stage hooks: spurcore_train_loss",
+                    "    mitigation reads-required, stage hooks: unknown without options (reads-required.options.split: "
+                    "missing (required))",
+                    "    mitigation reads-train, stage hooks: spurcore_train_loss"]
+    assert "    mitigation tiny-refit, stage hooks: spurcore_posthoc_head" in lines
+    assert "    mitigation erm, stage hooks: none" in lines
+
+
+def test_quiet_says_it_hides_the_log_too():
+    result = CliRunner().invoke(cli, ["run", "--help"], obj={"plugin_args": []})
+    assert "--quiet" in result.output and "log" in result.output.split("--quiet", 1)[1].split("\n  -", 1)[0]
 
 
 def test_list_unknown_kind_is_a_usage_error(plugins):
@@ -258,7 +359,7 @@ def test_unknown_dataset_lists_the_available_ones(plugins, tmp_path):
     pipeline = write_pipeline(tmp_path / "p.toml", dataset={"name": "tinny"})
     result = invoke(plugins, "run", pipeline, "--out", tmp_path / "run")
     assert result.exit_code == 1
-    assert "Error: no dataset named 'tinny' (did you mean 'tiny'?); available: tiny, waterdigits" in result.output
+    assert f"Error: {pipeline}: dataset.name: no dataset named 'tinny' (did you mean 'tiny'?); available: tiny, waterdigits" in result.output
     assert not (tmp_path / "run").exists()
 
 

@@ -47,6 +47,7 @@ class Registers:
 TestStateInCheckpoints = mitigation_conformance("counting-saved", plugin=Registers())
 
 BROKEN = '''
+import numpy as np
 import torch.nn.functional as F
 from spurcore import hookimpl
 from spurcore.specs import MitigationSpec
@@ -66,15 +67,28 @@ class Peeks:
         return (losses * (1 + (batch.a != batch.y).float())).mean()
 
 
+class Unseeded:
+    """Reads no attribute labels, but scales its loss by a draw from an unseeded generator."""
+
+    def __init__(self, options):
+        self.rng = np.random.default_rng()
+
+    @hookimpl
+    def spurcore_train_loss(self, model, batch):
+        return F.cross_entropy(model(batch.x, index=batch.index), batch.y) * (0.5 + self.rng.random())
+
+
 class Registers:
     @hookimpl
     def spurcore_register_mitigations(self):
         return [MitigationSpec(name="peeks", factory=Peeks, description="reads a"),
-                MitigationSpec(name="counting", factory=Counting, description="forgets on resume")]
+                MitigationSpec(name="counting", factory=Counting, description="forgets on resume"),
+                MitigationSpec(name="unseeded", factory=Unseeded, description="draws from fresh entropy")]
 
 
 TestPeeks = mitigation_conformance("peeks", plugin=Registers())
 TestCounting = mitigation_conformance("counting", plugin=Registers())
+TestUnseeded = mitigation_conformance("unseeded", plugin=Registers())
 '''
 
 
@@ -82,9 +96,14 @@ def test_each_check_catches_the_method_that_breaks_its_promise(pytester):
     pytester.syspathinsert(str(Path(__file__).parent))
     pytester.makepyfile(test_broken=BROKEN)
     result = pytester.runpytest_inprocess(
-        "-q", "-p", "no:cacheprovider", "-k", "TestPeeks and attribute_labels_only or TestCounting and resumes")
-    result.assert_outcomes(failed=2)
+        "-q", "-p", "no:cacheprovider", "-k", "TestPeeks and attribute_labels_only or TestCounting and resumes "
+        "or TestUnseeded and (deterministic or attribute_labels_only or resumes)")
+    result.assert_outcomes(failed=5)
     result.stdout.fnmatch_lines([
         "*'peeks' declares attribute labels only on no split, but its weights change when*carry none*",
         "*'counting': the resumed run's summary differs from the uninterrupted one*",
     ])
+    # a method that is merely random is called that, not a reader of attribute labels or a bad resumer
+    unseeded = [line for line in result.stdout.lines if "'unseeded'" in line and line.startswith("E ")]
+    assert len([line for line in unseeded if "'unseeded' is not deterministic" in line]) == 3, unseeded
+    assert not [line for line in unseeded if "reads them" in line or "resumed" in line], unseeded

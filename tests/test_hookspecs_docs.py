@@ -336,7 +336,7 @@ def test_hook_reference_documents_every_hook_with_its_signature_and_example():
         firstresult = getattr(hookspecs, hook).spurcore_spec["firstresult"]
         assert ("*firstresult*" in section) == firstresult, hook
     assert text.index("## Registration hooks") < text.index("## Lifecycle hooks") < text.index("## Stage hooks")
-    assert "```text\nspurcore_run_start(run)" in text  # the calling sequence, as a code block
+    assert "```text\nspurcore_run_check(run, models)" in text  # the calling sequence, as a code block
 
 
 def test_hook_reference_check_mode_reports_drift(tmp_path, monkeypatch, capsys):

@@ -14,7 +14,7 @@ import spurcore
 import spurcore.builtins.erm
 from spurcore import hookimpl
 from spurcore.plugins import ALLOW_ENV, PluginError, PluginManager
-from spurcore.specs import DatasetSpec, MetricSpec
+from spurcore.specs import DatasetSpec, MetricSpec, MitigationSpec
 
 DATASET_PLUGIN = """
 from spurcore import hookimpl
@@ -383,9 +383,7 @@ def test_infos_lists_name_version_hooks():
         assert by_name[name].version == spurcore.__version__
     assert by_name["erm"].hooks == ("spurcore_register_mitigations", "spurcore_train_loss")
     assert by_name["metrics"].hooks == ("spurcore_register_metrics",)
-    assert by_name["progress"].hooks == (
-        "spurcore_epoch_end", "spurcore_run_error", "spurcore_stage_end", "spurcore_stage_start",
-    )
+    assert by_name["progress"].hooks == ("spurcore_register_observers",)  # its bar is an object per run
     assert (by_name["listed"].version, by_name["listed"].hooks, by_name["listed"].builtin) == (
         "", ("spurcore_register_datasets",), False,
     )
@@ -412,7 +410,9 @@ def test_trace_hooks_prints_every_hook_call_with_its_implementations(monkeypatch
     lines = [l for l in capsys.readouterr().err.splitlines() if l.startswith("[spurcore] ")]
     names = [l.split(" ", 1)[1].split("(", 1)[0] for l in lines]
     # tiny: 200 training examples in 2 batches; train, val and test evaluated in one batch each
-    assert names == ["spurcore_run_start", "spurcore_stage_start", "spurcore_prepare_model", "spurcore_epoch_start",
+    # before anything is written: the stage's prepare_model replayed on a copy, then the run check
+    assert names == ["spurcore_prepare_model", "spurcore_run_check",
+                     "spurcore_run_start", "spurcore_stage_start", "spurcore_prepare_model", "spurcore_epoch_start",
                      "spurcore_train_sampler", *["spurcore_train_loss", "spurcore_batch_end"] * 2,
                      *["spurcore_evaluation_start", "spurcore_evaluation_batch", "spurcore_evaluation_end"] * 3,
                      "spurcore_epoch_end", "spurcore_stage_end", "spurcore_run_end"]
@@ -421,7 +421,7 @@ def test_trace_hooks_prints_every_hook_call_with_its_implementations(monkeypatch
     evaluation_batches = [line for name, line in zip(names, lines) if name == "spurcore_evaluation_batch"]
     assert "split='train', batch=Batch[200], logits=Tensor(200x2)" in evaluation_batches[0]
     assert "split='val', batch=Batch[120], logits=Tensor(120x2)" in evaluation_batches[1]
-    assert "step=1, batch=Batch[100], loss=Tensor(scalar)" in lines[names.index("spurcore_batch_end", 7)]
+    assert "step=1, batch=Batch[100], loss=Tensor(scalar)" in lines[names.index("spurcore_batch_end", 9)]
 
 
 def test_without_trace_hooks_nothing_is_printed(monkeypatch, capsys, tmp_path, tiny_config):
@@ -431,3 +431,23 @@ def test_without_trace_hooks_nothing_is_printed(monkeypatch, capsys, tmp_path, t
     monkeypatch.delenv("SPURCORE_TRACE_HOOKS", raising=False)
     run_pipeline(tiny_config(train={"epochs": 1}), tmp_path / "run", kit_manager(), log=lambda message: None)
     assert "[spurcore]" not in capsys.readouterr().err
+
+
+def test_stage_hooks_are_read_off_a_factory_class_without_building_it():
+    class NeedsTheData:
+        def __init__(self, options):
+            raise AssertionError("built")
+
+        @hookimpl
+        def spurcore_train_sampler(self, generator):
+            return None
+
+        def spurcore_train_loss(self, model, batch):  # unmarked, still a hook (as at registration)
+            return None
+
+        def helper(self):
+            return None
+
+    manager = PluginManager(entry_points=False)
+    spec = MitigationSpec(name="needs-data", factory=NeedsTheData)
+    assert manager.stage_hooks(spec) == ("spurcore_train_loss", "spurcore_train_sampler")

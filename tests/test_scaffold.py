@@ -1,5 +1,5 @@
 """`spur new-plugin`: every kind of generated package installs, passes its own tests, and the
-generated plugins run together in one `spur run`."""
+generated plugins run together in one `spur run` (the post-hoc mitigation after the training one)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from spurcore.cli import cli
-from spurcore.scaffold import KINDS
+from spurcore.scaffold import KINDS, registers
 
 BIN = Path(sys.executable).parent
 
@@ -30,17 +30,18 @@ def test_each_kind_is_a_complete_package(kind, tmp_path):
     assert result.exit_code == 0, result.output
     root = tmp_path / f"spurcore-my-{kind}"
     assert f"created {root}" in result.output
-    module = f"spurcore_my_{kind}"
+    module = f"spurcore_my_{kind.replace('-', '_')}"
     project = tomllib.loads((root / "pyproject.toml").read_text())
     assert project["project"]["name"] == f"spurcore-my-{kind}"
     assert project["project"]["entry-points"]["spurcore"] == {f"my-{kind}": module}
     code = ast.parse((root / module / "__init__.py").read_text())
     hooks = {n.name for n in ast.walk(code) if isinstance(n, ast.FunctionDef) and n.name.startswith("spurcore_register_")}
-    assert hooks == {f"spurcore_register_{kind}s"}
+    assert hooks == {f"spurcore_register_{registers(kind)}s"}
     tests = (root / "tests" / f"test_{module}.py").read_text()
     ast.parse(tests)
     assert "def test_the_plugin_is_installed" in tests
-    assert f"spur list {kind}s" in (root / "README.md").read_text()
+    assert ("TestConformance = mitigation_conformance(" in tests) == (registers(kind) == "mitigation")
+    assert f"spur list {registers(kind)}s" in (root / "README.md").read_text()
 
 
 def test_bad_names_and_existing_folders_are_refused_before_writing(tmp_path):
@@ -58,7 +59,7 @@ PIPELINE = """
 selector = "my-selector"
 metrics = ["avg_acc", "worst_group_acc", "worst_class_acc", "group_acc", "my-metric"]
 device = "cpu"
-requires = ["my-dataset", "my-backbone", "my-mitigation", "my-selector", "my-metric"]
+requires = ["my-dataset", "my-backbone", "my-mitigation", "my-posthoc-mitigation", "my-selector", "my-metric"]
 [dataset]
 name = "my-dataset"
 [backbone]
@@ -67,6 +68,8 @@ name = "my-backbone"
 epochs = 2
 [[stages]]
 method = "my-mitigation"
+[[stages]]
+method = "my-posthoc-mitigation"
 """
 
 
@@ -85,8 +88,10 @@ def test_generated_plugins_install_pass_their_tests_and_run_in_a_pipeline(tmp_pa
     assert tests.returncode == 0, tests.stdout[-3000:]
     passed = [line for line in tests.stdout.splitlines() if line.startswith("PASSED")]
     for kind in KINDS:
-        mine = [line for line in passed if f"test_spurcore_my_{kind}.py::" in line]
+        mine = [line for line in passed if f"test_spurcore_my_{kind.replace('-', '_')}.py::" in line]
         assert len(mine) >= 2 and any("test_the_plugin_is_installed" in line for line in mine), tests.stdout[-3000:]
+        if registers(kind) == "mitigation":
+            assert any("::TestConformance" in line for line in mine), tests.stdout[-3000:]
 
     listed = subprocess.run([BIN / "spur", "plugins", "--json"], env=env, capture_output=True, text=True, check=True)
     assert {f"my-{kind}" for kind in KINDS} <= {row["name"] for row in json.loads(listed.stdout)}
@@ -96,7 +101,8 @@ def test_generated_plugins_install_pass_their_tests_and_run_in_a_pipeline(tmp_pa
     assert run.returncode == 0, run.stderr[-2000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["selected"]["selector"] == "my-selector"
-    assert summary["stages"][0]["method"] == "my-mitigation"
+    assert [(s["method"], s["kind"]) for s in summary["stages"]] == [("my-mitigation", "train"),
+                                                                     ("my-posthoc-mitigation", "posthoc")]
     assert 0 <= summary["metrics"]["test"]["my-metric"] <= 1
     trace = subprocess.run([sys.executable, "-c", "import sys; from spurcore.plugins import PluginManager; "
                             "from spurcore_my_tracer import trace; print(trace(sys.argv[1], None, PluginManager()))",

@@ -12,8 +12,8 @@ not made of these digits gets all of them.
 The weights are built once, deterministically (fixed seed, fixed thread count, the global RNGs
 untouched), on the CPU, and cached under `$SPURCORE_CACHE/pretrained` with a fingerprint of
 everything they depend on (this recipe, the renderer's and this module's source, the
-architecture, the source digits). A missing, stale or unreadable file is rebuilt; nothing
-downloads. `spur prepare PIPELINE` builds it ahead of time.
+architecture, the source digits, whether the CPU kernels are the portable ones of
+`spurcore.portable`). A missing, stale or unreadable file is rebuilt; nothing downloads. `spur prepare PIPELINE` builds it ahead of time.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spurcore import atomic
+from spurcore import atomic, portable
 from spurcore.builtins import waterdigits_gen as gen
 from spurcore.builtins.waterdigits import SOURCE_DIGITS, cache_dir, to_inputs
 from spurcore.errors import SpurcoreError
@@ -80,7 +80,7 @@ def render(sources: np.ndarray, copies: int, size: int, rng: np.random.Generator
 
 def fingerprint(net: nn.Module, sources: np.ndarray) -> str:
     """What the pretrained weights depend on."""
-    digest = hashlib.sha256(json.dumps(RECIPE, sort_keys=True).encode())
+    digest = hashlib.sha256(json.dumps({**RECIPE, "portable_kernels": portable.pinned()}, sort_keys=True).encode())
     digest.update(Path(gen.__file__).read_bytes())
     digest.update(Path(__file__).read_bytes())
     for name, tensor in net.state_dict().items():
@@ -140,7 +140,7 @@ def pretrain(net: nn.Module, sources: np.ndarray, *, progress: bool = True) -> t
             generator = torch.Generator().manual_seed(r["seed"])
             steps = r["epochs"] * -(-len(y) // r["batch_size"])
             bar = tqdm(total=steps, desc="pretraining small-cnn on digits (once)", unit="step",
-                       file=sys.stderr, disable=not progress, dynamic_ncols=True)
+                       file=sys.stderr, disable=None if progress else True, dynamic_ncols=True)  # None: not on a pipe
             targets = torch.from_numpy(y)
             for _ in range(r["epochs"]):
                 model.train()

@@ -18,9 +18,9 @@ def _on_val(key: str):
 def spurcore_register_selectors():
     return [
         SelectorSpec(name="val-wga", score=_on_val("worst_group_acc"), metrics=["worst_group_acc"], needs_attributes=True,
-                     description="validation worst-group accuracy (reads attribute labels)"),
+                     description="validation worst-group accuracy"),
         SelectorSpec(name="val-worst-class", score=_on_val("worst_class_acc"), metrics=["worst_class_acc"],
-                     description="validation worst-class accuracy (no attribute labels)"),
+                     description="validation worst-class accuracy"),
         SelectorSpec(name="val-avg", score=_on_val("avg_acc"), metrics=["avg_acc"],
-                     description="validation average accuracy (no attribute labels)"),
+                     description="validation average accuracy"),
     ]

@@ -10,6 +10,8 @@ The returned class holds one test per promise a mitigation makes (modelled on Do
 
 * it is registered, and its options validate from `options`;
 * it trains (or fits) and every reported number is finite;
+* it is deterministic: a second run on identical inputs gives the same summary and weights
+  (checked first wherever a difference would otherwise be blamed on something else);
 * it reads attribute labels only on the splits its spec declares: the same pipeline on data
   whose other splits carry no attribute labels at all must run and give bit-identical
   weights (so neither `batch.a`, `run.data`, embeddings nor group counts were read there);
@@ -106,9 +108,10 @@ def mitigation_conformance(
     """A pytest test class checking mitigation `method` against the contract.
 
     `plugin` is the object or module that registers it (None for one already registered by
-    the built-ins); `options` its stage options; `before` the stages run ahead of it (default:
-    none for a train method, one ERM stage for a post-hoc one); `train` overrides the short
-    training settings (2 epochs of batches of 32; a train method needs at least 2 epochs).
+    the built-ins), registered as `plugin_name` (default `conformance-<method>`); `options` its
+    stage options; `before` the stages run ahead of it (default: none for a train method, one
+    ERM stage for a post-hoc one); `train` overrides the short training settings (2 epochs of
+    batches of 32; a train method needs at least 2 epochs).
     """
     extra = [] if plugin is None else [(plugin, plugin_name or f"conformance-{method}")]
     train_settings = {**CONFORMANCE_TRAIN, **(train or {})}
@@ -142,12 +145,29 @@ def mitigation_conformance(
     def run(out: Path, config: Any, plugins: PluginManager | None = None, resume: bool = False) -> dict:
         return run_pipeline(config, out, plugins or manager(), resume=resume, log=lambda message: None)
 
+    def check_deterministic(reference: tuple[Path, dict], again: tuple[Path, dict]) -> None:
+        """Checked first wherever a method whose result changes from run to run would otherwise
+        be blamed for reading attribute labels or for resuming wrongly."""
+        differ = _same_weights(_weights(reference[0]), _weights(again[0]))
+        differ += [] if reference[1] == again[1] else ["the summary"]
+        assert not differ, (
+            f"{method!r} is not deterministic: two runs on identical inputs differ ({differ[:3]}); draw "
+            f"randomness only from the sampler's generator or from a seed in the options"
+        )
+
     class MitigationConformance:
         @pytest.fixture(scope="class")
         @classmethod
         def reference(cls, tmp_path_factory) -> tuple[Path, dict]:
             """One uninterrupted run with every attribute label, shared by the checks."""
             out = tmp_path_factory.mktemp(f"conformance-{method}") / "reference"
+            return out, run(out, pipeline())
+
+        @pytest.fixture(scope="class")
+        @classmethod
+        def again(cls, tmp_path_factory) -> tuple[Path, dict]:
+            """The reference run once more, on identical inputs."""
+            out = tmp_path_factory.mktemp(f"conformance-{method}") / "again"
             return out, run(out, pipeline())
 
         def test_is_registered_with_valid_options(self):
@@ -174,11 +194,15 @@ def mitigation_conformance(
                     assert math.isfinite(entry["train_loss"]), f"{method!r}: train loss {entry['train_loss']} at epoch {entry['epoch']}"
             assert len(result["history"]) == (train_settings["epochs"] if spec().kind == "train" else 1)
 
-        def test_reads_attribute_labels_only_where_declared(self, reference, tmp_path):
+        def test_is_deterministic(self, reference, again):
+            check_deterministic(reference, again)
+
+        def test_reads_attribute_labels_only_where_declared(self, reference, again, tmp_path):
             needs = declared()
             hidden = [s for s in REQUIRED_SPLITS if s not in needs]
             if not hidden:
                 pytest.skip(f"{method!r} declares attribute labels on every split")
+            check_deterministic(reference, again)
             out, summary = reference
             blind = run(tmp_path / "blind", pipeline(attributes=list(needs)))
             differ = _same_weights(_weights(out), _weights(tmp_path / "blind"))
@@ -200,7 +224,8 @@ def mitigation_conformance(
                     run(tmp_path / f"without-{split}", pipeline(attributes=others))
                 assert not (tmp_path / f"without-{split}").exists(), "refused only after writing"
 
-        def test_resumes_to_the_uninterrupted_result(self, reference, tmp_path):
+        def test_resumes_to_the_uninterrupted_result(self, reference, again, tmp_path):
+            check_deterministic(reference, again)
             out, summary = reference
             plugins, stopper = manager(), _StopInStage(len(stages()) - 1)
             plugins.register(stopper, "stop")

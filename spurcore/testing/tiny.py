@@ -91,4 +91,4 @@ class TinyPlugin:
     @hookimpl
     def spurcore_register_mitigations(self):
         return [MitigationSpec(name="tiny-refit", factory=TinyRefit, kind="posthoc",
-                               description="test last-layer refit on val (no attribute labels)")]
+                               description="test last-layer refit on val")]

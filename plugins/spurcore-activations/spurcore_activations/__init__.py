@@ -13,6 +13,7 @@ Pieces: `reduce` (one output -> one row per example), `hooks` (forward hooks wit
 from __future__ import annotations
 
 from spurcore.hookspecs import hookimpl
+from spurcore.specs import ObserverSpec
 
 from spurcore_activations import observer as _observer
 from spurcore_activations.hooks import ActivationError, ModuleRecorder, resolve_modules
@@ -30,47 +31,9 @@ __all__ = [
 
 
 @hookimpl
-def spurcore_run_start(run):
-    _observer.run_start(run)
-
-
-@hookimpl
-def spurcore_epoch_start(run, stage):
-    rec = _observer.recording(run)
-    if rec is not None:
-        rec.check_modules(stage)
-
-
-@hookimpl
-def spurcore_evaluation_start(run, stage, epoch, split):
-    rec = _observer.recording(run)
-    if rec is not None:
-        rec.check_modules(stage)
-        rec.evaluation_start(stage, epoch, split)
-
-
-@hookimpl
-def spurcore_evaluation_batch(run, stage, epoch, split, batch):
-    rec = _observer.recording(run)
-    if rec is not None:
-        rec.evaluation_batch(stage, epoch, split, batch)
-
-
-@hookimpl
-def spurcore_evaluation_end(run):
-    rec = _observer.recording(run)
-    if rec is not None:
-        rec.detach()
-
-
-@hookimpl
-def spurcore_run_end(run):
-    _observer.finish(run)
-
-
-@hookimpl
-def spurcore_run_error(run):
-    _observer.finish(run)
+def spurcore_register_observers():
+    return [ObserverSpec(name=_observer.SETTINGS_KEY, settings=ActivationOptions, factory=_observer.observer,
+                         description="record named modules' activations in the evaluation passes, to HDF5")]
 
 
 @hookimpl

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from spurcore import atomic
 from spurcore.data import SplitData, iterate_batches
 from spurcore.device import Device
 
@@ -84,7 +85,7 @@ def extract_run(run_dir: str | Path, modules: Sequence[str], *, splits: Sequence
                "stage": planned.key, "epoch": epoch, "run_config": config_hash(runner.run.out.config.read_text())}
     out = Path(out) if out is not None else Path(run_dir) / "activations" / f"{planned.key}-epoch_{epoch:03d}.h5"
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp = atomic.temporary_path(out)
     writer = ActivationWriter(tmp, splits=list(data.splits), class_names=data.class_names,
                               attr_names=data.attr_names, compression=compression, rows_hint=batch_size,
                               attrs={"config_hash": config_hash(options), "source": "finished-run",

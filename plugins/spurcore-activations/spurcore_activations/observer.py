@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from spurcore.config import ConfigError, structure, to_dict
+from spurcore import atomic, hookimpl
+from spurcore.config import ConfigError, to_dict
 
 from spurcore_activations.hooks import ActivationError, ModuleRecorder, resolve_modules
 from spurcore_activations.options import ActivationOptions
@@ -45,6 +46,41 @@ def evaluated_splits(run: Any) -> list[str]:
     return [s for s in run.data.splits if s != "train" or trains]
 
 
+def holds_no_rows(path: Path) -> bool:
+    """A file a kill left at creation: empty, not yet HDF5, or without a committed row."""
+    if path.stat().st_size == 0:
+        return True
+    try:
+        return len(ActivationFile(path)) == 0
+    except (OSError, KeyError):  # not an HDF5 file yet, or its datasets not created
+        return True
+
+
+def check(run: Any, models: dict[str, Any], options: ActivationOptions) -> None:
+    """Refuse settings that do not fit this run's data, stages or models, before it writes anything."""
+    data = run.data
+    evaluated = evaluated_splits(run)
+    for i, split in enumerate(options.splits):
+        if split == "train" and split not in evaluated:
+            raise ConfigError(f"{WHERE}.splits[{i}]: no stage evaluates 'train' (train_eval = \"none\"); "
+                              f"set [train] train_eval, or record it from the finished run with "
+                              f"`spur activations RUN_DIR --split train`")
+        if split not in evaluated:
+            raise ConfigError(f"{WHERE}.splits[{i}]: {split!r} is not an evaluated split of dataset "
+                              f"{data.name!r} ({', '.join(evaluated)})")
+    labels = [s.label for s in run.config.stages]
+    if options.stages != "all":
+        for i, name in enumerate(options.stages):
+            if name not in labels:
+                raise ConfigError(f"{WHERE}.stages[{i}]: no stage named {name!r} (stages: {', '.join(labels)})")
+    for key, model in models.items():
+        if options.stages == "all" or key.split("-", 1)[1] in options.stages:
+            try:
+                resolve_modules(model, options.modules)
+            except ActivationError as error:
+                raise ConfigError(f"{WHERE}.modules: {error} (stage {key})") from None
+
+
 class Recording:
     """The activation logging of one run."""
 
@@ -52,20 +88,6 @@ class Recording:
         self.run = run
         self.options = options
         data = run.data
-        evaluated = evaluated_splits(run)
-        for i, split in enumerate(options.splits):
-            if split == "train" and split not in evaluated:
-                raise ConfigError(f"{WHERE}.splits[{i}]: no stage evaluates 'train' (train_eval = \"none\"); "
-                                  f"set [train] train_eval, or record it from the finished run with "
-                                  f"`spur activations RUN_DIR --split train`")
-            if split not in evaluated:
-                raise ConfigError(f"{WHERE}.splits[{i}]: {split!r} is not an evaluated split of dataset "
-                                  f"{data.name!r} ({', '.join(evaluated)})")
-        labels = [s.label for s in run.config.stages]
-        if options.stages != "all":
-            for i, name in enumerate(options.stages):
-                if name not in labels:
-                    raise ConfigError(f"{WHERE}.stages[{i}]: no stage named {name!r} (stages: {', '.join(labels)})")
         path = Path(options.path)
         self.path = path if path.is_absolute() else run.out.path / path
         self.hash = pipeline_hash(run.config)
@@ -75,6 +97,8 @@ class Recording:
                    "settings": to_dict(options)},
             compression=options.compression, rows_hint=run.config.train.eval_batch_size,
         )
+        if self.path.exists() and run.resumed and holds_no_rows(self.path):
+            self.path.unlink()  # left empty by a kill while it was created: nothing to keep
         if self.path.exists():
             if not run.resumed:
                 raise ConfigError(f"{WHERE}.path: {self.path} already exists; remove it or choose another path")
@@ -147,7 +171,7 @@ class Recording:
         trained = np.array([kinds.get(int(s)) == "train" for s in range(int(stage.max(initial=0)) + 1)])
         pairs = np.array([s * 1_000_000 + e for s, e in done], dtype=np.int64)
         keep = np.isin(stage, list(finished)) | (trained[stage] & np.isin(stage * 1_000_000 + epoch, pairs))
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.resume")
+        tmp = atomic.temporary_path(self.path)
         final, self.writer.path = self.path, tmp
         with _open(final) as f:
             modules = {m: int(f["modules"][m].shape[1]) for m in old.modules}
@@ -165,26 +189,60 @@ class Recording:
         self.writer.path = final
 
 
-_recordings: dict[int, Recording] = {}
+class ActivationObserver:
+    """The observer of one run (`[settings.activations]`): checks the settings before the run
+    writes anything, then records through the evaluation passes."""
+
+    def __init__(self, options: ActivationOptions) -> None:
+        self.options = options
+        self.recording: Recording | None = None
+
+    @hookimpl
+    def spurcore_run_check(self, run, models):
+        check(run, models, self.options)
+
+    @hookimpl
+    def spurcore_run_start(self, run):
+        self.recording = Recording(run, self.options)
+
+    @hookimpl
+    def spurcore_epoch_start(self, stage):
+        if self.recording is not None:
+            self.recording.check_modules(stage)
+
+    @hookimpl
+    def spurcore_evaluation_start(self, stage, epoch, split):
+        if self.recording is not None:
+            self.recording.check_modules(stage)
+            self.recording.evaluation_start(stage, epoch, split)
+
+    @hookimpl
+    def spurcore_evaluation_batch(self, stage, epoch, split, batch):
+        if self.recording is not None:
+            self.recording.evaluation_batch(stage, epoch, split, batch)
+
+    @hookimpl
+    def spurcore_evaluation_end(self):
+        if self.recording is not None:
+            self.recording.detach()
+
+    @hookimpl
+    def spurcore_run_end(self):
+        self.close()
+
+    @hookimpl
+    def spurcore_run_error(self):
+        self.close()
+
+    def close(self) -> None:
+        recording, self.recording = self.recording, None
+        if recording is not None:
+            recording.close()
 
 
-def run_start(run: Any) -> None:
-    raw = run.config.settings.get(SETTINGS_KEY)
-    _recordings.pop(id(run), None)
-    if raw is None:
-        return
-    options = structure(ActivationOptions, raw, WHERE)
-    _recordings[id(run)] = Recording(run, options)
+def observer(options: ActivationOptions | None) -> ActivationObserver | None:
+    """The `ObserverSpec.factory`: an observer when the pipeline has `[settings.activations]`."""
+    return None if options is None else ActivationObserver(options)
 
 
-def recording(run: Any) -> Recording | None:
-    return _recordings.get(id(run))
-
-
-def finish(run: Any) -> None:
-    rec = _recordings.pop(id(run), None)
-    if rec is not None:
-        rec.close()
-
-
-__all__ = ["ActivationError", "Recording", "run_start", "recording", "finish"]
+__all__ = ["ActivationError", "ActivationObserver", "Recording", "check", "observer"]

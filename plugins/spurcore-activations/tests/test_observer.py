@@ -128,10 +128,10 @@ def test_train_is_recorded_through_the_evaluation_hooks(act_plugins, tiny_config
 
 
 def test_unknown_module_stops_the_run_before_training(act_plugins, tiny_config, tmp_path):
-    with pytest.raises(ActivationError, match=r"'embed.2' not found.*embed\.0"):
+    with pytest.raises(ConfigError, match=r"settings\.activations\.modules: module 'embed.2' not found.*embed\.0"):
         run_pipeline(tiny_config(settings=settings(modules=["embed.2"])), tmp_path / "run", act_plugins,
                      log=lambda m: None)
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
 class FailDuringEvaluation:
@@ -168,6 +168,20 @@ def test_resume_keeps_checkpointed_epochs_and_drops_the_rest(act_plugins, tiny_c
     assert f.epochs == [1, 2, 3] and len(f) == 3 * 280
     assert [(int(e), s) for e, s in {(r["epoch"], r["split"]): 0 for r in rows}] == [
         (e, s) for e in (1, 2, 3) for s in ("val", "test")]
+
+
+@pytest.mark.parametrize("left", [b"", b"\x89HDF\r\n"])
+def test_a_file_a_kill_left_empty_at_creation_counts_as_no_rows_on_resume(act_plugins, tiny_config, tmp_path, left):
+    failing = FailDuringEvaluation()
+    act_plugins.register(failing, "failing")
+    config = tiny_config(settings=settings())
+    with pytest.raises(RuntimeError):
+        run_pipeline(config, tmp_path / "run", act_plugins, log=lambda m: None)
+    act_plugins.unregister(failing)
+    (tmp_path / "run" / "activations.h5").write_bytes(left)  # as if killed while the file was created
+    run_pipeline(config, tmp_path / "run", act_plugins, resume=True, log=lambda m: None)
+    f = ActivationFile(tmp_path / "run" / "activations.h5")
+    assert f.epochs == [2, 3] and len(f) == 2 * 280  # epoch 1 had its checkpoint: the run does not repeat it
 
 
 def test_spur_activations_on_a_finished_run(act_plugins, tiny_config, tmp_path):

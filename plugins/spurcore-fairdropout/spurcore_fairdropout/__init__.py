@@ -104,5 +104,5 @@ def spurcore_register_mitigations():
         name="fairdropout", kind="train", options=FairDropoutOptions, factory=FairDropoutStage,
         search_space={"p_gen": [0.3, 0.5, 0.7], "p_mem": [0.1, 0.3, 0.5],
                       "placement": [[FEATURES], ["block3"], ["block2"]]},
-        description="FairDropout: example-tied dropout, memorizing units dropped at inference (no attribute labels)",
+        description="FairDropout: example-tied dropout, memorizing units dropped at inference",
     )]

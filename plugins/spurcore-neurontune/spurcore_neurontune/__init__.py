@@ -118,9 +118,7 @@ def plot_delta(delta: np.ndarray, chosen: np.ndarray, class_names, path) -> None
     bottom.set_ylabel("min over classes of delta")
     bottom.set_title(f"{len(chosen)} bias dimensions (red) zeroed; SFit = {sfit(delta):.2f}")
     fig.tight_layout()
-    with atomic.atomic_open(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=110)
-    plt.close(fig)
+    atomic.write_figure(fig, path, dpi=110)
 
 
 class NeuronTune:
@@ -170,11 +168,11 @@ def spurcore_register_mitigations():
     return [MitigationSpec(
         name="neurontune", kind="posthoc", options=NeuronTuneOptions, factory=NeuronTune,
         search_space={"quantifier": ["all", "any"], "threshold": [0.0, 0.1]},
-        description="NeuronTune: zero the bias dimensions, retrain the head class-balanced (no attribute labels)",
+        description="NeuronTune: zero the bias dimensions, retrain the head class-balanced",
     )]
 
 
 @hookimpl
 def spurcore_register_selectors():
     return [SelectorSpec(name="sfit", score=sfit_score,
-                         description="SFit: sum of |spuriousness| on val (no attribute labels)")]
+                         description="SFit: sum of |spuriousness| on val")]

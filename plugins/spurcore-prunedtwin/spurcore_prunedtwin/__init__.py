@@ -153,8 +153,7 @@ def spurcore_register_mitigations():
         train_defaults={"optimizer": "adam", "lr": 2e-4, "weight_decay": 0.0, "scheduler": "plateau", "epochs": 20},
         search_space={"q": [0.0001, 0.001, 0.01], "lam": [0.0, 0.2, 0.5, 1.0], "criterion": ["magnitude", "gradient"]},
         fine_tunes=True,
-        description="pruned-twin contrastive fine-tuning: NT-Xent against a masked twin sharing the weights "
-                    "(no attribute labels)",
+        description="pruned-twin contrastive fine-tuning: NT-Xent against a masked twin sharing the weights",
     )]
 
 

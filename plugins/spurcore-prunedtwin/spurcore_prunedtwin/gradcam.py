@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spurcore import atomic
 from spurcore.errors import SpurcoreError
 
 
@@ -174,9 +175,7 @@ def figure(rows: list[dict[str, Any]], labels: tuple[str, str], out: Path) -> Pa
             ax.set_xticks([])
             ax.set_yticks([])
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    atomic.write_figure(fig, out, dpi=100)
     return out
 
 

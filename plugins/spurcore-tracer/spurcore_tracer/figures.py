@@ -26,9 +26,7 @@ from spurcore import atomic  # noqa: E402
 
 
 def _save(fig: Any, path: Path) -> str:
-    with atomic.atomic_open(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    atomic.write_figure(fig, path, dpi=110, bbox_inches="tight")
     return path.name
 
 

@@ -21,9 +21,10 @@ import numpy as np
 import torch
 
 from spurcore import atomic, hookimpl
-from spurcore.config import positive
+from spurcore.config import non_negative, positive
 from spurcore.errors import SpurcoreError
 from spurcore.evaluation import predict
+from spurcore.runner import open_run
 from spurcore.specs import MitigationSpec
 
 
@@ -33,10 +34,14 @@ class JTTError(SpurcoreError):
 
 @attrs.frozen(kw_only=True)
 class JTTOptions:
-    """`upweight` is the paper's lambda_up: each error appears 1 + upweight times per epoch."""
+    """`upweight` is the paper's lambda_up: each error appears 1 + upweight times per epoch.
+    `identification_epoch` is the paper's T: 0 takes the errors of the model this stage starts
+    from; N > 0 those of epoch N of the `[init]` run's stage (an ERM run stopped early makes
+    errors a model trained to interpolation no longer makes)."""
 
     upweight: int = attrs.field(default=20, validator=positive)
     restart: Literal["initial", "continue"] = "initial"
+    identification_epoch: int = attrs.field(default=0, validator=non_negative)
 
 
 def upsampled_order(n: int, errors: np.ndarray, upweight: int, generator: torch.Generator) -> torch.Tensor:
@@ -58,11 +63,12 @@ class JTT:
                 f"(e.g. [[stages]] method = \"erm\" with train.epochs = T), or start from a run with [init]"
             )
         train = run.data.splits["train"]
-        logits = predict(stage.model, train, run.device, stage.train.eval_batch_size)
+        logits = predict(self._identification_model(run, stage), train, run.device, stage.train.eval_batch_size)
         self.errors = np.flatnonzero(logits.argmax(1) != train.y)
         atomic.write_json(run.out.stage_dir(stage.key) / "jtt_errors.json", {
             "n_train": len(train), "n_errors": int(len(self.errors)), "upweight": self.options.upweight,
-            "restart": self.options.restart, "errors": self.errors.tolist(),
+            "restart": self.options.restart, "identification_epoch": self.options.identification_epoch,
+            "errors": self.errors.tolist(),
         })
         run.log(f"stage {stage.key}: JTT up-weights {len(self.errors)} of {len(train)} training examples "
                 f"x{1 + self.options.upweight}")
@@ -75,6 +81,16 @@ class JTT:
                 )
             stage.model = fresh
 
+    def _identification_model(self, run, stage):
+        epoch = self.options.identification_epoch
+        if epoch == 0:
+            return stage.model
+        init = run.config.init
+        if init is None:
+            raise JTTError(f"stage {stage.key}: identification_epoch = {epoch} names an epoch of the [init] run, "
+                           f"and this pipeline has no [init]")
+        return open_run(init.run, run.plugins, device=str(run.device.device)).load_model(init.stage, epoch)
+
     @hookimpl
     def spurcore_train_sampler(self, run, generator):
         return upsampled_order(len(run.data.splits["train"]), self.errors, self.options.upweight, generator)
@@ -84,8 +100,7 @@ class JTT:
 def spurcore_register_mitigations():
     return [MitigationSpec(
         name="jtt", kind="train", options=JTTOptions, factory=JTT,
-        search_space={"upweight": [5, 20, 50, 100]},
+        search_space={"upweight": [5, 20, 50, 100], "identification_epoch": [0, 1, 2, 5]},
         fine_tunes=True,  # it starts from an identification model: comparisons start it from the baseline run
-        description="Just Train Twice: up-weight the training errors of the previous stage's model, retrain "
-                    "(no attribute labels)",
+        description="Just Train Twice: up-weight the training errors of the previous stage's model, retrain",
     )]

@@ -87,3 +87,20 @@ def test_without_an_identification_stage_it_says_what_to_add(plugins, register_p
     register_plugin(spurcore_jtt, "jtt")
     with pytest.raises(spurcore_jtt.JTTError, match="put an ERM stage before it"):
         run_pipeline(tiny_config(stages=[{"method": "jtt"}]), tmp_path / "run", plugins, log=lambda m: None)
+
+
+def test_identification_epoch_takes_the_errors_of_that_epoch_of_the_init_run(plugins, register_plugin, tiny_config,
+                                                                              tmp_path):
+    register_plugin(spurcore_jtt, "jtt")
+    erm = tiny_config(train={"epochs": 3, "batch_size": 32, "lr": 0.01})
+    run_pipeline(erm, tmp_path / "erm", plugins, log=lambda m: None)
+    stages = [{"method": "jtt", "options": {"upweight": 3, "identification_epoch": 1}, "train": {"epochs": 1}}]
+    run_pipeline(tiny_config(stages=stages, init={"run": str(tmp_path / "erm")}), tmp_path / "jtt", plugins,
+                 log=lambda m: None)
+    record = json.loads((tmp_path / "jtt" / "checkpoints" / "0-jtt" / "jtt_errors.json").read_text())
+    reopened = open_run(tmp_path / "erm", plugins)
+    train = reopened.run.data.splits["train"]
+    wrong = np.flatnonzero(predict(reopened.load_model(0, 1), train, reopened.run.device).argmax(1) != train.y)
+    assert record["identification_epoch"] == 1 and record["errors"] == wrong.tolist() and len(wrong) > 0
+    with pytest.raises(spurcore_jtt.JTTError, match="identification_epoch = 1 names an epoch of the \\[init\\] run"):
+        run_pipeline(tiny_config(stages=[IDENTIFY, *stages]), tmp_path / "no-init", plugins, log=lambda m: None)

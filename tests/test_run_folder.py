@@ -1,0 +1,262 @@
+"""Run folders: one run at a time holds a folder, nothing is lost or half-done, and every check
+that can fail runs before the first file is written."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import attrs
+import pytest
+import torch
+
+from spurcore import atomic, hookimpl
+from spurcore.config import ConfigError, positive
+from spurcore.rundir import RunDir
+from spurcore.runlock import LOCK_FILE, RunLockedError, locked
+from spurcore.runner import RunError, run_pipeline
+from spurcore.specs import MitigationSpec, ObserverSpec
+
+
+def quiet(config, out, plugins, **kwargs):
+    return run_pipeline(config, out, plugins, log=lambda message: None, **kwargs)
+
+
+def written(folder):
+    """Every file under `folder`, relative, but the lock."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != LOCK_FILE)
+
+
+# --- the lock ---------------------------------------------------------------------------------
+
+
+def test_a_second_run_into_a_held_folder_stops_naming_the_holder(tmp_path, plugins, tiny_config):
+    with locked(tmp_path / "run"):
+        with pytest.raises(RunLockedError, match=rf"in use by pid {os.getpid()} on host {socket.gethostname()}"):
+            quiet(tiny_config(), tmp_path / "run", plugins)
+    assert written(tmp_path / "run") == []
+
+
+def test_resume_while_the_run_still_runs_is_refused(tmp_path, plugins, tiny_config):
+    quiet(tiny_config(), tmp_path / "run", plugins)
+    with locked(tmp_path / "run"), pytest.raises(RunLockedError, match="a run is writing there"):
+        quiet(tiny_config(), tmp_path / "run", plugins, resume=True)
+
+
+def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path, plugins, tiny_config):
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from spurcore.runlock import locked\n"
+        f"with locked({str(tmp_path / 'run')!r}):\n    print('held', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunLockedError, match=f"in use by pid {holder.pid} "):
+            quiet(tiny_config(), tmp_path / "run", plugins)
+    finally:
+        holder.kill()  # as kill -9 would: the lock file stays, naming a dead process
+        holder.wait()
+    assert json.loads((tmp_path / "run" / LOCK_FILE).read_text())["pid"] == holder.pid
+    summary = quiet(tiny_config(), tmp_path / "run", plugins)
+    assert summary["selected"]["epoch"] >= 1
+    assert json.loads((tmp_path / "run" / LOCK_FILE).read_text())["pid"] == os.getpid()
+
+
+def test_two_runs_started_together_never_both_write(tmp_path):
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text('selector = "val-wga"\ndevice = "cpu"\n[dataset]\nname = "waterdigits"\n'
+                        '[dataset.options]\nscale = 0.03\nsize = 12\n[backbone]\nname = "small-cnn"\n'
+                        '[backbone.options]\nwidth = 4\n[train]\nepochs = 3\n[[stages]]\nmethod = "erm"\n')
+    env = {**os.environ, "SPURCORE_CACHE": str(tmp_path / "cache")}
+    command = [sys.executable, "-m", "spurcore", "run", str(pipeline), "--out", str(tmp_path / "run"), "--quiet"]
+    first, second = (subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                     for _ in range(2))
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in (first, second)]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 1], results
+    loser = next(err for code, err in results if code == 1)
+    assert "is in use by pid" in loser or "already holds a run" in loser
+    assert (tmp_path / "run" / "summary.json").exists()
+
+
+# --- what a folder must hold -------------------------------------------------------------------
+
+
+def test_resume_of_a_folder_without_a_run_is_refused_and_writes_nothing(tmp_path, plugins, tiny_config):
+    with pytest.raises(RunError, match=r"holds no run to resume \(no config.toml\): check the path"):
+        quiet(tiny_config(), tmp_path / "typo", plugins, resume=True)
+    assert not (tmp_path / "typo").exists()
+
+
+def test_auto_resume_starts_a_run_or_continues_one(tmp_path, plugins, tiny_config):
+    first = quiet(tiny_config(), tmp_path / "run", plugins, resume="auto")
+    assert quiet(tiny_config(), tmp_path / "run", plugins, resume="auto") == first
+
+
+def test_leftover_temporary_files_do_not_count_and_are_removed(tmp_path, plugins, tiny_config):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    leftover = atomic.temporary_path(folder / "config.toml")  # what a kill during the first write leaves
+    leftover.write_text("half")
+    assert atomic.is_temporary(leftover)
+    quiet(tiny_config(), folder, plugins)
+    assert not leftover.exists()
+
+
+def test_a_folder_with_other_files_and_no_run_is_refused(tmp_path, plugins, tiny_config):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    with pytest.raises(RunError, match=r"not empty and holds no run \(notes.txt\)"):
+        quiet(tiny_config(), tmp_path / "run", plugins)
+    assert written(tmp_path / "run") == ["notes.txt"]
+
+
+class StopBeforeSummary:
+    """Stops the run as a kill would, after its report but before it is complete."""
+
+    @hookimpl
+    def spurcore_stage_end(self):
+        from spurcore import report
+
+        original = report.plot_group_acc_epochs
+
+        def fail(*args, **kwargs):
+            report.plot_group_acc_epochs = original
+            raise KeyboardInterrupt
+
+        report.plot_group_acc_epochs = fail
+
+
+def test_summary_is_written_last_so_a_cut_run_is_never_taken_as_finished(tmp_path, plugins, tiny_config,
+                                                                         register_plugin):
+    register_plugin(StopBeforeSummary(), "stop")
+    with pytest.raises(KeyboardInterrupt):
+        quiet(tiny_config(), tmp_path / "run", plugins)
+    out = RunDir(tmp_path / "run")
+    assert out.report.exists() and not out.summary.exists()
+    plugins.unregister(plugins.pm.get_plugin("stop"))
+    summary = quiet(tiny_config(), tmp_path / "run", plugins, resume=True)
+    assert json.loads(out.summary.read_text()) == summary
+
+
+# --- checks before the first file -----------------------------------------------------------------
+
+
+@attrs.frozen
+class CounterSettings:
+    every: int = attrs.field(default=1, validator=positive)
+
+
+class CounterObserver:
+    @hookimpl
+    def spurcore_register_observers(self):
+        return [ObserverSpec(name="counter", settings=CounterSettings, factory=lambda settings: None)]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"init": {"run": "/nonexistent/run"}}, r"/nonexistent/run: not a run directory"),
+    ({"settings": {"counterz": {}}}, r"settings\.counterz: no observer of that name is installed \(did you mean 'counter'\?\)"),
+    ({"settings": {"counter": {"every": 0}}}, r"settings\.counter\.every: must be positive, got 0"),
+    ({"settings": {"counter": {"file": "x"}}}, r"settings\.counter\.file: unknown key \(known: every\)"),
+    ({"dataset": {"name": "waterdigits", "options": {"scale": 0.02, "size": 16}},
+      "backbone": {"name": "resnet18", "options": {"pretrained": True}}}, r"no pretrained weights for resnet18"),
+    ({"dataset": {"name": "waterdigits", "options": {"size": 2, "scale": 0.02}}, "backbone": {"name": "small-cnn"}},
+     r"small-cnn: 3 blocks pool 2 times, which needs images of at least 4 pixels; dataset 'waterdigits' has 2"),
+    ({"backbone": {"name": "small-cnn"}},
+     r"backbone 'small-cnn' cannot take the inputs of dataset 'tiny' \(input shape \(8,\)\): RuntimeError"),
+])
+def test_a_bad_input_stops_the_run_before_anything_is_written(tmp_path, plugins, tiny_config, monkeypatch,
+                                                              register_plugin, change, message):
+    register_plugin(CounterObserver(), "counter")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("SPURCORE_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(Exception, match=message):
+        quiet(tiny_config(**change), tmp_path / "run", plugins)
+    assert not (tmp_path / "run").exists()
+
+
+class FailInEpoch:
+    @hookimpl
+    def spurcore_batch_end(self, epoch, step):
+        if epoch == 1 and step == 1:
+            raise RuntimeError("a corrupt image, out of memory, ...")
+
+
+def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_the_folder_as_it_was(tmp_path, plugins,
+                                                                                    tiny_config, register_plugin):
+    failing = register_plugin(FailInEpoch(), "fail")
+    with pytest.raises(RuntimeError, match="a corrupt image"):
+        quiet(tiny_config(), tmp_path / "run", plugins)
+    assert written(tmp_path / "run") == []
+    plugins.unregister(failing)
+    quiet(tiny_config(), tmp_path / "run", plugins)  # the same command works once the cause is gone
+    assert RunDir(tmp_path / "run").summary.exists()
+
+
+def test_a_resumed_run_that_fails_keeps_what_it_had(tmp_path, plugins, tiny_config, register_plugin):
+    quiet(tiny_config(), tmp_path / "run", plugins)
+    before = written(tmp_path / "run")
+    (tmp_path / "run" / "summary.json").unlink()
+    register_plugin(FailInEpoch(), "fail")
+    quiet(tiny_config(), tmp_path / "run", plugins, resume=True)  # every stage finished: nothing to train
+    assert written(tmp_path / "run") == before
+
+
+class Picky:
+    """A method whose options must fit the data, and one whose layer cannot be inserted."""
+
+    def __init__(self, options):
+        pass
+
+    @hookimpl
+    def spurcore_prepare_model(self, stage):
+        if stage.spec.name == "breaks-model":
+            raise ConfigError("layer 'block9' is not in this backbone")
+
+
+def _needs_split(options, data, model):
+    if "holdout" not in data.splits:
+        raise ConfigError(f"split 'holdout' is not in dataset {data.name!r}")
+
+
+class PickyPlugin:
+    @hookimpl
+    def spurcore_register_mitigations(self):
+        return [MitigationSpec(name="needs-split", factory=Picky, check=_needs_split),
+                MitigationSpec(name="breaks-model", factory=Picky)]
+
+
+@pytest.mark.parametrize("method, message", [
+    ("needs-split", r"stages\[1\]\.options: split 'holdout' is not in dataset 'tiny'"),
+    ("breaks-model", r"layer 'block9' is not in this backbone"),
+])
+def test_stage_checks_run_before_anything_is_written(tmp_path, plugins, tiny_config, register_plugin, method,
+                                                     message):
+    register_plugin(PickyPlugin(), "picky")
+    with pytest.raises(ConfigError, match=message):
+        quiet(tiny_config(stages=[{"method": "erm"}, {"method": method}]), tmp_path / "run", plugins)
+    assert not (tmp_path / "run").exists()
+
+
+# --- files --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_files_get_the_mode_the_umask_gives(tmp_path, plugins, tiny_config, umask, mode):
+    old = os.umask(umask)
+    try:
+        quiet(tiny_config(train={"epochs": 1, "batch_size": 64}), tmp_path / "run", plugins)
+    finally:
+        os.umask(old)
+    out = RunDir(tmp_path / "run")
+    for path in (out.config, out.summary, out.report, out.figure, out.checkpoint("0-erm", 1), out.metrics):
+        assert path.stat().st_mode & 0o777 == mode, path
+
+
+def test_the_starting_model_is_tried_without_changing_the_run(tmp_path, plugins, tiny_config):
+    """Trying the model on a batch before the run draws no random number and changes no weight."""
+    first = quiet(tiny_config(), tmp_path / "a", plugins)
+    torch.manual_seed(123)  # whatever the global state, the run seeds itself
+    assert quiet(tiny_config(), tmp_path / "b", plugins) == first
