@@ -45,7 +45,8 @@ from spurcore import atomic
 from spurcore import config as cfg
 from spurcore.data import group_ids
 from spurcore.embeddings import cached
-from spurcore.evaluation import Predictions, compute_metrics, run_metrics
+from spurcore.builtins.metrics import avg_acc, worst_group_acc
+from spurcore.evaluation import Predictions
 from spurcore.model import linear_head
 from spurcore.plugins import PluginManager
 from spurcore.runner import open_run
@@ -101,12 +102,12 @@ def run_reference(reference: dict, features: dict, y: dict, g: dict, draw: int) 
 @torch.no_grad()
 def run_ours(runner, embeddings, options: DFROptions, draw: int) -> dict:
     """Our protocol as the `dfr` stage runs it: the float32 head on the test embeddings."""
-    data = runner.run.data
+    data = runner.data
     fit, record = dfr_head(embeddings, attrs.evolve(options, seed=draw), "group", data.n_classes, data.n_attrs)
     test = embeddings["test"]
     pred = linear_head(fit.coef, fit.intercept)(torch.from_numpy(test.features)).argmax(1).numpy()
-    metrics = compute_metrics(Predictions(y=test.y, pred=pred, a=test.a, class_names=data.class_names,
-                                          attr_names=data.attr_names), run_metrics(runner.run))
+    predictions = Predictions(y=test.y, pred=pred, a=test.a, class_names=data.class_names, attr_names=data.attr_names)
+    metrics = {**avg_acc(predictions), **worst_group_acc(predictions)}
     return {"wga": 100 * metrics["worst_group_acc"], "avg": 100 * metrics["avg_acc"], "c": record["best_c"]}
 
 
@@ -118,9 +119,9 @@ def summarize(draws: list[dict]) -> dict:
 
 def compare_run(run_dir: Path, reference: dict, options: DFROptions, draws: int, plugins: PluginManager) -> dict:
     runner = open_run(run_dir, plugins)
-    found = cached(runner.load_model(), runner.run.data, runner.run.device,
-                   cfg.to_dict(runner.plan.config.dataset), write_to=run_dir / "embeddings")
-    embeddings, n_attrs = found.embeddings, runner.run.data.n_attrs
+    found = cached(runner.load_model(), runner.data, runner.device,
+                   cfg.to_dict(runner.config.dataset), write_to=run_dir / "embeddings")
+    embeddings, n_attrs = found.embeddings, runner.data.n_attrs
     splits = ("train", "val", "test")
     features = {s: embeddings[s].features for s in splits}
     y = {s: embeddings[s].y for s in splits}

@@ -39,9 +39,9 @@ def test_metrics(run_dir: Path, plugins: PluginManager, mode: str) -> dict:
     reopened = open_run(run_dir, plugins)
     model = reopened.load_model()
     set_inference_mode(model, mode)
-    split = reopened.run.data.splits["test"]
+    split = reopened.data.splits["test"]
     preds = [model(b.x, index=b.index).argmax(1) for b in iterate_batches(split, torch.arange(len(split)), 512)]
-    data = reopened.run.data
+    data = reopened.data
     return compute_metrics(Predictions(y=split.y, pred=torch.cat(preds).numpy(), a=split.a,
                                        class_names=data.class_names, attr_names=data.attr_names),
                            run_metrics(reopened.run))

@@ -138,10 +138,10 @@ def main() -> None:
     for erm in args.erm:
         run = open_run(erm, plugins)
         start = run.load_model(0)
-        seed = run.plan.config.seed
+        seed = run.config.seed
         for name in args.variants.split(","):
             print(f"{Path(erm).name} {name}", flush=True)
-            history = fine_tune(copy.deepcopy(start), run.run.data, VARIANTS[name], args.epochs, seed)
+            history = fine_tune(copy.deepcopy(start), run.data, VARIANTS[name], args.epochs, seed)
             results.setdefault(name, {})[Path(erm).name] = history
     atomic.write_json(Path(args.out), results)
     plot(results, Path(args.figure))

@@ -127,25 +127,25 @@ def score(selector: Any, run: Run, plugins: PluginManager) -> float:
 
     opened: list[Any] = []
 
-    def runner() -> Any:
+    def finished() -> Any:
         if not opened:
             opened.append(open_run(run.path, plugins))
         return opened[0]
 
     chosen = run.summary["selected"]
     candidate = Candidate(stage=chosen["stage"], epoch=chosen["epoch"], metrics=selector.visible(run.summary["metrics"]),
-                          load_model=lambda: runner().load_model(), data=_LazyData(runner))
+                          load_model=lambda: finished().load_model(), data=_LazyData(finished))
     return float(selector.score(candidate))
 
 
 class _LazyData:
     """The run's dataset, built only if the selector reads it."""
 
-    def __init__(self, runner: Any) -> None:
-        self._runner = runner
+    def __init__(self, finished: Any) -> None:
+        self._finished = finished
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._runner().run.data, name)
+        return getattr(self._finished().data, name)
 
 
 def rows(out: Path, plugins: PluginManager, selectors: Sequence[str], rows_by: Sequence[str] = ()

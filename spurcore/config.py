@@ -84,6 +84,20 @@ class ComponentConfig:
     options: dict[str, Any] = attrs.field(factory=dict)
 
 
+def _holdout(instance: Any, attribute: attrs.Attribute, value: float) -> None:
+    if not 0 <= value < 1:
+        raise FieldError(attribute.name, f"must be in [0, 1), got {value}")
+
+
+@attrs.frozen(kw_only=True)
+class DatasetConfig(ComponentConfig):
+    """The dataset, and `holdout`: the fraction of every training group moved to a split of its
+    own, `holdout` (seeded by the pipeline's seed; `spurcore.data.hold_out`), for methods that
+    fit on data the model did not train on. 0 keeps the training split whole."""
+
+    holdout: float = attrs.field(default=0.0, validator=_holdout)
+
+
 @attrs.frozen(kw_only=True)
 class TrainConfig:
     """How a training stage trains. A stage may override any of these in `[stages.train]`."""
@@ -130,7 +144,7 @@ class InitConfig:
 class PipelineConfig:
     """A whole pipeline: what `spur run` reads and saves, resolved, as `config.toml`."""
 
-    dataset: ComponentConfig
+    dataset: DatasetConfig
     backbone: ComponentConfig
     stages: list[StageConfig] = attrs.field(validator=non_empty)
     train: TrainConfig = attrs.field(factory=TrainConfig)

@@ -157,6 +157,40 @@ class Batch:
         return len(self.index)
 
 
+def _rows(inputs: Any, positions: np.ndarray) -> Any:
+    if inputs is None:
+        return None
+    if isinstance(inputs, torch.Tensor):
+        return inputs[torch.from_numpy(positions)]
+    return torch.utils.data.Subset(inputs, positions.tolist())
+
+
+def subset(split: SplitData, positions: np.ndarray, name: str) -> SplitData:
+    """The examples of `split` at `positions`, as a split of their own (positions renumbered)."""
+    return SplitData(name=name, inputs=_rows(split.inputs, positions), y=split.y[positions],
+                     a=None if split.a is None else split.a[positions], train_inputs=_rows(split.train_inputs, positions))
+
+
+HOLDOUT = "holdout"
+
+
+def hold_out(data: SpuriousData, fraction: float, seed: int) -> SpuriousData:
+    """`data` with `fraction` of every training group (every class without attribute labels)
+    moved to a new split, "holdout", drawn by `numpy.random.default_rng(seed)`: data the
+    model does not train on, for methods that fit on it (AFR, JTT-style identification)."""
+    from spurcore.sampling import stratified_split
+
+    if fraction == 0:
+        return data
+    if HOLDOUT in data.splits:
+        raise DataError(f"dataset {data.name!r} already has a split named {HOLDOUT!r}; set [dataset] holdout = 0")
+    train = data.splits["train"]
+    labels = train.y if train.a is None else data.groups("train")
+    kept, held = stratified_split(labels, fraction, np.random.default_rng(seed))
+    splits = {**data.splits, "train": subset(train, kept, "train"), HOLDOUT: subset(train, held, HOLDOUT)}
+    return attrs.evolve(data, splits=splits)
+
+
 def iterate_batches(
     split: SplitData,
     order: Sequence[int] | torch.Tensor,

@@ -2,13 +2,19 @@
 
 Every launcher runs the same `spurcore.sweep.run_trial`; the scheduler here starts a trial as
 soon as the trial it starts from (its baseline) has finished, skips trials whose run is already
-finished, and records a failed trial without stopping the others.
+finished, and records a failed trial without stopping the others. Process-pool workers die with
+the sweep that started them, so a killed sweep leaves no trial training unsupervised.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as futures
 import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -45,10 +51,12 @@ class Inline:
 
 
 class Pool(Inline):
-    """Up to `jobs` trials at a time in fresh processes (spawned: no forked torch state)."""
+    """Up to `jobs` trials at a time in fresh processes (spawned: no forked torch state), each
+    ending itself when this process dies (`exit_with_parent`)."""
 
     def __init__(self, jobs: int) -> None:
-        self.pool = futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+        self.pool = futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=exit_with_parent, initargs=(os.getpid(),))
         self.capacity = jobs
 
     def submit(self, spec: dict[str, Any]) -> Any:
@@ -56,6 +64,46 @@ class Pool(Inline):
 
     def close(self) -> None:
         self.pool.shutdown(cancel_futures=True)
+
+
+def exit_with_parent(parent: int) -> None:
+    """Pool initializer: end this worker when `parent`, the sweep, dies, however it dies (`kill -9`
+    included). A worker outliving its sweep would train on unsupervised, a gigabyte of memory
+    each, while a relaunch starts the same trials. On Linux the kernel kills the worker at once
+    (`PR_SET_PDEATHSIG`), even in the middle of a long C call; everywhere, a thread also checks
+    twice a second that the parent is still `parent`."""
+    _kill_with_parent()
+    watch_parent(parent)
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _kill_with_parent() -> None:
+    """Ask Linux for SIGKILL when the parent dies. The kernel watches the parent *thread* that
+    started the worker: `execute` submits every trial and shuts the pool down in one thread, so
+    that thread outlives every worker it starts."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # no prctl in this libc: the watching thread still ends the worker
+        pass
+
+
+def watch_parent(parent: int, interval: float = 0.5) -> None:
+    """Start a daemon thread that ends this process (`os._exit`) once its parent is no longer
+    `parent` (a dead parent's children are handed to another process); portable, and it also
+    covers a parent that died before this process could ask the kernel."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="spurcore-exit-with-parent", daemon=True).start()
 
 
 class Ray:
@@ -124,8 +172,8 @@ def execute(sweep: Sweep, launcher: Inline, on_record: Callable[[Trial, dict[str
                 waiting.remove(trial)
                 if before["status"] == "failed" or before["status"].startswith("not run"):
                     settle(trial, {"status": f"not run: {trial.after} failed"})
-                elif finished(sweep, trial):
-                    settle(trial, {"status": "done", "skipped": True})
+                elif (earlier := finished(sweep, trial)) is not None:
+                    settle(trial, earlier)
                 else:
                     running[launcher.submit(trial.spec(sweep))] = trial
             if not running:

@@ -29,6 +29,7 @@ from spurcore.specs import KINDS, SPEC_TYPES
 ENTRY_POINT_GROUP = "spurcore"
 ALLOW_ENV = "SPURCORE_PLUGINS"
 TRACE_ENV = "SPURCORE_TRACE_HOOKS"
+ESSENTIAL = {"erm": "the default training loss of every stage"}
 BUILTIN_MODULES = (
     "spurcore.builtins.erm",
     "spurcore.builtins.metrics",
@@ -121,7 +122,8 @@ class PluginManager:
         self.pm = _Manager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self.failed: dict[str, str] = {}
-        self.blocked = set(block)
+        for name in block:
+            self.block(name)
         self._versions: dict[str, str] = {}
         self._builtin: set[str] = set()
         self._registry: dict[str, dict[str, Registered]] | None = None
@@ -129,7 +131,7 @@ class PluginManager:
             self.pm.add_hookcall_monitoring(_trace_call, lambda outcome, name, impls, kwargs: None)
         for module in BUILTIN_MODULES:
             name = module.rsplit(".", 1)[-1]
-            if name not in self.blocked:
+            if not self.pm.is_blocked(name):
                 self.register(importlib.import_module(module), name)
                 self._builtin.add(name)
         if allow is None and os.environ.get(ALLOW_ENV):
@@ -139,7 +141,7 @@ class PluginManager:
         if entry_points:
             found = self._load_entry_points(wanted)
         for name in enable:
-            if name not in found and name not in self.blocked and self.pm.get_plugin(name) is None:
+            if name not in found and not self.pm.is_blocked(name) and self.pm.get_plugin(name) is None:
                 self._load(name, name, lambda n=name: importlib.import_module(n), version="")
 
     @property
@@ -151,7 +153,7 @@ class PluginManager:
     def _load_entry_points(self, wanted: set[str] | None) -> set[str]:
         found = set()
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            if ep.name in self.blocked or (wanted is not None and ep.name not in wanted):
+            if self.pm.is_blocked(ep.name) or (wanted is not None and ep.name not in wanted):
                 continue
             if self.pm.get_plugin(ep.name) is not None:
                 continue
@@ -202,11 +204,16 @@ class PluginManager:
         self._registry = None
 
     def block(self, name: str) -> None:
-        """Unregister the plugin called `name`, if loaded, and keep it out (`-p no:name`)."""
-        self.blocked.add(name)
-        plugin = self.pm.get_plugin(name)
-        if plugin is not None:
-            self.unregister(plugin)
+        """Unregister the plugin called `name`, if loaded, and keep it out (`-p no:name`); the
+        essential built-ins (the default training loss) cannot be blocked."""
+        if name in ESSENTIAL:
+            raise PluginError(f"plugin {name!r} is essential ({ESSENTIAL[name]}) and cannot be blocked")
+        self.pm.set_blocked(name)  # unregisters it if loaded
+        self._registry = None
+
+    @property
+    def blocked(self) -> set[str]:
+        return {name for name, plugin in self.pm.list_name_plugin() if plugin is None and name is not None}
 
     def _has_spec(self, hook_name: str) -> bool:
         caller = getattr(self.pm.hook, hook_name, None)

@@ -25,11 +25,12 @@ from torch import nn
 
 from spurcore import atomic, config as cfg, distributed, portable, runlock
 from spurcore.context import Candidate, RunContext, StageContext
-from spurcore.data import SpuriousData, iterate_batches
+from spurcore.data import SpuriousData, hold_out, iterate_batches
 from spurcore.device import Device, set_deterministic
 from spurcore.embeddings import cached
 from spurcore.errors import SpurcoreError
 from spurcore.evaluation import TrainEvaluation, evaluate, evaluation_splits, train_evaluation
+from spurcore.finished import FinishedRun
 from spurcore.model import SpurModel, build_model
 from spurcore.plugins import PluginManager
 from spurcore.rundir import RunDir
@@ -182,11 +183,12 @@ def epoch_seed(seed: int, stage: int, epoch: int) -> int:
 
 
 def build_data(plan: Plan, plugins: PluginManager) -> SpuriousData:
+    """The dataset, with `[dataset] holdout` of the training split moved to a split of its own."""
     spec = plugins.get("datasets", plan.config.dataset.name)
     data = spec.build(plan.dataset_options)
     if not isinstance(data, SpuriousData):
         raise RunError(f"dataset {spec.name!r} built {type(data).__name__}, not spurcore.data.SpuriousData")
-    return data
+    return hold_out(data, plan.config.dataset.holdout, plan.config.seed)
 
 
 def build_base_model(plan: Plan, data: SpuriousData, plugins: PluginManager) -> SpurModel:
@@ -196,7 +198,7 @@ def build_base_model(plan: Plan, data: SpuriousData, plugins: PluginManager) -> 
         seed_everything(plan.config.seed)
         spec = plugins.get("backbones", plan.config.backbone.name)
         return build_model(spec.build(plan.backbone_options, data), data.n_classes)
-    model = open_run(init.run, plugins).load_model(init.stage, None if init.epoch < 0 else init.epoch)
+    model = open_run(init.run, plugins).load_model(init.stage, "selected" if init.epoch < 0 else init.epoch)
     if model.head.out_features != data.n_classes:
         raise RunError(f"init.run: {init.run} predicts {model.head.out_features} classes; "
                        f"dataset {data.name!r} has {data.n_classes}")
@@ -364,6 +366,10 @@ class Runner:
                 weight = 1.0 if weights is None else weights[step]
                 with run.device.autocast():
                     loss = self.hook.spurcore_train_loss(run=run, stage=stage, model=model, batch=batch)
+                if not isinstance(loss, torch.Tensor):
+                    raise RunError(f"stages[{stage.index}]: no spurcore_train_loss implementation returned a loss for "
+                                   f"stage {stage.key!r} (got {type(loss).__name__}); a method's loss hook must return "
+                                   f"a scalar tensor")
                 stage.optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss * weight if weights else loss).backward()
                 if weights:
@@ -698,15 +704,16 @@ def plan_saved(run_dir: Any, plugins: PluginManager, overrides: Sequence[str] = 
     return plan(attrs.evolve(config, settings={}), plugins)
 
 
-def open_run(path: Any, plugins: PluginManager, *, device: str = "cpu") -> Runner:
-    """A finished (or interrupted) run, read back for analysis: `open_run(p, pm).load_model()`."""
+def open_run(path: Any, plugins: PluginManager, *, device: str = "cpu") -> FinishedRun:
+    """A finished (or interrupted) run, read back for analysis: `open_run(p, pm).load_model()`
+    (see `spurcore.finished.FinishedRun`)."""
     out = RunDir(path)
     if not out.config.exists():
         raise RunError(f"{out.path}: not a run directory (no config.toml)")
     planned = plan_saved(out.path, plugins, [f"device={json.dumps(device)}"])
     config = planned.config
-    return Runner(planned, out, plugins, device=Device.from_config(config.device, config.amp),
-                  data=build_data(planned, plugins), resume=True, log=lambda message: None)
+    return FinishedRun(Runner(planned, out, plugins, device=Device.from_config(config.device, config.amp),
+                              data=build_data(planned, plugins), resume=True, log=lambda message: None))
 
 
 RESUMABLE_DIFFERENCES = ("device", "amp")

@@ -35,6 +35,19 @@ def capped_subset(labels: np.ndarray, cap: int, rng: Generator) -> np.ndarray:
     return np.sort(np.concatenate([_permutation(ix, rng)[:cap] for ix in per_label]))
 
 
+def stratified_split(labels: np.ndarray, fraction: float, rng: Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, held out): `round(fraction * n)` of each label's n examples held out (at least one
+    of a label with two or more, never all of one), drawn by `rng`. Both sorted."""
+    labels = np.asarray(labels)
+    held = []
+    for value in np.unique(labels):
+        ix = _permutation(np.flatnonzero(labels == value), rng)
+        take = min(max(round(fraction * len(ix)), 1 if len(ix) > 1 else 0), len(ix) - 1)
+        held.append(ix[:take])
+    out = np.sort(np.concatenate(held))
+    return np.setdiff1d(np.arange(len(labels)), out), out
+
+
 def balanced_weights(labels: np.ndarray) -> np.ndarray:
     """Per-example sampling weights that give every label present the same total weight."""
     labels = np.asarray(labels)

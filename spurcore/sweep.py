@@ -161,6 +161,12 @@ class Trial:
     overrides: tuple[str, ...]
     after: str | None = None
 
+    def describe(self) -> str:
+        """The trial as an error names it: its path, method, settings and seed (a bad value of a
+        grid or a draw says which combination it came from)."""
+        settings = ", ".join(f"{k}={toml_value(v)}" for k, v in self.settings.items()) or "default"
+        return f"trial {self.path} (method {self.method}, settings {settings}, seed {self.seed})"
+
     def spec(self, sweep: Sweep) -> dict[str, Any]:
         """What a launcher hands to `run_trial`: plain data, so it pickles to any worker."""
         return {"pipeline": str(sweep.pipeline), "overrides": list(self.overrides),
@@ -222,7 +228,10 @@ def plan_sweep(pipeline: Path, out: Path, plugins: PluginManager, *, grid: Mappi
             random_draws=random_draws, rng=_rng(draw_seed, method.label))
     planned = [trial for group in trials.values() for trial in group]
     for trial in planned:
-        plan(load_pipeline(pipeline, trial.overrides), plugins)
+        try:
+            plan(load_pipeline(pipeline, trial.overrides), plugins)
+        except SpurcoreError as error:
+            raise type(error)(f"{trial.describe()}: {error}") from None
     return Sweep(pipeline=pipeline.resolve(), out=out.resolve(), trials=tuple(planned), plugin_args=tuple(plugin_args),
                  threads=threads)
 
@@ -314,12 +323,23 @@ def run_trial(spec: Mapping[str, Any], manager: PluginManager | None = None) -> 
     except Exception as error:  # noqa: BLE001 - recorded, and the sweep goes on
         return {"status": "failed", "error": f"{type(error).__name__}: {error}",
                 "traceback": traceback.format_exc()}
+    return _done(summary)
+
+
+def _done(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The record of a finished run: its test numbers, so `sweep.json` alone gives a first look."""
     test = summary["metrics"]["test"]
     return {"status": "done", "test_wga": test.get("worst_group_acc"), "test_avg": test.get("avg_acc")}
 
 
-def finished(sweep: Sweep, trial: Trial) -> bool:
-    return (sweep.out / trial.path / "summary.json").exists()
+def finished(sweep: Sweep, trial: Trial) -> dict[str, Any] | None:
+    """The record of a trial whose run finished in an earlier launch (it has a `summary.json`),
+    marked skipped and with the test numbers read back; None when it has not finished."""
+    try:
+        summary = json.loads((sweep.out / trial.path / "summary.json").read_text())
+    except FileNotFoundError:
+        return None
+    return {**_done(summary), "skipped": True}
 
 
 def read_manifest(out: Path) -> dict[str, Any]:
@@ -333,8 +353,10 @@ def read_manifest(out: Path) -> dict[str, Any]:
 
 
 def write_manifest(sweep: Sweep, records: Mapping[str, dict[str, Any]]) -> None:
-    """`sweep.json`: every trial of this and earlier launches into the same directory, with
-    its status (done, failed with its error, skipped) and what it compared."""
+    """`sweep.json`: every trial of this and earlier launches into the same directory, in the
+    order they were planned (not the order they finished, so two launches write the same file),
+    with its record (done with its test numbers, also when skipped; failed with its error) and
+    what it compared."""
     path = sweep.out / MANIFEST
     earlier = json.loads(path.read_text())["trials"] if path.exists() else []
     trials = {t["path"]: t for t in earlier}

@@ -13,6 +13,7 @@ from hypothesis import given, settings, strategies as st
 
 from spurcore.config import (
     ComponentConfig,
+    DatasetConfig,
     PipelineConfig,
     StageConfig,
     TrainConfig,
@@ -51,7 +52,7 @@ def error_of(path: Path, overrides=()) -> str:
 def test_loads_the_erm_example():
     config = load_pipeline(ERM_TOML)
     assert isinstance(config, PipelineConfig)
-    assert config.dataset == ComponentConfig(name="waterdigits", options={"scale": 1.0})
+    assert config.dataset == DatasetConfig(name="waterdigits", options={"scale": 1.0})
     assert config.backbone == ComponentConfig(name="small-cnn", options={"width": 32})
     assert config.train == TrainConfig(epochs=10, batch_size=64, optimizer="adam", lr=1e-3, weight_decay=1e-4)
     assert config.stages == [StageConfig(method="erm")]

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from spurcore.data import MISSING_ATTRIBUTE, Batch, SplitData, SpuriousData, group_ids, iterate_batches
-from spurcore.errors import DataError
+from spurcore.errors import ConfigError, DataError
 
 
 def split(name: str, n: int = 6, *, y=None, a="default", n_classes=2, n_attrs=2, width=3) -> SplitData:
@@ -260,3 +260,34 @@ def test_a_data_error_in_a_worker_keeps_its_one_line_message(workers):
     with pytest.raises(DataError) as error:
         list(iterate_batches(split, [0, 1, 2, 3], 2, num_workers=workers))
     assert str(error.value) == "/data/img-2.jpg: unreadable image"
+
+
+def test_holdout_moves_a_seeded_share_of_every_training_group_to_a_split_of_its_own(tiny_config, plugins, tmp_path):
+    from spurcore.data import hold_out
+    from spurcore.runner import plan, build_data, run_pipeline
+
+    data = build_data(plan(tiny_config(), plugins), plugins)
+    held = hold_out(data, 0.25, seed=3)
+    train, holdout = held.splits["train"], held.splits["holdout"]
+    counts = np.bincount(data.groups("train"), minlength=data.n_groups)
+    assert np.bincount(held.groups("holdout"), minlength=data.n_groups).tolist() == [
+        min(max(round(0.25 * n), 1 if n > 1 else 0), n - 1) if n else 0 for n in counts]
+    assert len(train) + len(holdout) == len(data.splits["train"])
+    rows = {tuple(r) for r in data.splits["train"].inputs.numpy().round(6)}
+    assert {tuple(r) for r in holdout.inputs.numpy().round(6)} <= rows
+    assert not {tuple(r) for r in holdout.inputs.numpy()} & {tuple(r) for r in train.inputs.numpy()}
+    again = hold_out(data, 0.25, seed=3).splits["holdout"]
+    assert torch.equal(again.inputs, holdout.inputs)
+    assert not torch.equal(hold_out(data, 0.25, seed=4).splits["holdout"].inputs, holdout.inputs)
+    assert hold_out(data, 0.0, seed=3) is data
+
+    summary = run_pipeline(tiny_config(dataset={"name": "tiny", "holdout": 0.25}), tmp_path / "run", plugins,
+                           log=lambda m: None)
+    assert summary["stages"][0]["metrics"]["holdout"]["group_count"] == dict(zip(
+        data.group_names, np.bincount(held.groups("holdout"), minlength=data.n_groups).tolist()))
+    assert summary["stages"][0]["train_eval"]["of"] == len(train)
+
+
+def test_holdout_must_leave_a_training_split(tiny_config):
+    with pytest.raises(ConfigError, match=r"dataset\.holdout: must be in \[0, 1\), got 1\.0"):
+        tiny_config(dataset={"name": "tiny", "holdout": 1.0})

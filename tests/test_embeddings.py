@@ -51,7 +51,7 @@ def test_embeddings_are_extracted_once_and_reused_by_another_run(tmp_path, keep,
     files = list((tmp_path / "a" / "embeddings").glob("*.h5"))
     assert len(files) == 1 and any("extracted to" in line for line in logs)
     reopened = open_run(tmp_path / "a", keep)
-    direct = extract(reopened.load_model(0), reopened.run.data, reopened.run.device)
+    direct = extract(reopened.load_model(0), reopened.data, reopened.device)
     for split in ("train", "val", "test"):
         assert np.allclose(KeepHead.seen[0][split].features, direct[split].features, atol=1e-6)
         assert KeepHead.seen[0][split].features.shape == (len(direct[split].y), 16)
@@ -70,7 +70,7 @@ def test_embeddings_are_extracted_once_and_reused_by_another_run(tmp_path, keep,
 
 def test_a_changed_checkpoint_is_extracted_again(tmp_path, keep, tiny_config):
     run_pipeline(tiny_config(stages=[{"method": "erm"}, {"method": "keep"}]), tmp_path / "a", keep)
-    selected = open_run(tmp_path / "a", keep).run.out.stage_result("0-erm")["selected"]["epoch"]
+    selected = open_run(tmp_path / "a", keep).stage(0).selected
     other = 1 if selected != 1 else 2
     logs = []
     run_pipeline(tiny_config(init={"run": str(tmp_path / "a"), "stage": 0, "epoch": other}, stages=[{"method": "keep"}]),

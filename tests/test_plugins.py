@@ -94,13 +94,13 @@ def test_builtins_are_registered_through_the_hooks():
 
 
 def test_blocking_a_builtin_removes_what_it_registers():
-    manager = PluginManager(entry_points=False, block=["erm"])
-    assert "erm" not in manager.registry("mitigations")
+    manager = PluginManager(entry_points=False, block=["selectors"])
+    assert "val-wga" not in manager.registry("selectors")
     assert "avg_acc" in manager.registry("metrics")
-    with pytest.raises(PluginError, match=r"no mitigation named 'erm'"):
-        manager.get("mitigations", "erm")
-    with pytest.raises(PluginError, match=r"'erm'.*blocked with -p no:"):
-        manager.require(["erm"])
+    with pytest.raises(PluginError, match=r"no selector named 'val-wga'"):
+        manager.get("selectors", "val-wga")
+    with pytest.raises(PluginError, match=r"'selectors'.*blocked with -p no:"):
+        manager.require(["selectors"])
 
 
 def test_get_suggests_close_name_and_lists_available():
@@ -451,3 +451,33 @@ def test_stage_hooks_are_read_off_a_factory_class_without_building_it():
     manager = PluginManager(entry_points=False)
     spec = MitigationSpec(name="needs-data", factory=NeedsTheData)
     assert manager.stage_hooks(spec) == ("spurcore_train_loss", "spurcore_train_sampler")
+
+
+def test_the_default_loss_is_essential_and_cannot_be_blocked(spur_cli):
+    with pytest.raises(PluginError, match=r"plugin 'erm' is essential \(the default training loss of every stage\)"):
+        PluginManager(entry_points=False, block=["erm"])
+    manager = PluginManager(entry_points=False, block=["progress"])
+    assert manager.blocked == {"progress"} and "progress" not in manager.registry("observers")
+
+
+def test_a_loss_hook_that_returns_nothing_stops_the_run_naming_the_stage(plugins, register_plugin, tiny_config,
+                                                                         tmp_path):
+    from spurcore.runner import RunError, run_pipeline
+
+    class NoLoss:
+        def __init__(self, options):
+            pass
+
+        @hookimpl(tryfirst=True)
+        def spurcore_train_loss(self):
+            return 0.0  # not a tensor: nothing to backpropagate
+
+    class Plugin:
+        @hookimpl
+        def spurcore_register_mitigations(self):
+            return [MitigationSpec(name="no-loss", factory=NoLoss)]
+
+    register_plugin(Plugin(), "no-loss")
+    with pytest.raises(RunError, match=r"stages\[0\]: no spurcore_train_loss implementation returned a loss for "
+                                       r"stage '0-no-loss' \(got float\)"):
+        run_pipeline(tiny_config(stages=[{"method": "no-loss"}]), tmp_path / "run", plugins, log=lambda m: None)

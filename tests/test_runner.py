@@ -275,7 +275,7 @@ def test_selected_epoch_is_the_selectors_best_and_its_weights_are_kept(tmp_path,
 
 
 def test_a_finished_run_can_be_reopened_and_its_models_rebuilt(tmp_path, plugins, tiny_config):
-    from spurcore.evaluation import Predictions, compute_metrics, run_metrics
+    from spurcore.evaluation import Predictions, compute_metrics
     from spurcore.runner import open_run
 
     plugins.register(_ShapingPlugin(), "shaping-plugin")
@@ -284,11 +284,11 @@ def test_a_finished_run_can_be_reopened_and_its_models_rebuilt(tmp_path, plugins
     reopened = open_run(tmp_path / "r", plugins)
     model = reopened.load_model()  # the last stage at its selected epoch, layers re-inserted
     assert isinstance(model.embed[1], IndexedScale)
-    test = reopened.run.data.splits["test"]
+    test = reopened.data.splits["test"]
     with torch.no_grad():
         pred = model(test.inputs).argmax(1).numpy()
     metrics = compute_metrics(Predictions(y=test.y, pred=pred, a=test.a, class_names=("neg", "pos"),
-                                          attr_names=("off", "on")), run_metrics(reopened.run))
+                                          attr_names=("off", "on")), [plugins.get("metrics", m) for m in reopened.config.metrics])
     assert metrics == summary["metrics"]["test"]
     first = reopened.load_model(0, epoch=1)
     assert not torch.equal(first.head.weight, model.head.weight)

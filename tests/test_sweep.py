@@ -1,11 +1,18 @@
-"""`spur sweep` and `spur report`: settings x seeds, resume, failures, random draws, methods, chains, rows by a setting."""
+"""`spur sweep` and `spur report`: settings x seeds, resume, failures, random draws, methods, chains,
+rows by a setting, a killed sweep, the same sweep twice."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import os
 import random
+import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import attrs
@@ -15,7 +22,7 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from spurcore.testing import TinyPlugin, TinyRefit, kit_manager, tiny_pipeline
 
-from spurcore import hookimpl
+from spurcore import hookimpl, runlock
 from spurcore.cli import cli
 from spurcore.config import ConfigError, load_pipeline
 from spurcore.plugins import PluginManager
@@ -30,8 +37,9 @@ def manager() -> PluginManager:
     return pm
 
 
-def invoke(pm, *args):
-    return CliRunner().invoke(cli, list(map(str, args)), obj={"manager": pm, "plugin_args": []})
+def invoke(pm, *args, plugin_args=()):
+    """`spur ARGS` with the plugins `pm`; trials in other processes load `plugin_args` (`-p`)."""
+    return CliRunner().invoke(cli, list(map(str, args)), obj={"manager": pm, "plugin_args": list(plugin_args)})
 
 
 def pipeline(tmp_path, **overrides):
@@ -102,13 +110,17 @@ def test_sweep_runs_one_directory_per_settings_and_seed(swept):
     assert "6 of 6 trials finished" in first.output
 
 
-def test_sweep_launched_again_skips_finished_runs(swept):
+def test_sweep_launched_again_skips_finished_runs_and_keeps_their_numbers(swept):
     path, out, _ = swept
     before = {p: (out / p).stat().st_mtime_ns for p in summaries(out)}
     again = invoke(manager(), "sweep", path, "--grid", "train.lr=0.01,0.1", "--seeds", "0,1,2", "--out", out)
     assert again.exit_code == 0, again.output
     assert again.output.count("finished earlier") == 6
     assert {p: (out / p).stat().st_mtime_ns for p in summaries(out)} == before
+    for path, trial in trials_of(out).items():  # sweep.json still has each skipped trial's test numbers
+        test = json.loads((out / path / "summary.json").read_text())["metrics"]["test"]
+        assert trial["record"] == {"status": "done", "skipped": True, "test_wga": test["worst_group_acc"],
+                                   "test_avg": test["avg_acc"]}
 
 
 def test_report_chooses_settings_per_selector_from_validation(swept):
@@ -216,21 +228,35 @@ def test_ray_launcher_runs_trials_as_ray_tasks(tmp_path, monkeypatch):
     out = tmp_path / "sweep"
     try:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        result = CliRunner().invoke(cli, ["sweep", str(pipeline(tmp_path)), "--seeds", "0", "--methods", "dfr-class",
-                                          "--launcher", "ray", "--out", str(out)],
-                                    obj={"manager": pm, "plugin_args": ["tinyplug"]})
+        result = invoke(pm, "sweep", pipeline(tmp_path), "--seeds", "0", "--methods", "dfr-class", "--launcher", "ray",
+                        "--out", out, plugin_args=["tinyplug"])
     finally:
         ray.shutdown()
     assert result.exit_code == 0, result.output
     assert summaries(out) == ["dfr-class/default/seed0/summary.json", "erm/default/seed0/summary.json"]
 
 
-def test_sweep_refuses_a_bad_method_option_before_running(tmp_path):
-    result = invoke(manager(), "sweep", pipeline(tmp_path), "--methods", "dfr", "--grid", "dfr.options.retrains=0,5",
+@pytest.mark.parametrize(("grid", "trial", "error"), [
+    ("train.lr=0.01,-1", r"erm/train\.lr=-1-[0-9a-f]{8}/seed1 \(method erm, settings train\.lr=-1, seed 1\)",
+     "train.lr: must be positive, got -1.0"),
+    ("dfr.options.retrains=5,0",
+     r"dfr/dfr\.retrains=0-[0-9a-f]{8}/seed1 \(method dfr, settings dfr\.options\.retrains=0, seed 1\)",
+     "stages[0].options.retrains: must be positive, got 0"),
+])
+def test_a_bad_grid_value_names_its_trial_before_anything_runs(tmp_path, grid, trial, error):
+    result = invoke(manager(), "sweep", pipeline(tmp_path), "--methods", "dfr", "--grid", grid, "--seeds", "1",
                     "--out", tmp_path / "s")
     assert result.exit_code == 2, result.output
-    assert "stages[0].options.retrains: must be positive, got 0" in result.output
+    assert re.search(f"Error: trial {trial}: .*tiny.toml: {re.escape(error)}", result.output), result.output
     assert not (tmp_path / "s").exists()
+
+
+def interrupt(run):
+    """Leave an ERM run as if killed during epoch 2 (no summary, no stage result, no epoch-2
+    checkpoint); returns the time stamp of its epoch-1 checkpoint."""
+    for name in ("summary.json", "checkpoints/0-erm/result.json", "checkpoints/0-erm/epoch_002.pt"):
+        (run / name).unlink()
+    return (run / "checkpoints/0-erm/epoch_001.pt").stat().st_mtime_ns
 
 
 def test_an_interrupted_run_continues_from_its_last_checkpoint(tmp_path):
@@ -239,14 +265,34 @@ def test_an_interrupted_run_continues_from_its_last_checkpoint(tmp_path):
     assert invoke(manager(), "sweep", path, "--seeds", "4", "--out", out).exit_code == 0
     run = out / "erm" / "default" / "seed4"
     finished = json.loads((run / "summary.json").read_text())
-    # as if killed during epoch 2: no summary, no stage result, no epoch-2 checkpoint
-    for name in ("summary.json", "checkpoints/0-erm/result.json", "checkpoints/0-erm/epoch_002.pt"):
-        (run / name).unlink()
-    epoch1 = (run / "checkpoints/0-erm/epoch_001.pt").stat().st_mtime_ns
+    epoch1 = interrupt(run)
     again = invoke(manager(), "sweep", path, "--seeds", "4", "--out", out)
     assert again.exit_code == 0 and "erm/default/seed4: done" in again.output
     assert (run / "checkpoints/0-erm/epoch_001.pt").stat().st_mtime_ns == epoch1  # not retrained
     assert json.loads((run / "summary.json").read_text())["metrics"] == finished["metrics"]
+
+
+def test_a_relaunch_reports_a_trial_whose_folder_is_in_use_and_trains_nothing_there(tmp_path):
+    path = pipeline(tmp_path)
+    out = tmp_path / "sweep"
+    assert invoke(manager(), "sweep", path, "--seeds", "0,1", "--out", out).exit_code == 0
+    run = (out / "erm" / "default" / "seed0").resolve()
+    epoch1 = interrupt(run)
+    with runlock.locked(run):  # as a worker of the killed launch, still training there, would hold it
+        again = invoke(manager(), "sweep", path, "--seeds", "0,1", "--methods", "dfr-class", "--out", out)
+    assert again.exit_code == 1, again.output
+    records = {p: t["record"] for p, t in trials_of(out).items()}
+    assert records["erm/default/seed0"]["status"] == "failed"
+    assert records["erm/default/seed0"]["error"].startswith(
+        f"RunLockedError: {run} is in use by pid {os.getpid()} on host ")
+    assert f"erm/default/seed0: failed: RunLockedError: {run} is in use" in again.output
+    assert records["dfr-class/default/seed0"] == {"status": "not run: erm/default/seed0 failed"}
+    assert records["erm/default/seed1"]["skipped"] and records["dfr-class/default/seed1"]["status"] == "done"
+    assert (run / "checkpoints/0-erm/epoch_001.pt").stat().st_mtime_ns == epoch1  # nothing trained there
+    assert not (run / "checkpoints/0-erm/epoch_002.pt").exists() and not (run / "summary.json").exists()
+    free = invoke(manager(), "sweep", path, "--seeds", "0,1", "--methods", "dfr-class", "--out", out)
+    assert free.exit_code == 0, free.output  # the holder gone, the next launch continues the run
+    assert (run / "summary.json").exists() and (out / "dfr-class/default/seed0/summary.json").exists()
 
 
 def test_all_methods_are_the_installed_ones_that_plan_here(tmp_path):
@@ -476,3 +522,128 @@ def test_sweep_refuses_a_bad_chain_naming_it_before_running(tmp_path, methods, g
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert not (tmp_path / "s").exists()
+
+
+# --- a killed sweep, and the same sweep twice --------------------------------------------------
+
+
+def alive(pid):
+    """Whether process `pid` still runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def parent_of(pid):
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def children(pid):
+    return [int(stat.parent.name) for stat in Path("/proc").glob("[0-9]*/stat") if parent_of(stat.parent.name) == pid]
+
+
+def wait_for(condition, seconds, what):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {seconds} s: {what}")
+        time.sleep(0.1)
+
+
+def holder(run):
+    """The pid that holds a run folder's lock once it trains there (it writes its pid after
+    taking the lock, then checkpoints each epoch), or None before."""
+    try:
+        pid = json.loads((run / runlock.LOCK_FILE).read_text())["pid"]
+    except (FileNotFoundError, ValueError, KeyError):
+        return None
+    return pid if (run / "checkpoints/0-erm/epoch_001.pt").exists() else None
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds processes through /proc")
+def test_killing_the_sweep_ends_its_pool_workers(tmp_path):
+    path = tmp_path / "slow.toml"  # trials of minutes: 1000 epochs of 20000 examples
+    path.write_text(tomli_w.dumps(tiny_pipeline(dataset={"name": "tiny", "options": {"n_train": 20000}},
+                                                train={"epochs": 1000, "batch_size": 50, "lr": 0.01})))
+    out = tmp_path / "sweep"
+    runs = [out / "erm" / "default" / f"seed{seed}" for seed in (0, 1)]
+    sweep = subprocess.Popen([sys.executable, "-m", "spurcore", "-p", "tinyplug", "sweep", str(path), "--seeds", "0,1",
+                              "--jobs", "2", "--out", str(out)], env={**os.environ, "PYTHONPATH": str(TESTS)},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    started = []  # every process the sweep started, to end whatever outlives the test
+    try:
+        wait_for(lambda: all(holder(run) for run in runs) or sweep.poll() is not None, 120, "both trials training")
+        assert sweep.poll() is None, sweep.stderr.read().decode()
+        workers = [holder(run) for run in runs]
+        started = children(sweep.pid)
+        assert set(workers) <= set(started)  # the pool's own processes
+        sweep.kill()
+        sweep.wait()
+        wait_for(lambda: not any(map(alive, workers)), 5, f"workers {workers} exit after their sweep was killed")
+        for run in runs:  # their folders are free for the relaunch, which continues each run
+            with runlock.locked(run):
+                assert not (run / "summary.json").exists()
+    finally:
+        started = started or children(sweep.pid)
+        sweep.kill()
+        sweep.wait()
+        for pid in started:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+WATCHED = """
+import os, time
+from spurcore.launchers import watch_parent
+watch_parent(os.getppid(), interval=0.1)
+print("watching", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds processes through /proc")
+def test_a_process_watching_its_parent_ends_when_the_parent_is_killed():
+    """The portable way a worker ends with its sweep, without the kernel's help (Linux's
+    parent-death signal): the watching thread alone."""
+    middle = subprocess.Popen([sys.executable, "-c", "import subprocess, sys\n"
+                               f"child = subprocess.Popen([sys.executable, '-c', {WATCHED!r}])\n"
+                               "print(child.pid, flush=True)\nchild.wait()"], stdout=subprocess.PIPE, text=True)
+    child = int(middle.stdout.readline())
+    try:
+        assert middle.stdout.readline() == "watching\n" and parent_of(child) == middle.pid
+        middle.kill()
+        middle.wait()
+        wait_for(lambda: not alive(child), 3, f"process {child} ends after its parent was killed")
+    finally:
+        if alive(child):
+            os.kill(child, signal.SIGKILL)
+        middle.wait()
+
+
+def test_the_same_sweep_twice_gives_the_same_tables_and_runs(tmp_path, monkeypatch):
+    """Two methods x two seeds, two trials at a time in worker processes, so which worker runs
+    which trial, and in which order the records arrive, varies between the launches. Every file
+    is the same but for the folder the sweep is in, and each lock's holder."""
+    monkeypatch.setenv("PYTHONPATH", str(TESTS))  # the pool's workers import the test plugin from here
+    monkeypatch.setenv("SPURCORE_PLUGINS", "dfr")  # and load no other plugin: they start sooner
+    path = pipeline(tmp_path)
+    launches = []
+    for name in ("first", "second"):
+        out = tmp_path / name
+        result = invoke(manager(), "sweep", path, "--methods", "dfr-class", "--seeds", "0,1", "--jobs", "2",
+                        "--out", out, plugin_args=["tinyplug"])
+        assert result.exit_code == 0, result.output
+        report = invoke(manager(), "report", out, "--selector", "val-wga", "--selector", "val-worst-class")
+        assert report.exit_code == 0, report.output
+        launches.append({f.relative_to(out).as_posix(): f.read_bytes().replace(str(out.resolve()).encode(), b"DIR")
+                         for f in out.rglob("*") if f.is_file() and f.name != runlock.LOCK_FILE})
+    first, second = launches
+    assert len(summaries(tmp_path / "first")) == 4  # 2 methods x 2 seeds
+    assert {"report.md", "report.csv", "report.json", "wga.png", "sweep.json"} <= set(first)
+    assert sorted(first) == sorted(second)
+    assert [name for name in first if first[name] != second[name]] == []

@@ -109,7 +109,7 @@ def test_train_is_evaluated_first_every_epoch_through_the_hooks(plugins, registe
 def test_summary_train_metrics_are_the_selected_models_training_accuracy(plugins, tiny_config, tmp_path):
     summary = quiet(tiny_config(train={**TRAIN, "epochs": 4}), tmp_path / "run", plugins)
     runner = open_run(tmp_path / "run", plugins)
-    model, data = runner.load_model(), runner.run.data  # the checkpoint of the selected epoch
+    model, data = runner.load_model(), runner.data  # the checkpoint of the selected epoch
     with torch.no_grad():
         correct = model(data.splits["train"].inputs).argmax(1).numpy() == data.splits["train"].y
     groups = data.groups("train")

@@ -2,7 +2,7 @@
 
     extract_run("runs/erm", ["embed.block2", "embed"], splits=["train", "test"])
 
-The model is `open_run(RUN_DIR).load_model(stage, epoch)` (default: the last stage, at the
+The model is `open_run(RUN_DIR, plugins).load_model(stage, epoch)` (default: the last stage, at the
 epoch its selector chose), in eval mode without gradients, fed as the runner's evaluation
 feeds it (every example in index order, `model(x, index=...)`).
 """
@@ -58,31 +58,21 @@ def extract_run(run_dir: str | Path, modules: Sequence[str], *, splits: Sequence
     from tqdm.auto import tqdm
 
     from spurcore.plugins import PluginManager
-    from spurcore.runner import RunError, open_run
+    from spurcore.runner import open_run
 
     plugins = plugins if plugins is not None else PluginManager()
-    runner = open_run(run_dir, plugins, device=device)
-    data = runner.run.data
-    n_stages = len(runner.plan.stages)
-    if not -n_stages <= stage < n_stages:
-        raise ActivationError(f"--stage {stage}: the run has {n_stages} stage(s) (0..{n_stages - 1}, or -1 for the last)")
-    planned = runner.plan.stages[stage % n_stages]
-    if epoch is None:
-        result = runner.run.out.stage_result(planned.key)
-        if result is None:
-            raise RunError(f"{run_dir}: stage {planned.key!r} has not finished; name an epoch with --epoch")
-        epoch = int(result["selected"]["epoch"])
-    elif epoch not in runner.run.out.epochs(planned.key):
-        raise ActivationError(f"--epoch {epoch}: stage {planned.key!r} has checkpoints for epochs "
-                              f"{runner.run.out.epochs(planned.key)}")
+    run = open_run(run_dir, plugins, device=device)
+    data = run.data
+    planned = run.stage(stage)
+    epoch = run.resolve_epoch(planned.index, "selected" if epoch is None else epoch)
     splits = list(splits) or list(data.splits)
     for split in splits:
         if split not in data.splits:
             raise ActivationError(f"--split {split}: dataset {data.name!r} has splits {', '.join(data.splits)}")
-    model = runner.load_model(planned.index, epoch)
+    model = run.load_model(planned.index, epoch)
     batch_size = batch_size or planned.train.eval_batch_size
     options = {"run": str(Path(run_dir).resolve()), "modules": list(modules), "splits": splits, "reduce": reduce,
-               "stage": planned.key, "epoch": epoch, "run_config": config_hash(runner.run.out.config.read_text())}
+               "stage": planned.key, "epoch": epoch, "run_config": config_hash(run.out.config.read_text())}
     out = Path(out) if out is not None else Path(run_dir) / "activations" / f"{planned.key}-epoch_{epoch:03d}.h5"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = atomic.temporary_path(out)
@@ -97,7 +87,7 @@ def extract_run(run_dir: str | Path, modules: Sequence[str], *, splits: Sequence
         with writer, ModuleRecorder(model, modules, reduce) as recorder:
             for split in splits:
                 bar.set_postfix_str(split, refresh=False)
-                forward_split(model, data.splits[split], runner.run.device, batch_size, split=split,
+                forward_split(model, data.splits[split], run.device, batch_size, split=split,
                               recorder=recorder, writer=writer, epoch=epoch, stage=planned.index, progress=bar)
         os.replace(tmp, out)
     finally:

@@ -44,7 +44,7 @@ def test_observer_records_every_evaluated_example_and_changes_nothing(act_plugin
     assert f.splits == ["val", "test"] and f.epochs == [1, 2, 3] and f.stages == [0]
     assert f.attrs["source"] == "pipeline" and len(f.config_hash) == 64
     runner = open_run(tmp_path / "logged", act_plugins)
-    data = runner.run.data
+    data = runner.data
     assert len(f) == 3 * (len(data.splits["val"]) + len(data.splits["test"]))
     for split in ("val", "test"):
         for epoch in (1, 2, 3):
@@ -109,7 +109,7 @@ def test_train_is_recorded_through_the_evaluation_hooks(act_plugins, tiny_config
     summary = run_pipeline(config, tmp_path / "run", act_plugins, log=lambda m: None)
     f = ActivationFile(tmp_path / "run" / "activations.h5")
     runner = open_run(tmp_path / "run", act_plugins)
-    train = runner.run.data.splits["train"]
+    train = runner.data.splits["train"]
     counts = summary["metrics"]["train"]["group_count"]
     assert f.splits == ["train"] and f.epochs == [1, 3]
     for epoch in (1, 3):
@@ -199,7 +199,7 @@ def test_spur_activations_on_a_finished_run(act_plugins, tiny_config, tmp_path):
     assert f.splits == ["train", "test"] and f.epochs == [selected] and f.attrs["source"] == "finished-run"
     model = runner.load_model()
     with torch.no_grad():
-        expected = model.embed(runner.run.data.splits["train"].inputs).numpy()
+        expected = model.embed(runner.data.splits["train"].inputs).numpy()
     assert np.allclose(f.read("embed", split="train"), expected, atol=1e-6)
     assert np.array_equal(f.read("embed"), f.read("embed.1"))
     default = CliRunner().invoke(cli, ["activations", str(tmp_path / "run"), "--module", "embed", "--quiet"],

@@ -128,9 +128,6 @@ class NeuronTune:
     @hookimpl
     def spurcore_posthoc_head(self, run, stage, model, embeddings):
         options = self.options
-        for split in (options.identification_split, options.tuning_split):
-            if split not in embeddings.splits:
-                raise FieldError("identification_split", f"no split {split!r}; have {', '.join(embeddings.splits)}")
         ident = embeddings[options.identification_split]
         correct = predictions(model.head, ident.features) == ident.y
         delta = spuriousness(ident.features, ident.y, correct, run.data.n_classes)
@@ -163,10 +160,18 @@ def sfit_score(candidate) -> float:
     return sfit(spuriousness(val.features, val.y, correct, candidate.data.n_classes))
 
 
+def check_splits(options: NeuronTuneOptions, data, model) -> None:
+    """Both splits must exist, before the run trains anything."""
+    for key in ("identification_split", "tuning_split"):
+        split = getattr(options, key)
+        if split not in data.splits:
+            raise NeuronTuneError(f"{key}: dataset {data.name!r} has no split {split!r} ({', '.join(data.splits)})")
+
+
 @hookimpl
 def spurcore_register_mitigations():
     return [MitigationSpec(
-        name="neurontune", kind="posthoc", options=NeuronTuneOptions, factory=NeuronTune,
+        name="neurontune", kind="posthoc", options=NeuronTuneOptions, factory=NeuronTune, check=check_splits,
         search_space={"quantifier": ["all", "any"], "threshold": [0.0, 0.1]},
         description="NeuronTune: zero the bias dimensions, retrain the head class-balanced",
     )]

@@ -104,9 +104,18 @@ def test_sfit_selector_scores_each_epoch_by_its_own_model(tmp_path, nt_plugins):
     config = pipeline_from_dict(tiny_pipeline(selector="sfit", train={"epochs": 3}))
     summary = run_pipeline(config, tmp_path / "r", nt_plugins)
     runner = open_run(tmp_path / "r", nt_plugins)
-    history = runner.run.out.stage_result("0-erm")["history"]
-    scores = [nt.sfit_score(Candidate(stage="0-erm", epoch=h["epoch"], metrics=h["metrics"], data=runner.run.data,
+    history = runner.out.stage_result("0-erm")["history"]
+    scores = [nt.sfit_score(Candidate(stage="0-erm", epoch=h["epoch"], metrics=h["metrics"], data=runner.data,
                                       load_model=lambda e=h["epoch"]: runner.load_model(0, e)))
               for h in history]
     assert summary["selected"]["epoch"] == int(np.argmax(scores)) + 1
     assert len(set(np.round(scores, 6))) > 1
+
+
+def test_a_split_the_data_lacks_stops_the_run_before_erm_trains(plugins, register_plugin, tiny_config, tmp_path):
+    register_plugin(nt, "neurontune")
+    config = tiny_config(stages=[{"method": "erm"}, {"method": "neurontune", "options": {"identification_split": "foo"}}])
+    with pytest.raises(nt.NeuronTuneError, match=r"stages\[1\]\.options: identification_split: dataset 'tiny' has no "
+                                                 r"split 'foo' \(train, val, test\)"):
+        run_pipeline(config, tmp_path / "run", plugins, log=lambda m: None)
+    assert not (tmp_path / "run").exists()

@@ -184,9 +184,9 @@ def gradcam_figure(run_dir: Path, plugins, *, baseline_stage: int = 0, stage: in
                    seed: int = 0, out: Path | None = None, device: str = "cpu") -> dict[str, Any]:
     from spurcore.runner import open_run
 
-    runner = open_run(run_dir, plugins, device=device)
-    data = runner.run.data
-    stages = runner.plan.stages
+    run = open_run(run_dir, plugins, device=device)
+    data = run.data
+    stages = run.stages
     test = data.splits["test"]
     groups = data.groups("test")
     if groups is None:
@@ -194,16 +194,16 @@ def gradcam_figure(run_dir: Path, plugins, *, baseline_stage: int = 0, stage: in
     if baseline_run is not None:
         base = open_run(baseline_run, plugins, device=device)
         baseline = base.load_model(-1)
-        base_label = f"baseline ({base.plan.stages[-1].key})"
+        base_label = f"baseline ({base.stages[-1].key})"
     else:
         if len(stages) < 2:
-            init = getattr(runner.plan.config, "init", None)
+            init = run.config.init
             hint = f" (it started from {init.run!r} through [init])" if init is not None else ""
             raise GradCAMError(f"{run_dir}: a single-stage run{hint} has no baseline stage; "
                                f"name the run it started from with --baseline-run DIR")
-        baseline = runner.load_model(baseline_stage)
+        baseline = run.load_model(baseline_stage)
         base_label = stages[baseline_stage].key
-    tuned = runner.load_model(stage)
+    tuned = run.load_model(stage)
     tuned_label = stages[stage].key
     for model in (baseline, tuned):
         find_layer(model, layer)

@@ -119,34 +119,17 @@ def _open(run_dir: Any, options: TraceOptions, plugins: Any):
     if not (path / "config.toml").exists():
         raise TracerError(f"{path}: not a run directory (no config.toml); pass the --out of a `spur run`")
     try:
-        runner = open_run(path, plugins, device=options.device)
+        run = open_run(path, plugins, device=options.device)
+        stage = run.stage(options.stage)
+        epoch = run.resolve_epoch(stage.index, options.epoch if options.epoch in ("last", "selected") else int(options.epoch))
     except SpurcoreError as exc:
         raise TracerError(f"{path}: cannot read the run back: {exc}") from None
-    stages = runner.plan.stages
-    if not -len(stages) <= options.stage < len(stages):
-        raise TracerError(f"{path}: --stage {options.stage}: the run has {len(stages)} stage(s) (0..{len(stages) - 1})")
-    planned = stages[options.stage]
-    epochs = runner.run.out.epochs(planned.key)
-    if not epochs:
-        raise TracerError(f"{path}: stage {planned.key!r} has no checkpoint; has it run?")
-    if options.epoch == "last":
-        epoch = epochs[-1]
-    elif options.epoch == "selected":
-        result = runner.run.out.stage_result(planned.key)
-        if result is None:
-            raise TracerError(f"{path}: stage {planned.key!r} has not finished, so no epoch was selected; pass --epoch N")
-        epoch = result["selected"]["epoch"]
-    else:
-        epoch = int(options.epoch)
-        if epoch not in epochs:
-            raise TracerError(f"{path}: stage {planned.key!r} has no checkpoint for epoch {epoch} "
-                              f"(it has {', '.join(map(str, epochs))})")
-    data = runner.run.data
+    data = run.data
     if not data.splits["train"].has_attributes:
         raise TracerError(
             f"{path}: dataset {data.name!r} has no attribute labels on train; tracing measures each "
             f"group's training accuracy and the per-group gradient criterion reads D_j, so both need them")
-    return runner, planned, epoch, epochs
+    return run, stage, epoch, list(stage.epochs)
 
 
 def _records(base: dict, change: dict, meta: dict, group_names, minority) -> list[dict]:
@@ -169,14 +152,14 @@ def trace(run_dir: Any, options: TraceOptions | None = None, *, out: Any = None,
     options = options or TraceOptions()
     plugins = plugins if plugins is not None else PluginManager()
     started = time.perf_counter()
-    runner, planned, epoch, epochs = _open(run_dir, options, plugins)
+    run, planned, epoch, epochs = _open(run_dir, options, plugins)
     out = Path(out) if out is not None else Path(run_dir) / "trace"
-    data = runner.run.data
+    data = run.data
     names = list(data.group_names)
     notes: list[str] = []
     torch.manual_seed(options.seed)
 
-    model = runner.load_model(planned.index, epoch)
+    model = run.load_model(planned.index, epoch)
     index = NeuronIndex.of(model, options.exclude)
     if index.total == 0:
         raise TracerError(f"{run_dir}: the model has no conv or linear layer to trace")
@@ -269,7 +252,7 @@ def trace(run_dir: Any, options: TraceOptions | None = None, *, out: Any = None,
 
     plan, rewind_notes = rewind_plan(epoch, epochs, options.rewind_offsets)
     notes += rewind_notes
-    past_states = {past: runner.run.out.load_checkpoint(planned.key, past)["model"] for _, past in plan}
+    past_states = {past: run.load_weights(planned.index, past) for _, past in plan}
     rewind_jobs = []
     for offset, past in plan:
         for layer in index.layers:

@@ -93,8 +93,8 @@ def test_effects_match_a_direct_evaluation(tracer_plugins, finished_run, tmp_pat
     record = next(e for e in data["effects"] if e["criterion"] == "magnitude" and e["split"] == "train"
                   and e["group"] == "neg/on")
     chosen = [index.global_index(n) for n in index.neurons(range(index.total)) if str(n) in record["neurons"]]
-    split = runner.run.data.splits["train"]
-    groups = runner.run.data.groups("train")
+    split = runner.data.splits["train"]
+    groups = runner.data.groups("train")
     rows = groups == 1
 
     def acc():
@@ -127,7 +127,7 @@ def test_replay_equals_a_full_forward_under_an_intervention():
 
 def test_per_group_gradient_uses_each_groups_lowest_confidence_examples(tracer_plugins, finished_run):
     runner = open_run(finished_run, tracer_plugins)
-    model, data = runner.load_model(0, 7), runner.run.data
+    model, data = runner.load_model(0, 7), runner.data
     groups = data.groups("train")
     scores, used = group_gradient_scores(model, data.splits["train"], groups, 4, n=5)
     assert scores.shape == (4, NeuronIndex.of(model).total) and np.isfinite(scores).all()

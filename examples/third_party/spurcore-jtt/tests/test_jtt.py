@@ -53,8 +53,8 @@ def test_error_set_is_what_the_identification_model_gets_wrong(jtt_run, plugins)
     record = json.loads((out / "checkpoints" / "1-jtt" / "jtt_errors.json").read_text())
     reopened = open_run(out, plugins)
     identify = reopened.load_model(0)
-    train = reopened.run.data.splits["train"]
-    wrong = np.flatnonzero(predict(identify, train, reopened.run.device).argmax(1) != train.y)
+    train = reopened.data.splits["train"]
+    wrong = np.flatnonzero(predict(identify, train, reopened.device).argmax(1) != train.y)
     assert record["errors"] == wrong.tolist()
     assert 0 < record["n_errors"] < record["n_train"] == 200
 
@@ -99,8 +99,8 @@ def test_identification_epoch_takes_the_errors_of_that_epoch_of_the_init_run(plu
                  log=lambda m: None)
     record = json.loads((tmp_path / "jtt" / "checkpoints" / "0-jtt" / "jtt_errors.json").read_text())
     reopened = open_run(tmp_path / "erm", plugins)
-    train = reopened.run.data.splits["train"]
-    wrong = np.flatnonzero(predict(reopened.load_model(0, 1), train, reopened.run.device).argmax(1) != train.y)
+    train = reopened.data.splits["train"]
+    wrong = np.flatnonzero(predict(reopened.load_model(0, 1), train, reopened.device).argmax(1) != train.y)
     assert record["identification_epoch"] == 1 and record["errors"] == wrong.tolist() and len(wrong) > 0
     with pytest.raises(spurcore_jtt.JTTError, match="identification_epoch = 1 names an epoch of the \\[init\\] run"):
         run_pipeline(tiny_config(stages=[IDENTIFY, *stages]), tmp_path / "no-init", plugins, log=lambda m: None)
