@@ -12,7 +12,8 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml $(PLUGIN_PROJECTS)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,ray]' $(addprefix -e ,$(PLUGINS))
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]' $(addprefix -e ,$(filter-out plugins/spurcore-sweep,$(PLUGINS))) \
+		-e 'plugins/spurcore-sweep[ray]'  # Ray for the sweep's Ray launcher, tested in CI
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -17,14 +17,7 @@ import click
 from spurcore import __version__, portable
 from spurcore.errors import SpurcoreError
 from spurcore.plugins import PluginManager
-from spurcore.scaffold import KINDS as PLUGIN_KINDS
 from spurcore.specs import KINDS
-
-
-def _manager(plugin_args: Sequence[str]) -> PluginManager:
-    enable = [p for p in plugin_args if not p.startswith("no:")]
-    block = [p[3:] for p in plugin_args if p.startswith("no:")]
-    return PluginManager(enable=enable, block=block)
 
 
 def _plugin_args(argv: Sequence[str]) -> list[str]:
@@ -69,7 +62,7 @@ def plugin_manager(ctx: click.Context, quiet: bool = False) -> PluginManager:
     ctx.ensure_object(dict)
     ctx.obj.setdefault("plugin_args", [])
     if "manager" not in ctx.obj:
-        ctx.obj["manager"] = _manager(ctx.obj["plugin_args"])
+        ctx.obj["manager"] = PluginManager.from_args(ctx.obj["plugin_args"])
     manager = ctx.obj["manager"]
     if quiet:
         manager.block("progress")
@@ -213,110 +206,10 @@ def show_cmd(run_dir: Path) -> None:
         click.echo(report.group_table(stage["metrics"]))
 
 
-@cli.command("new-plugin")
-@click.argument("name")
-@click.option("--kind", required=True, type=click.Choice(PLUGIN_KINDS),
-              help="What the plugin registers.")
-@click.option("--out", "out", default=".", show_default=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder to create spurcore-NAME in.")
-def new_plugin_cmd(name: str, kind: str, out: Path) -> None:
-    """Create a plugin package NAME: pyproject with the entry point, module, README, tests."""
-    from spurcore.scaffold import new_plugin
-
-    root = new_plugin(name, kind, out)
-    click.echo(f"created {root}")
-    click.echo(f"next: pip install -e {root} && python -m pytest {root / 'tests'}")
-
-
-def _seeds(text: str) -> list[int]:
-    try:
-        return [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise click.BadParameter(f"{text!r}: expected integers separated by commas, e.g. 0,1,2") from None
-
-
-@cli.command("sweep")
-@click.argument("pipeline", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--grid", "grid", multiple=True, metavar="KEY=V1,V2",
-              help="Values to sweep; every combination runs. METHOD.KEY applies to one --methods method.")
-@click.option("--random", "random_draws", type=click.IntRange(min=1), metavar="N",
-              help="N random draws from the search spaces the mitigations declare (keys --grid does not "
-                   "set), crossed with every --grid combination.")
-@click.option("--seeds", default="0", show_default=True, help="Seeds, e.g. 0,1,2.")
-@click.option("--methods", default="", metavar="M1,A+B|all",
-              help="Also run these mitigations against the pipeline (A+B: a chain of stages; all: every "
-                   "installed one; all,A+B: both).")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Sweep directory.")
-@click.option("--launcher", type=click.Choice(["local", "ray"]), default="local", show_default=True)
-@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Trials at a time.")
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Torch threads of every trial, whatever the machine and --jobs: CPU results depend on it.")
-@click.option("--address", help="Ray cluster address (default: start a local Ray instance).")
-@click.pass_context
-def sweep_cmd(ctx: click.Context, pipeline: Path, grid: tuple[str, ...], random_draws: int | None, seeds: str,
-              methods: str, out: Path, launcher: str, jobs: int, threads: int, address: str | None) -> None:
-    """Run PIPELINE over settings x seeds, one run directory each under --out; finished runs are
-    skipped when launched again, failed ones recorded in sweep.json. Then: spur report DIR."""
-    from spurcore import launchers, sweep
-
-    manager = plugin_manager(ctx, quiet=True)
-    names = [m for m in methods.split(",") if m]
-    settings = sweep.parse_grid(grid)
-
-    if "all" in names:
-        others = [name for name in names if name != "all"]
-        found, settings, left_out = sweep.all_methods(pipeline, manager, settings, others)
-        names = [*found, *others]
-        for name, error in left_out.items():
-            click.echo(f"--methods all: leaving out {name}: {error}", err=True)
-    plan = sweep.plan_sweep(pipeline, out, manager, grid=settings, seeds=_seeds(seeds), methods=names,
-                            random_draws=random_draws, plugin_args=ctx.find_root().obj["plugin_args"],
-                            threads=threads)
-    out.mkdir(parents=True, exist_ok=True)
-    sweep.write_manifest(plan, {})
-    records: dict[str, dict] = {}
-    total = len(plan.trials)
-
-    def heard(trial, record) -> None:
-        records[trial.path] = record
-        sweep.write_manifest(plan, records)
-        state = "finished earlier" if record.get("skipped") else record["status"]
-        extra = f": {record['error']}" if "error" in record else ""
-        click.echo(f"[{len(records)}/{total}] {trial.path}: {state}{extra}")
-
-    launchers.execute(plan, launchers.make_launcher(launcher, jobs, address, manager, threads), heard)
-    failed = [p for p, r in records.items() if r["status"] != "done"]
-    click.echo(f"{total - len(failed)} of {total} trials finished; {len(failed)} failed or not run. "
-               f"Next: spur report {out}")
-    if failed:
-        ctx.exit(1)
-
-
-@cli.command("report")
-@click.argument("sweep_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
-@click.option("--selector", "selectors", multiple=True, metavar="NAME",
-              help="Choose each method's settings with this selector. Repeatable (default: every installed one).")
-@click.option("--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True)
-@click.option("--rows-by", "rows_by", multiple=True, metavar="KEY",
-              help="One row per value of this setting (a grid key, e.g. prunedtwin.options.criterion) in the "
-                   "methods that have it, each with its own best settings. Repeatable.")
-@click.pass_context
-def report_cmd(ctx: click.Context, sweep_dir: Path, selectors: tuple[str, ...], fmt: str,
-               rows_by: tuple[str, ...]) -> None:
-    """Compare the methods of a sweep: test WGA and average accuracy, mean ± std over seeds."""
-    from spurcore import comparison
-
-    manager = plugin_manager(ctx, quiet=True)
-    names = list(selectors) or sorted(manager.registry("selectors"))
-    text, figure = comparison.write(sweep_dir, manager, names, fmt, rows_by)
-    click.echo(text, nl=False)
-    click.echo(f"figure: {figure}", err=True)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     portable.pin_environment()  # before torch is imported (by the plugin manager's built-ins)
     argv = list(sys.argv[1:] if argv is None else argv)
     plugin_args = _plugin_args(argv)
-    manager = _manager(plugin_args)
+    manager = PluginManager.from_args(plugin_args)
     manager.hook.spurcore_register_commands(cli=cli)
     cli.main(args=argv, prog_name="spur", obj={"manager": manager, "plugin_args": plugin_args})

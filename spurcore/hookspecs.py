@@ -66,8 +66,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from spurcore.data import Batch
     from spurcore.embeddings import Embeddings
     from spurcore.model import SpurModel
-    from spurcore.specs import (BackboneSpec, DatasetSpec, MetricSpec, MitigationSpec, ObserverSpec, SelectorSpec,
-                                TracerSpec)
+    from spurcore.specs import (BackboneSpec, DatasetSpec, LauncherSpec, MetricSpec, MitigationSpec, ObserverSpec,
+                                SelectorSpec, TracerSpec)
 
 PROJECT = "spurcore"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -207,6 +207,24 @@ def spurcore_register_observers() -> list[ObserverSpec]:
         def spurcore_register_observers():
             return [ObserverSpec(name="csv", settings=CSVSettings,
                                  factory=lambda s: CSVLog(s) if s is not None else None)]
+    """
+
+
+@hookspec
+def spurcore_register_launchers() -> list[LauncherSpec]:
+    """Return the sweep launchers this plugin provides.
+
+    Called once when the registry is gathered. `spur sweep --launcher NAME` (plugin
+    `spurcore-sweep`) calls `LauncherSpec.factory(jobs, threads, address, plugins)` and hands
+    each trial to the launcher it returns, which runs `spurcore_sweep.trials.run_trial(spec)` wherever
+    it schedules work (a process pool, Ray, a cluster queue).
+
+    Example::
+
+        @hookimpl
+        def spurcore_register_launchers():
+            return [LauncherSpec(name="slurm", factory=lambda jobs, threads, address, plugins:
+                                 SlurmLauncher(jobs, threads, partition=address))]
     """
 
 

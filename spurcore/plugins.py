@@ -144,6 +144,14 @@ class PluginManager:
             if name not in found and not self.pm.is_blocked(name) and self.pm.get_plugin(name) is None:
                 self._load(name, name, lambda n=name: importlib.import_module(n), version="")
 
+    @classmethod
+    def from_args(cls, plugin_args: Sequence[str]) -> PluginManager:
+        """The manager the `spur` command line builds from its `-p` arguments: `NAME` loads a
+        plugin, `no:NAME` blocks one (also how sweep workers rebuild the sweep's plugins)."""
+        enable = [p for p in plugin_args if not p.startswith("no:")]
+        block = [p[3:] for p in plugin_args if p.startswith("no:")]
+        return cls(enable=enable, block=block)
+
     @property
     def hook(self) -> Any:
         return self.pm.hook

@@ -11,7 +11,7 @@ from typing import Any
 
 import attrs
 
-KINDS = ("datasets", "backbones", "tracers", "mitigations", "selectors", "metrics", "observers")
+KINDS = ("datasets", "backbones", "tracers", "mitigations", "selectors", "metrics", "observers", "launchers")
 
 STAGE_KINDS = ("train", "posthoc")
 
@@ -166,6 +166,20 @@ class ObserverSpec:
     description: str = ""
 
 
+@attrs.frozen(kw_only=True)
+class LauncherSpec:
+    """Where a sweep runs its trials (this process, a process pool, Ray, a cluster scheduler).
+
+    `factory(jobs, threads, address, plugins)` returns the launcher a sweep hands its trials to:
+    `jobs` trials at a time, each with `threads` torch threads, `address` the scheduler's (or
+    None); the launcher protocol (`capacity`, `submit`, `wait`, `close`) is `spurcore-sweep`'s.
+    """
+
+    name: str = attrs.field(validator=_name)
+    factory: Callable[[int, int, Any, Any], Any]
+    description: str = ""
+
+
 SPEC_TYPES: Mapping[str, type] = {
     "datasets": DatasetSpec,
     "backbones": BackboneSpec,
@@ -174,4 +188,5 @@ SPEC_TYPES: Mapping[str, type] = {
     "selectors": SelectorSpec,
     "metrics": MetricSpec,
     "observers": ObserverSpec,
+    "launchers": LauncherSpec,
 }

@@ -49,9 +49,6 @@ def test_only_rank_zero_writes_files(monkeypatch, tmp_path):
     assert (tmp_path / "a.txt").read_text() == "rank 0"
 
 
-TESTS = Path(__file__).parent  # holds tinyplug.py, the tiny plugin as a module
-
-
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without torch.distributed")
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     # FairDropout on an MLP (no batch norm): its masks follow the example indices, whichever
@@ -60,10 +57,10 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
                          stages=[{"method": "fairdropout", "options": {"placement": ["features"]}}])
     pipeline = tmp_path / "ddp.toml"
     pipeline.write_text(tomli_w.dumps(data))
-    env = {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1", "SPURCORE_PLUGINS": "fairdropout"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SPURCORE_PLUGINS": "fairdropout"}
     two = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "spurcore", "-p", "tinyplug", "run", str(pipeline), "--out", str(tmp_path / "two")],
+         "-m", "spurcore", "-p", "spurcore.testing.tinyplug", "run", str(pipeline), "--out", str(tmp_path / "two")],
         env=env, capture_output=True, text=True, timeout=180)
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count("selected:") == 1  # rank 0 speaks for both

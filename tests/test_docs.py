@@ -29,7 +29,7 @@ from spurcore.data import Batch
 from spurcore.model import build_model, linear_head
 from spurcore.plugins import ENTRY_POINT_GROUP, PluginManager, Registered
 from spurcore.runner import run_pipeline
-from spurcore.scaffold import KINDS, new_plugin
+from spurcore_devtools.scaffold import KINDS, new_plugin
 from spurcore.specs import MitigationSpec
 from spurcore.testing import MLPOptions, make_mlp
 

@@ -26,8 +26,9 @@ from spurcore import hookimpl, runlock
 from spurcore.cli import cli
 from spurcore.config import ConfigError, load_pipeline
 from spurcore.plugins import PluginManager
-from spurcore.specs import MitigationSpec
-from spurcore.sweep import all_methods, expand, parse_grid, plan_sweep
+from spurcore.specs import MitigationSpec, SelectorSpec
+import spurcore_sweep
+from spurcore_sweep.trials import all_methods, expand, parse_grid, plan_sweep
 
 
 def manager() -> PluginManager:
@@ -39,6 +40,9 @@ def manager() -> PluginManager:
 
 def invoke(pm, *args, plugin_args=()):
     """`spur ARGS` with the plugins `pm`; trials in other processes load `plugin_args` (`-p`)."""
+    if pm.pm.get_plugin("sweep") is None:  # managers without entry points (the kit's) get this plugin too
+        pm.register(spurcore_sweep, "sweep")
+    pm.hook.spurcore_register_commands(cli=cli)  # `spur sweep` and `spur report` come from this plugin
     return CliRunner().invoke(cli, list(map(str, args)), obj={"manager": pm, "plugin_args": list(plugin_args)})
 
 
@@ -218,18 +222,14 @@ def test_sweep_refuses_an_unknown_method_before_running(tmp_path):
     assert not (tmp_path / "s").exists()
 
 
-TESTS = Path(__file__).parent  # holds tinyplug.py, the tiny plugin as a module
-
-
 def test_ray_launcher_runs_trials_as_ray_tasks(tmp_path, monkeypatch):
     ray = pytest.importorskip("ray")
-    monkeypatch.setenv("PYTHONPATH", str(TESTS))  # Ray's workers import the test plugin from here
     pm = manager()
     out = tmp_path / "sweep"
     try:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         result = invoke(pm, "sweep", pipeline(tmp_path), "--seeds", "0", "--methods", "dfr-class", "--launcher", "ray",
-                        "--out", out, plugin_args=["tinyplug"])
+                        "--out", out, plugin_args=["spurcore.testing.tinyplug"])
     finally:
         ray.shutdown()
     assert result.exit_code == 0, result.output
@@ -572,8 +572,8 @@ def test_killing_the_sweep_ends_its_pool_workers(tmp_path):
                                                 train={"epochs": 1000, "batch_size": 50, "lr": 0.01})))
     out = tmp_path / "sweep"
     runs = [out / "erm" / "default" / f"seed{seed}" for seed in (0, 1)]
-    sweep = subprocess.Popen([sys.executable, "-m", "spurcore", "-p", "tinyplug", "sweep", str(path), "--seeds", "0,1",
-                              "--jobs", "2", "--out", str(out)], env={**os.environ, "PYTHONPATH": str(TESTS)},
+    sweep = subprocess.Popen([sys.executable, "-m", "spurcore", "-p", "spurcore.testing.tinyplug", "sweep", str(path), "--seeds", "0,1",
+                              "--jobs", "2", "--out", str(out)], env=dict(os.environ),
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     started = []  # every process the sweep started, to end whatever outlives the test
     try:
@@ -599,7 +599,7 @@ def test_killing_the_sweep_ends_its_pool_workers(tmp_path):
 
 WATCHED = """
 import os, time
-from spurcore.launchers import watch_parent
+from spurcore_sweep.launchers import watch_parent
 watch_parent(os.getppid(), interval=0.1)
 print("watching", flush=True)
 time.sleep(60)
@@ -629,14 +629,13 @@ def test_the_same_sweep_twice_gives_the_same_tables_and_runs(tmp_path, monkeypat
     """Two methods x two seeds, two trials at a time in worker processes, so which worker runs
     which trial, and in which order the records arrive, varies between the launches. Every file
     is the same but for the folder the sweep is in, and each lock's holder."""
-    monkeypatch.setenv("PYTHONPATH", str(TESTS))  # the pool's workers import the test plugin from here
     monkeypatch.setenv("SPURCORE_PLUGINS", "dfr")  # and load no other plugin: they start sooner
     path = pipeline(tmp_path)
     launches = []
     for name in ("first", "second"):
         out = tmp_path / name
         result = invoke(manager(), "sweep", path, "--methods", "dfr-class", "--seeds", "0,1", "--jobs", "2",
-                        "--out", out, plugin_args=["tinyplug"])
+                        "--out", out, plugin_args=["spurcore.testing.tinyplug"])
         assert result.exit_code == 0, result.output
         report = invoke(manager(), "report", out, "--selector", "val-wga", "--selector", "val-worst-class")
         assert report.exit_code == 0, report.output
@@ -647,3 +646,33 @@ def test_the_same_sweep_twice_gives_the_same_tables_and_runs(tmp_path, monkeypat
     assert {"report.md", "report.csv", "report.json", "wga.png", "sweep.json"} <= set(first)
     assert sorted(first) == sorted(second)
     assert [name for name in first if first[name] != second[name]] == []
+
+
+class Peek:
+    """A selector that records which splits a candidate carried."""
+
+    def __init__(self):
+        self.seen: set[str] = set()
+
+    def score(self, candidate):
+        self.seen |= set(candidate.metrics)
+        return candidate.metrics["val"]["avg_acc"]
+
+    @hookimpl
+    def spurcore_register_selectors(self):
+        return [SelectorSpec(name="peek", score=self.score, metrics=["avg_acc"])]
+
+
+def test_report_scores_give_a_selector_only_the_splits_it_declares(tmp_path):
+    from spurcore.runner import run_pipeline
+    from spurcore_sweep.comparison import Run, score
+
+    pm, peek = manager(), Peek()
+    pm.register(peek, "peek")
+    run_pipeline(load_pipeline(pipeline(tmp_path)), tmp_path / "run", pm, log=lambda m: None)
+    run = Run(path=tmp_path / "run", seed=0, summary=json.loads((tmp_path / "run" / "summary.json").read_text()),
+              labels=())
+    assert "train" in run.summary["metrics"]
+    peek.seen = set()
+    assert score(pm.get("selectors", "peek"), run, pm) == run.summary["metrics"]["val"]["avg_acc"]
+    assert peek.seen == {"val"}

@@ -14,13 +14,15 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+import spurcore_devtools
 from spurcore.cli import cli
-from spurcore.scaffold import KINDS, registers
+from spurcore_devtools.scaffold import KINDS, registers
 
 BIN = Path(sys.executable).parent
 
 
 def new_plugin(*args):
+    spurcore_devtools.spurcore_register_commands(cli)  # `spur new-plugin` comes from this plugin
     return CliRunner().invoke(cli, ["new-plugin", *map(str, args)], obj={"plugin_args": []})
 
 

@@ -25,7 +25,7 @@ from spurcore import atomic
 from spurcore.context import Candidate
 from spurcore.errors import SpurcoreError
 from spurcore.plugins import PluginManager
-from spurcore.sweep import read_manifest, short_key
+from spurcore_sweep.trials import read_manifest, short_key
 
 FORMATS = ("md", "csv", "json")
 

@@ -45,7 +45,7 @@ class ScaffoldError(SpurcoreError):
 
 
 def _render(template: str, values: dict[str, str]) -> str:
-    text = resources.files("spurcore").joinpath("templates", template).read_text()
+    text = resources.files("spurcore_devtools").joinpath("templates", template).read_text()
     return string.Template(text).substitute(values)
 
 

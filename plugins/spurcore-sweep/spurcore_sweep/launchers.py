@@ -1,6 +1,6 @@
 """Where a sweep's trials run: in this process, in a local process pool, or as Ray tasks.
 
-Every launcher runs the same `spurcore.sweep.run_trial`; the scheduler here starts a trial as
+Every launcher runs the same `spurcore_sweep.trials.run_trial`; the scheduler here starts a trial as
 soon as the trial it starts from (its baseline) has finished, skips trials whose run is already
 finished, and records a failed trial without stopping the others. Process-pool workers die with
 the sweep that started them, so a killed sweep leaves no trial training unsupervised.
@@ -20,10 +20,7 @@ from typing import Any
 
 from spurcore.errors import SpurcoreError
 from spurcore.plugins import PluginManager
-from spurcore.sweep import Sweep, Trial, finished, run_trial
-
-LAUNCHERS = ("local", "ray")
-
+from spurcore_sweep.trials import Sweep, Trial, finished, run_trial
 
 class LauncherError(SpurcoreError):
     pass
@@ -139,15 +136,6 @@ class Ray:
 
     def close(self) -> None:
         pass
-
-
-def make_launcher(name: str, jobs: int, address: str | None = None, manager: PluginManager | None = None,
-                  threads: int = 1) -> Inline:
-    if name == "ray":
-        return Ray(address, threads)
-    if name != "local":
-        raise LauncherError(f"--launcher {name!r}: use one of {', '.join(LAUNCHERS)}")
-    return Inline(manager) if jobs <= 1 else Pool(jobs)
 
 
 def execute(sweep: Sweep, launcher: Inline, on_record: Callable[[Trial, dict[str, Any]], None]) -> dict[str, dict[str, Any]]:

@@ -312,12 +312,11 @@ def run_trial(spec: Mapping[str, Any], manager: PluginManager | None = None) -> 
 
     import torch
 
-    from spurcore.cli import _manager
     from spurcore.runner import run_pipeline
 
     torch.set_num_threads(int(spec["threads"]))  # fixed per trial: CPU results depend on it
     try:
-        manager = manager or _manager([*spec["plugin_args"], "no:progress"])
+        manager = manager or PluginManager.from_args([*spec["plugin_args"], "no:progress"])
         config = load_pipeline(spec["pipeline"], spec["overrides"])
         summary = run_pipeline(config, spec["out"], manager, resume="auto", log=lambda message: None)
     except Exception as error:  # noqa: BLE001 - recorded, and the sweep goes on

@@ -1,4 +1,4 @@
-"""The tiny test dataset and backbone as a module plugin (`spur -p tinyplug`), for tests that
+"""The tiny test dataset and backbone as a module plugin (`spur -p spurcore.testing.tinyplug`), for tests that
 run trials in other processes (torchrun, process pools, Ray workers), which load plugins by name."""
 
 from spurcore.testing import TinyPlugin

@@ -1,0 +1,48 @@
+"""spurcore-sweep: `spur sweep` and `spur report`, an application on the plugin contract.
+
+* `trials`: a sweep's trials from grids, search spaces, seeds and methods; `sweep.json`;
+  `run_trial`, which runs one trial in whatever process a launcher gives it;
+* `launchers`: the scheduler and the built-in launchers (`local`: this process or a process
+  pool; `ray`), registered through `spurcore_register_launchers`, so a cluster launcher
+  (SLURM, ...) is a plugin of its own;
+* `comparison`: `spur report`, each method's settings chosen per selector, mean ± std;
+* `commands`: the two commands.
+"""
+
+from __future__ import annotations
+
+from spurcore import hookimpl
+from spurcore.specs import LauncherSpec
+
+__version__ = "0.1.0"
+
+
+@hookimpl
+def spurcore_register_commands(cli):
+    from spurcore_sweep.commands import report_cmd, sweep_cmd
+
+    cli.add_command(sweep_cmd)
+    cli.add_command(report_cmd)
+
+
+def _local(jobs, threads, address, plugins):
+    from spurcore_sweep.launchers import Inline, Pool
+
+    return Inline(plugins) if jobs <= 1 else Pool(jobs)
+
+
+def _ray(jobs, threads, address, plugins):
+    from spurcore_sweep.launchers import Ray
+
+    return Ray(address, threads)
+
+
+@hookimpl
+def spurcore_register_launchers():
+    return [
+        LauncherSpec(name="local", factory=_local,
+                     description="this process (--jobs 1) or a pool of --jobs spawned processes on this machine"),
+        LauncherSpec(name="ray", factory=_ray,
+                     description="Ray tasks on the cluster at --address (a local instance without it); "
+                                 "pip install 'spurcore-sweep[ray]'"),
+    ]

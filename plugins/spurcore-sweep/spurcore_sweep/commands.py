@@ -1,0 +1,96 @@
+"""`spur sweep` and `spur report`, added to the command line through `spurcore_register_commands`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from spurcore.cli import plugin_manager
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected integers separated by commas, e.g. 0,1,2") from None
+
+
+@click.command("sweep")
+@click.argument("pipeline", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--grid", "grid", multiple=True, metavar="KEY=V1,V2",
+              help="Values to sweep; every combination runs. METHOD.KEY applies to one --methods method.")
+@click.option("--random", "random_draws", type=click.IntRange(min=1), metavar="N",
+              help="N random draws from the search spaces the mitigations declare (keys --grid does not "
+                   "set), crossed with every --grid combination.")
+@click.option("--seeds", default="0", show_default=True, help="Seeds, e.g. 0,1,2.")
+@click.option("--methods", default="", metavar="M1,A+B|all",
+              help="Also run these mitigations against the pipeline (A+B: a chain of stages; all: every "
+                   "installed one; all,A+B: both).")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Sweep directory.")
+@click.option("--launcher", default="local", show_default=True, metavar="NAME",
+              help="Where trials run: a registered launcher (spur list launchers): local, ray, ...")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Trials at a time.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Torch threads of every trial, whatever the machine and --jobs: CPU results depend on it.")
+@click.option("--address", help="The launcher's scheduler address (Ray: the cluster; default: a local instance).")
+@click.pass_context
+def sweep_cmd(ctx: click.Context, pipeline: Path, grid: tuple[str, ...], random_draws: int | None, seeds: str,
+              methods: str, out: Path, launcher: str, jobs: int, threads: int, address: str | None) -> None:
+    """Run PIPELINE over settings x seeds, one run directory each under --out; finished runs are
+    skipped when launched again, failed ones recorded in sweep.json. Then: spur report DIR."""
+    from spurcore_sweep import launchers, trials
+
+    manager = plugin_manager(ctx, quiet=True)
+    spec = manager.get("launchers", launcher)
+    names = [m for m in methods.split(",") if m]
+    settings = trials.parse_grid(grid)
+
+    if "all" in names:
+        others = [name for name in names if name != "all"]
+        found, settings, left_out = trials.all_methods(pipeline, manager, settings, others)
+        names = [*found, *others]
+        for name, error in left_out.items():
+            click.echo(f"--methods all: leaving out {name}: {error}", err=True)
+    plan = trials.plan_sweep(pipeline, out, manager, grid=settings, seeds=_seeds(seeds), methods=names,
+                             random_draws=random_draws, plugin_args=ctx.find_root().obj["plugin_args"],
+                             threads=threads)
+    out.mkdir(parents=True, exist_ok=True)
+    trials.write_manifest(plan, {})
+    records: dict[str, dict] = {}
+    total = len(plan.trials)
+
+    def heard(trial, record) -> None:
+        records[trial.path] = record
+        trials.write_manifest(plan, records)
+        state = "finished earlier" if record.get("skipped") else record["status"]
+        extra = f": {record['error']}" if "error" in record else ""
+        click.echo(f"[{len(records)}/{total}] {trial.path}: {state}{extra}")
+
+    launchers.execute(plan, spec.factory(jobs, threads, address, manager), heard)
+    failed = [p for p, r in records.items() if r["status"] != "done"]
+    click.echo(f"{total - len(failed)} of {total} trials finished; {len(failed)} failed or not run. "
+               f"Next: spur report {out}")
+    if failed:
+        ctx.exit(1)
+
+
+@click.command("report")
+@click.argument("sweep_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--selector", "selectors", multiple=True, metavar="NAME",
+              help="Choose each method's settings with this selector. Repeatable (default: every installed one).")
+@click.option("--format", "fmt", type=click.Choice(["md", "csv", "json"]), default="md", show_default=True)
+@click.option("--rows-by", "rows_by", multiple=True, metavar="KEY",
+              help="One row per value of this setting (a grid key, e.g. prunedtwin.options.criterion) in the "
+                   "methods that have it, each with its own best settings. Repeatable.")
+@click.pass_context
+def report_cmd(ctx: click.Context, sweep_dir: Path, selectors: tuple[str, ...], fmt: str,
+               rows_by: tuple[str, ...]) -> None:
+    """Compare the methods of a sweep: test WGA and average accuracy, mean ± std over seeds."""
+    from spurcore_sweep import comparison
+
+    manager = plugin_manager(ctx, quiet=True)
+    names = list(selectors) or sorted(manager.registry("selectors"))
+    text, figure = comparison.write(sweep_dir, manager, names, fmt, rows_by)
+    click.echo(text, nl=False)
+    click.echo(f"figure: {figure}", err=True)
