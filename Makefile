@@ -34,6 +34,7 @@ bench: install
 
 docs: install
 	$(BIN)/python docs/make_hook_reference.py
+	$(BIN)/python docs/make_api_reference.py
 
 clean:
 	rm -rf $(VENV) runs

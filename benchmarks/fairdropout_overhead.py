@@ -15,7 +15,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from spurcore.builtins.backbones import SmallCNNOptions, build_small_cnn
+from spurcore.builtins.backbones import SmallCNNOptions
+from spurcore.builtins.networks import build_small_cnn
 from spurcore.model import build_model
 from spurcore_fairdropout import FairDropoutOptions, FairDropoutStage
 

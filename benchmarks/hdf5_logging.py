@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from spurcore.builtins.backbones import SmallCNNOptions, build_small_cnn
+from spurcore.builtins.backbones import SmallCNNOptions
+from spurcore.builtins.networks import build_small_cnn
 from spurcore.builtins.waterdigits import WaterdigitsOptions, build
 from spurcore.device import Device
 from spurcore.model import build_model

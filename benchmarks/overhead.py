@@ -29,7 +29,8 @@ from spurcore.model import build_model
 from spurcore.plugins import PluginManager
 from spurcore.runner import epoch_seed, run_pipeline, seed_everything
 from spurcore.specs import DatasetSpec
-from spurcore.builtins.backbones import SmallCNNOptions, build_small_cnn
+from spurcore.builtins.backbones import SmallCNNOptions
+from spurcore.builtins.networks import build_small_cnn
 
 
 def pipeline(epochs: int, seed: int) -> dict:

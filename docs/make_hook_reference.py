@@ -96,16 +96,21 @@ def render() -> str:
     return "\n".join(parts).rstrip() + "\n"
 
 
-def main(argv: list[str]) -> int:
-    text = render()
+def write_or_check(page: Path, text: str, argv: list[str], script: str) -> int:
+    """Write a generated page; with `--check`, 1 when the committed page differs from `text`
+    (docs/make_api_reference.py uses it too)."""
     if "--check" in argv:
-        if PAGE.read_text() != text:
-            print(f"{PAGE} is out of date: run python docs/make_hook_reference.py", file=sys.stderr)
+        if page.read_text() != text:
+            print(f"{page} is out of date: run python {script}", file=sys.stderr)
             return 1
         return 0
-    PAGE.write_text(text)
-    print(f"wrote {PAGE}")
+    page.write_text(text)
+    print(f"wrote {page}")
     return 0
+
+
+def main(argv: list[str]) -> int:
+    return write_or_check(PAGE, render(), argv, "docs/make_hook_reference.py")
 
 
 if __name__ == "__main__":

@@ -70,22 +70,27 @@ def plugin_manager(ctx: click.Context, quiet: bool = False) -> PluginManager:
 
 
 @cli.command("plugins")
+@click.option("--hooks", "stage_hooks", is_flag=True,
+              help="Also list the stage hooks of every mitigation (this imports the mitigations' code; "
+                   "--json always lists them).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
-def plugins_cmd(ctx: click.Context, as_json: bool) -> None:
-    """List loaded plugins: name, version, hooks (and those that failed to load)."""
+def plugins_cmd(ctx: click.Context, stage_hooks: bool, as_json: bool) -> None:
+    """List loaded plugins: name, version, hooks, mitigations (and those that failed to load)."""
     manager = plugin_manager(ctx)
-    infos = manager.infos()
+    infos = manager.infos(stage_hooks=stage_hooks or as_json)
     if as_json:
         rows = [attrs.asdict(i) for i in infos]
-        rows += [{"name": n, "version": "", "hooks": [], "stage_hooks": {}, "builtin": False, "error": e}
-                 for n, e in manager.failed.items()]
+        rows += [{"name": n, "version": "", "hooks": [], "mitigations": [], "stage_hooks": {}, "builtin": False,
+                  "error": e} for n, e in manager.failed.items()]
         click.echo(json.dumps(rows, indent=2))
         return
     for info in infos:
         tag = " (built-in)" if info.builtin else ""
         click.echo(f"{info.name} {info.version}{tag}")
         click.echo(f"    hooks: {', '.join(info.hooks)}")
+        if info.mitigations and not stage_hooks:
+            click.echo(f"    mitigations: {', '.join(info.mitigations)}")
         for method, hooks in sorted(info.stage_hooks.items()):
             shown = hooks if isinstance(hooks, str) else ", ".join(hooks) or "none"
             click.echo(f"    mitigation {method}, stage hooks: {shown}")
@@ -207,7 +212,7 @@ def show_cmd(run_dir: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    portable.pin_environment()  # before torch is imported (by the plugin manager's built-ins)
+    portable.pin_environment()  # before torch is imported (by whatever command computes)
     argv = list(sys.argv[1:] if argv is None else argv)
     plugin_args = _plugin_args(argv)
     manager = PluginManager.from_args(plugin_args)

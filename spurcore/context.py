@@ -14,15 +14,20 @@ if TYPE_CHECKING:  # pragma: no cover
     from spurcore.data import SpuriousData
     from spurcore.device import Device
     from spurcore.model import SpurModel
-    from spurcore.plugins import PluginManager
+    from spurcore.plugins import Registry
     from spurcore.rundir import RunDir
     from spurcore.specs import MitigationSpec
 
 
 @attrs.define(kw_only=True)
 class RunContext:
-    """One run of a pipeline: its resolved config, data, device, directory and plugins.
+    """One run of a pipeline: its resolved config, data, device, directory, and the registry
+    of its plugins (`plugins`, read only).
 
+    `plugins` (a `spurcore.plugins.Registry`): `plugins.get(kind, name)` is a registered spec
+    (`run.plugins.get("mitigations", "dfr")`), `plugins.names(kind)` the names of a kind, and
+    `open_run(path, run.plugins)` reads another run with the plugins of this one; hooks never
+    load, block or register plugins.
     `initial_model()` builds, on the run's device, the model the pipeline started from (the
     seeded fresh backbone and head, or `[init]`'s model) without touching any random state:
     for methods that retrain from scratch after an earlier stage (JTT's final model).
@@ -32,7 +37,7 @@ class RunContext:
     data: SpuriousData
     device: Device
     out: RunDir
-    plugins: PluginManager
+    plugins: Registry
     initial_model: Callable[[], SpurModel]
     resumed: bool = False
     log: Callable[[str], None] = print

@@ -12,6 +12,7 @@ import torch
 
 from spurcore import config as cfg
 from spurcore.data import group_ids, iterate_batches
+from spurcore.plugins import manager_of
 from spurcore.sampling import capped_subset
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -68,7 +69,7 @@ def evaluate(run: RunContext, stage: StageContext, epoch: int, split: str,
     """Forward one split in eval mode, calling the evaluation hooks, and return its metrics:
     on every example, or on the examples at `positions` only (batches carry their real
     indices in `batch.index`; metrics are computed on those examples' labels)."""
-    model, device, hook = stage.model, run.device, run.plugins.hook
+    model, device, hook = stage.model, run.device, manager_of(run.plugins).hook
     data = run.data.splits[split]
     order = np.arange(len(data)) if positions is None else np.asarray(positions, dtype=np.int64)
     model.eval()

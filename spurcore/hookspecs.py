@@ -45,8 +45,9 @@ after its last. The calling sequence of `spur run`::
     on an exception after spurcore_run_start: spurcore_run_error(run, stage, error), then it
     propagates.
 
-`run` is a `spurcore.context.RunContext` (config, data, device, run directory, registry,
-and `initial_model()`, a fresh copy of the model the pipeline started from);
+`run` is a `spurcore.context.RunContext` (config, data, device, run directory, the registry
+as `run.plugins`, read only: `get(kind, name)` and `names(kind)`, and `initial_model()`, a
+fresh copy of the model the pipeline started from);
 `stage` is a `spurcore.context.StageContext` (its index, name, method spec and options, the
 effective training settings, the model, optimizer and scheduler). An implementation may take
 fewer arguments than its spec.
@@ -114,14 +115,22 @@ def spurcore_register_backbones() -> list[BackboneSpec]:
 def spurcore_register_tracers() -> list[TracerSpec]:
     """Return the memorization tracers this plugin provides.
 
-    Called once when the registry is gathered. `TracerSpec.trace(run_dir, options, plugins)`
-    reads a finished run (its checkpoints, through `spurcore.rundir.RunDir`) and writes its analysis.
+    Called once when the registry is gathered. `spur trace RUN_DIR --tracer NAME` opens the
+    run and calls `TracerSpec.trace(run, options, out, log)` with the finished run
+    (`spurcore.finished.FinishedRun`), the validated options, the output folder (default
+    `RUN_DIR/trace/NAME`) and a printer of progress lines (None under `--quiet`); it writes
+    into the folder and returns a few lines for the user, which `spur trace` prints.
 
     Example::
 
+        def trace_by_gradient(run, options, out, log):
+            model = run.load_model(options.stage, "selected")
+            ...  # score, change, measure; write into `out`
+            return f"wrote {out / 'gradient.json'}"
+
         @hookimpl
         def spurcore_register_tracers():
-            return [TracerSpec(name="gradient", trace=trace_by_gradient, options=TraceOptions)]
+            return [TracerSpec(name="gradient", trace=trace_by_gradient, options=GradientOptions)]
     """
 
 

@@ -24,6 +24,7 @@ import pluggy
 from spurcore import hookspecs
 from spurcore.config import structure
 from spurcore.errors import ConfigError, SpurcoreError
+from spurcore.lazy import Lazy
 from spurcore.specs import KINDS, SPEC_TYPES
 
 ENTRY_POINT_GROUP = "spurcore"
@@ -54,14 +55,16 @@ class Registered:
 
 @attrs.frozen
 class PluginInfo:
-    """`stage_hooks`: for each mitigation the plugin registers, the hooks of its stage object
-    (which `hooks` cannot show: the object exists only while its stage runs), or why they are
-    unknown."""
+    """`mitigations`: the names of the mitigations the plugin registers. `stage_hooks`: for each
+    of them, the hooks of its stage object (which `hooks` cannot show: the object exists only
+    while its stage runs), or why they are unknown; empty when not asked for, since reading
+    them imports the mitigations' code."""
 
     name: str
     version: str
     hooks: tuple[str, ...]
     builtin: bool
+    mitigations: tuple[str, ...] = ()
     stage_hooks: Mapping[str, tuple[str, ...] | str] = attrs.field(factory=dict)
 
 
@@ -287,8 +290,10 @@ class PluginManager:
 
     def stage_hooks(self, spec: Any) -> tuple[str, ...]:
         """The hooks a mitigation's stage object implements: read off `factory` when it is a
-        class, else off the object it builds from the default options (which may raise)."""
-        method = spec.factory if inspect.isclass(spec.factory) else spec.factory(default_options(spec))
+        class (or a `lazy` class), else off the object it builds from the default options
+        (which may raise)."""
+        factory = spec.factory.resolve() if isinstance(spec.factory, Lazy) else spec.factory
+        method = factory if inspect.isclass(factory) else spec.factory(default_options(spec))
         return tuple(sorted(
             name for name in dir(method)
             if name.startswith(f"{hookspecs.PROJECT}_") and self._has_spec(name)
@@ -303,18 +308,21 @@ class PluginManager:
         except Exception as exc:  # a factory that fails on its defaults must not stop the listing
             return f"unknown: {spec.name}'s factory failed on its default options: {type(exc).__name__}: {exc}"
 
-    def infos(self) -> list[PluginInfo]:
-        """Name, version and implemented hooks of every loaded plugin, and the stage hooks of
-        the mitigations it registers (for `spur plugins`)."""
+    def infos(self, stage_hooks: bool = True) -> list[PluginInfo]:
+        """Name, version and implemented hooks of every loaded plugin, the mitigations it
+        registers and, with `stage_hooks`, their stage hooks (for `spur plugins`)."""
         from spurcore import __version__
 
+        methods: dict[str, list[str]] = {}
         stages: dict[str, dict[str, tuple[str, ...] | str]] = {}
         try:
             mitigations = self.registry("mitigations")
         except PluginError:  # a name registered twice: still list the plugins, which is how one finds them
             mitigations = {}
         for method, entry in mitigations.items():
-            stages.setdefault(entry.plugin, {})[method] = self._described_stage_hooks(entry.spec)
+            methods.setdefault(entry.plugin, []).append(method)
+            if stage_hooks:
+                stages.setdefault(entry.plugin, {})[method] = self._described_stage_hooks(entry.spec)
         rows = []
         for name, plugin in self.pm.list_name_plugin():
             if name is None or plugin is None:
@@ -322,5 +330,28 @@ class PluginManager:
             hooks = tuple(sorted(c.name for c in self.pm.get_hookcallers(plugin) or ()))
             builtin = name in self._builtin
             version = __version__ if builtin else self._versions.get(name, "")
-            rows.append(PluginInfo(name, version, hooks, builtin, stages.get(name, {})))
+            rows.append(PluginInfo(name, version, hooks, builtin, tuple(sorted(methods.get(name, ()))), stages.get(name, {})))
         return sorted(rows, key=lambda r: (not r.builtin, r.name))
+
+
+class Registry:
+    """What hooks see of the plugins, as `run.plugins`: the registered specs by kind and name,
+    read only. Loading, blocking and registering plugins, and calling hooks, stay with the
+    kernel, so a hook cannot change which plugins the rest of its run sees."""
+
+    def __init__(self, manager: PluginManager) -> None:
+        self._manager = manager
+
+    def get(self, kind: str, name: str) -> Any:
+        """The spec of `kind` called `name`, or an error with the closest name and what exists."""
+        return self._manager.get(kind, name)
+
+    def names(self, kind: str) -> tuple[str, ...]:
+        """The names registered for `kind` (e.g. "mitigations"), sorted."""
+        return tuple(sorted(self._manager.registry(kind)))
+
+
+def manager_of(plugins: PluginManager | Registry) -> PluginManager:
+    """The manager behind a hook's `run.plugins`, for kernel functions a hook may hand it to
+    (`open_run`, planning a pipeline), which register stage objects while they work."""
+    return plugins._manager if isinstance(plugins, Registry) else plugins

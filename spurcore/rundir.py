@@ -9,6 +9,7 @@
     .lock                 held by the process writing the run (spurcore.runlock)
     group_acc_epochs.png  train vs test accuracy per group over epochs (when train was
                           evaluated and has attribute labels), written when the run finishes
+    trace/<tracer>/       what `spur trace --tracer NAME` writes there unless told `--out`
 
 Checkpoints are written atomically and read with `weights_only=True`.
 """
@@ -69,6 +70,10 @@ class RunDir:
                 shutil.rmtree(path)
             else:
                 path.unlink(missing_ok=True)
+
+    def trace_dir(self, tracer: str) -> Path:
+        """The default output folder of a tracer (`TracerSpec.name`) on this run."""
+        return self.path / "trace" / tracer
 
     def stage_dir(self, stage_key: str) -> Path:
         return self.path / "checkpoints" / stage_key

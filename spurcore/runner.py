@@ -31,8 +31,9 @@ from spurcore.embeddings import cached
 from spurcore.errors import SpurcoreError
 from spurcore.evaluation import TrainEvaluation, evaluate, evaluation_splits, train_evaluation
 from spurcore.finished import FinishedRun
+from spurcore.lazy import Lazy
 from spurcore.model import SpurModel, build_model
-from spurcore.plugins import PluginManager
+from spurcore.plugins import PluginError, PluginManager, Registry, manager_of
 from spurcore.rundir import RunDir
 from spurcore.specs import MitigationSpec, ObserverSpec, SelectorSpec
 
@@ -74,10 +75,11 @@ def _options(spec: Any, values: dict[str, Any], where: str) -> Any:
     return cfg.structure(spec.options, values, where)
 
 
-def plan(config: cfg.PipelineConfig, plugins: PluginManager) -> Plan:
-    """Resolve every name and validate every option, or raise naming the file and the key."""
+def plan(config: cfg.PipelineConfig, plugins: PluginManager | Registry) -> Plan:
+    """Resolve every name and validate every option, or raise naming the file and the key
+    (`plugins`: a manager, or a hook's `run.plugins`)."""
     try:
-        return _plan(config, plugins)
+        return _plan(config, manager_of(plugins))
     except SpurcoreError as error:
         if not config.source or str(error).startswith(config.source):
             raise
@@ -86,9 +88,24 @@ def plan(config: cfg.PipelineConfig, plugins: PluginManager) -> Plan:
 
 def _get(plugins: PluginManager, kind: str, name: str, key: str) -> Any:
     try:
-        return plugins.get(kind, name)
+        spec = plugins.get(kind, name)
+        _import_lazy(spec, kind)
     except SpurcoreError as error:
         raise type(error)(f"{key}: {error}") from None
+    return spec
+
+
+def _import_lazy(spec: Any, kind: str) -> None:
+    """Import now what a spec names with `lazy("module:attr")`, so that a module that cannot be
+    imported stops the run before it starts, not when its stage (or first selection) comes."""
+    for field in attrs.fields(type(spec)):
+        target = getattr(spec, field.name)
+        if isinstance(target, Lazy):
+            try:
+                target.resolve()
+            except (ImportError, AttributeError) as exc:
+                raise PluginError(f"{kind[:-1]} {spec.name!r}: its {field.name} {target.target!r} cannot be "
+                                  f"imported: {type(exc).__name__}: {exc}") from None
 
 
 def _plan(config: cfg.PipelineConfig, plugins: PluginManager) -> Plan:
@@ -214,8 +231,8 @@ class Runner:
         self.plan = plan
         self.plugins = plugins
         self.hook = plugins.hook
-        self.run = RunContext(config=plan.config, data=data, device=device, out=out, plugins=plugins,
-                              initial_model=self._initial_model, resumed=resume, log=log)
+        self.run = RunContext(config=plan.config, data=data, device=device, out=out,
+                              plugins=Registry(plugins), initial_model=self._initial_model, resumed=resume, log=log)
         self.histories: dict[str, list[dict[str, Any]]] = {}
         self.train_evaluations: dict[str, TrainEvaluation | None] = {}
 
@@ -704,9 +721,10 @@ def plan_saved(run_dir: Any, plugins: PluginManager, overrides: Sequence[str] = 
     return plan(attrs.evolve(config, settings={}), plugins)
 
 
-def open_run(path: Any, plugins: PluginManager, *, device: str = "cpu") -> FinishedRun:
+def open_run(path: Any, plugins: PluginManager | Registry, *, device: str = "cpu") -> FinishedRun:
     """A finished (or interrupted) run, read back for analysis: `open_run(p, pm).load_model()`
-    (see `spurcore.finished.FinishedRun`)."""
+    (see `spurcore.finished.FinishedRun`); a hook passes its `run.plugins`."""
+    plugins = manager_of(plugins)
     out = RunDir(path)
     if not out.config.exists():
         raise RunError(f"{out.path}: not a run directory (no config.toml)")

@@ -134,15 +134,21 @@ class MetricSpec:
 
 @attrs.frozen(kw_only=True)
 class TracerSpec:
-    """A memorization tracer: `trace(run_dir, options, plugins)` analyses a finished run.
+    """A memorization tracer: `trace(run, options, out, log)` analyses a finished run and writes
+    what it finds into the folder `out`.
 
-    `plugins` is the caller's `PluginManager`, with which the tracer reopens the run
-    (`spurcore.runner.open_run(run_dir, plugins)`). Tracers read a run's checkpoints and never
-    change what the run computed.
+    `spur trace RUN_DIR --tracer NAME` runs it: `run` is the `spurcore.finished.FinishedRun`
+    that `spurcore.runner.open_run` returns (stages, epochs, data, `load_model(stage, epoch)`
+    on the `--device` asked for); `options` an instance of `options` (an attrs class) validated
+    from the command's `-o KEY=VALUE`s and flags, or None when the tracer takes none; `out`
+    `--out`, by default `RUN_DIR/trace/NAME` (it may not exist yet); `log(line)` prints progress
+    and is None under `--quiet` (show nothing while working, progress bars included). It returns
+    a few lines for the user (what it found, what it wrote), which `spur trace` prints, under
+    `--quiet` too. Tracers read a run's checkpoints and never change what the run computed.
     """
 
     name: str = attrs.field(validator=_name)
-    trace: Callable[[Any, Any, Any], Any]
+    trace: Callable[[Any, Any, Any, Any], str]
     options: type | None = None
     description: str = ""
 

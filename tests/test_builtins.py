@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from spurcore.builtins import waterdigits
-from spurcore.builtins.backbones import BackboneError, ResNetOptions, SmallCNN, SmallCNNOptions, build_small_cnn
+from spurcore.builtins.backbones import ResNetOptions, SmallCNNOptions
+from spurcore.builtins.networks import BackboneError, SmallCNN, build_small_cnn
 from spurcore.builtins.waterdigits_gen import GROUP_COUNTS, generate
 
 
@@ -55,9 +56,9 @@ def test_small_cnn_features_have_the_declared_width():
     assert backbone.module(torch.zeros(2, 3, 16, 16)).shape == (2, backbone.feature_dim) == (2, 32)
 
 
-def test_resnet_never_downloads_and_says_how_to_proceed(tmp_path, monkeypatch, plugins):
+def test_resnet_never_downloads_and_says_how_to_proceed(tmp_path, monkeypatch, spur_plugins):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    spec = plugins.get("backbones", "resnet18")
+    spec = spur_plugins.get("backbones", "resnet18")
 
     class Data:
         name, input_shape = "toy", (3, 32, 32)
@@ -75,9 +76,9 @@ def test_resnet_never_downloads_and_says_how_to_proceed(tmp_path, monkeypatch, p
         spec.build(ResNetOptions(weights=str(path)), Data())
 
 
-def test_vit_takes_the_data_image_size_and_pretrained_weights_need_224(tmp_path, monkeypatch, plugins):
+def test_vit_takes_the_data_image_size_and_pretrained_weights_need_224(tmp_path, monkeypatch, spur_plugins):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    spec = plugins.get("backbones", "vit-b-16")
+    spec = spur_plugins.get("backbones", "vit-b-16")
 
     class Data:
         name, input_shape = "toy", (3, 32, 32)
@@ -90,7 +91,7 @@ def test_vit_takes_the_data_image_size_and_pretrained_weights_need_224(tmp_path,
         spec.build(ResNetOptions(pretrained=True), Data())
     weights = backbone.module.state_dict() | {"heads.head.weight": torch.zeros(1000, 768),
                                               "heads.head.bias": torch.zeros(1000)}
-    monkeypatch.setattr("spurcore.builtins.backbones._load_weights", lambda arch, options: weights)
+    monkeypatch.setattr("spurcore.builtins.networks._load_weights", lambda arch, options: weights)
 
     class Larger:
         name, input_shape = "toy", (3, 48, 48)

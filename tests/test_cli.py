@@ -34,7 +34,7 @@ def write_pipeline(path, **overrides):
 
 
 def tiny_manager() -> PluginManager:
-    """What the kit's `plugins` fixture builds, for the module-scoped run below."""
+    """What the kit's `spur_plugins` fixture builds, for the module-scoped run below."""
     return kit_manager()
 
 
@@ -51,8 +51,8 @@ def finished(tmp_path_factory):
 # --- listing -------------------------------------------------------------------------------------
 
 
-def test_plugins_json(plugins):
-    result = invoke(plugins, "plugins", "--json")
+def test_plugins_json(spur_plugins):
+    result = invoke(spur_plugins, "plugins", "--json")
     assert result.exit_code == 0, result.output
     rows = {row["name"]: row for row in json.loads(result.output)}
     assert {"erm", "metrics", "selectors", "backbones", "waterdigits", "tiny"} <= set(rows)
@@ -65,19 +65,19 @@ def test_plugins_json(plugins):
     assert rows["waterdigits"]["hooks"] == ["spurcore_register_datasets"]
     assert rows["tiny"] == {"name": "tiny", "version": "", "builtin": False, "hooks": [
         "spurcore_register_backbones", "spurcore_register_datasets", "spurcore_register_mitigations"],
-        "stage_hooks": {"tiny-refit": ["spurcore_posthoc_head"]}}
+        "mitigations": ["tiny-refit"], "stage_hooks": {"tiny-refit": ["spurcore_posthoc_head"]}}
     assert rows["erm"]["stage_hooks"] == {"erm": []}  # its loss is the module's hook, the fallback of every stage
 
 
-def test_plugins_text_lists_failures(plugins):
-    plugins.failed["broken"] = "ImportError: no module named torchaudio"
-    result = invoke(plugins, "plugins")
+def test_plugins_text_lists_failures(spur_plugins):
+    spur_plugins.failed["broken"] = "ImportError: no module named torchaudio"
+    result = invoke(spur_plugins, "plugins")
     assert result.exit_code == 0
     assert f"erm {spurcore.__version__} (built-in)" in result.output
     assert "    hooks: spurcore_register_mitigations, spurcore_train_loss" in result.output
     assert "broken FAILED TO LOAD: ImportError: no module named torchaudio" in result.output
-    rows = json.loads(invoke(plugins, "plugins", "--json").output)
-    assert {"name": "broken", "version": "", "hooks": [], "stage_hooks": {}, "builtin": False,
+    rows = json.loads(invoke(spur_plugins, "plugins", "--json").output)
+    assert {"name": "broken", "version": "", "hooks": [], "mitigations": [], "stage_hooks": {}, "builtin": False,
             "error": "ImportError: no module named torchaudio"} in rows
 
 
@@ -94,8 +94,8 @@ def test_every_listing_is_json_with_every_installed_plugin():
     assert {row["name"] for row in json.loads(result.output)} >= {info.name for info in manager.infos()}
 
 
-def test_list_mitigations_json(plugins):
-    result = invoke(plugins, "list", "mitigations", "--json")
+def test_list_mitigations_json(spur_plugins):
+    result = invoke(spur_plugins, "list", "mitigations", "--json")
     assert result.exit_code == 0, result.output
     rows = {row["name"]: row for row in json.loads(result.output)}
     assert rows["erm"]["plugin"] == "erm"
@@ -104,8 +104,8 @@ def test_list_mitigations_json(plugins):
     assert rows["erm"]["description"].startswith("Empirical risk minimisation")
 
 
-def test_list_datasets(plugins):
-    result = invoke(plugins, "list", "datasets")
+def test_list_datasets(spur_plugins):
+    result = invoke(spur_plugins, "list", "datasets")
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0].startswith("tiny ") and lines[0].endswith("tiny test data  (tiny)")
@@ -113,8 +113,8 @@ def test_list_datasets(plugins):
     assert len(lines) == 2
 
 
-def test_list_selectors_flags_attribute_labels(plugins):
-    result = invoke(plugins, "list", "selectors")
+def test_list_selectors_flags_attribute_labels(spur_plugins):
+    result = invoke(spur_plugins, "list", "selectors")
     flagged = {line.split()[0] for line in result.output.splitlines() if "[needs attribute labels]" in line}
     assert flagged == {"val-wga"}
 
@@ -163,27 +163,27 @@ class Labelled:
                 SelectorSpec(name="blind", score=lambda c: 0.0, description="seven")]
 
 
-def test_list_derives_the_attribute_label_markers_from_the_specs(plugins, register_plugin):
-    register_plugin(Labelled(), "labelled")
-    lines = {line.split()[0]: line for line in invoke(plugins, "list", "mitigations").output.splitlines()}
+def test_list_derives_the_attribute_label_markers_from_the_specs(spur_plugins, spur_register_plugin):
+    spur_register_plugin(Labelled(), "labelled")
+    lines = {line.split()[0]: line for line in invoke(spur_plugins, "list", "mitigations").output.splitlines()}
     assert lines["reads-train"].endswith(" one [needs attribute labels on train]  (labelled)")
     assert lines["reads-none"].endswith(" two [no attribute labels]  (labelled)")
     assert lines["reads-chosen"].endswith(" three [needs attribute labels on val with the default options]  (labelled)")
     assert lines["reads-required"].endswith(" four [attribute labels depend on the options]  (labelled)")
     assert lines["tiny-refit"].count("no attribute labels") == 1
-    rows = {row["name"]: row for row in json.loads(invoke(plugins, "list", "mitigations", "--json").output)}
+    rows = {row["name"]: row for row in json.loads(invoke(spur_plugins, "list", "mitigations", "--json").output)}
     assert (rows["reads-chosen"]["needs_attributes"], rows["reads-chosen"]["needs_attributes_depend_on_options"]) == (["val"], True)
     assert (rows["reads-train"]["needs_attributes"], rows["reads-train"]["needs_attributes_depend_on_options"]) == (["train"], False)
     assert rows["reads-required"]["needs_attributes"] == ("depends on the options (reads-required.options.split: "
                                                           "missing (required))")
-    lines = {line.split()[0]: line for line in invoke(plugins, "list", "selectors").output.splitlines()}
+    lines = {line.split()[0]: line for line in invoke(spur_plugins, "list", "selectors").output.splitlines()}
     assert lines["peeking"].endswith(" six [needs attribute labels]  (labelled)")
     assert lines["blind"].endswith(" seven [no attribute labels]  (labelled)")
 
 
-def test_plugins_shows_the_stage_hooks_of_each_mitigation(plugins, register_plugin):
-    register_plugin(Labelled(), "labelled")
-    lines = invoke(plugins, "plugins").output.splitlines()
+def test_plugins_shows_the_stage_hooks_of_each_mitigation(spur_plugins, spur_register_plugin):
+    spur_register_plugin(Labelled(), "labelled")
+    lines = invoke(spur_plugins, "plugins", "--hooks").output.splitlines()
     mine = lines[lines.index("labelled ") + 1:lines.index("labelled ") + 7]
     assert mine == ["    hooks: spurcore_register_mitigations, spurcore_register_selectors",
                     "    mitigation breaks, stage hooks: unknown: breaks's factory failed on its default options: "
@@ -197,13 +197,22 @@ def test_plugins_shows_the_stage_hooks_of_each_mitigation(plugins, register_plug
     assert "    mitigation erm, stage hooks: none" in lines
 
 
+def test_plugins_without_hooks_names_the_mitigations_and_builds_none(spur_plugins, spur_register_plugin):
+    spur_register_plugin(Labelled(), "labelled")  # its `breaks` factory raises when built
+    lines = invoke(spur_plugins, "plugins").output.splitlines()
+    assert lines[lines.index("labelled ") + 1:lines.index("labelled ") + 3] == [
+        "    hooks: spurcore_register_mitigations, spurcore_register_selectors",
+        "    mitigations: breaks, reads-chosen, reads-none, reads-required, reads-train"]
+    assert "    mitigations: erm" in lines and not any("stage hooks" in line for line in lines)
+
+
 def test_quiet_says_it_hides_the_log_too():
     result = CliRunner().invoke(cli, ["run", "--help"], obj={"plugin_args": []})
     assert "--quiet" in result.output and "log" in result.output.split("--quiet", 1)[1].split("\n  -", 1)[0]
 
 
-def test_list_unknown_kind_is_a_usage_error(plugins):
-    result = invoke(plugins, "list", "models")
+def test_list_unknown_kind_is_a_usage_error(spur_plugins):
+    result = invoke(spur_plugins, "list", "models")
     assert result.exit_code == 2
     assert "'models' is not one of" in result.output
 
@@ -211,10 +220,10 @@ def test_list_unknown_kind_is_a_usage_error(plugins):
 # --- run ---------------------------------------------------------------------------------------
 
 
-def test_run_quiet(plugins, tmp_path):
+def test_run_quiet(spur_plugins, tmp_path):
     """`--quiet` must leave out the progress bar, not the plugin manager it was given."""
     pipeline = write_pipeline(tmp_path / "tiny.toml", train={"epochs": 1, "batch_size": 64})
-    result = invoke(plugins, "run", pipeline, "--out", tmp_path / "run", "--quiet")
+    result = invoke(spur_plugins, "run", pipeline, "--out", tmp_path / "run", "--quiet")
     assert result.exit_code == 0, result.output
     assert result.output.startswith(TABLE_HEAD + "\n")
     assert "selected: {'selector': 'val-wga', 'stage': 'erm', 'epoch': 1}" in result.output
@@ -336,64 +345,64 @@ def test_resume_of_a_finished_run_gives_the_same_summary(finished):
     assert json.loads((out / "summary.json").read_text()) == before
 
 
-def test_run_into_a_non_empty_directory_is_refused(plugins, tmp_path):
+def test_run_into_a_non_empty_directory_is_refused(spur_plugins, tmp_path):
     pipeline = write_pipeline(tmp_path / "tiny.toml")
     out = tmp_path / "busy"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    result = invoke(plugins, "run", pipeline, "--out", out)
+    result = invoke(spur_plugins, "run", pipeline, "--out", out)
     assert result.exit_code == 1
     assert "is not empty and holds no run" in result.output
 
 
-def test_config_error_exits_2_naming_the_key(plugins, tmp_path):
+def test_config_error_exits_2_naming_the_key(spur_plugins, tmp_path):
     pipeline = write_pipeline(tmp_path / "bad.toml", train={"epochs": 3, "lrr": 0.1})
-    result = invoke(plugins, "run", pipeline, "--out", tmp_path / "run")
+    result = invoke(spur_plugins, "run", pipeline, "--out", tmp_path / "run")
     assert result.exit_code == 2
     assert result.output.startswith("Error: ")
     assert f"{pipeline}: train.lrr: unknown key (did you mean 'lr'?)" in result.output
     assert not (tmp_path / "run").exists()
 
 
-def test_unknown_dataset_lists_the_available_ones(plugins, tmp_path):
+def test_unknown_dataset_lists_the_available_ones(spur_plugins, tmp_path):
     pipeline = write_pipeline(tmp_path / "p.toml", dataset={"name": "tinny"})
-    result = invoke(plugins, "run", pipeline, "--out", tmp_path / "run")
+    result = invoke(spur_plugins, "run", pipeline, "--out", tmp_path / "run")
     assert result.exit_code == 1
     assert f"Error: {pipeline}: dataset.name: no dataset named 'tinny' (did you mean 'tiny'?); available: tiny, waterdigits" in result.output
     assert not (tmp_path / "run").exists()
 
 
-def test_override_type_error_exits_2(plugins, tmp_path):
+def test_override_type_error_exits_2(spur_plugins, tmp_path):
     pipeline = write_pipeline(tmp_path / "p.toml")
-    result = invoke(plugins, "run", pipeline, "--out", tmp_path / "run", "-o", "train.epochs=abc")
+    result = invoke(spur_plugins, "run", pipeline, "--out", tmp_path / "run", "-o", "train.epochs=abc")
     assert result.exit_code == 2
     assert "Error: " in result.output
     assert "train.epochs: expected an integer, got str 'abc'" in result.output
 
 
-def test_seed_and_device_options_are_overrides(plugins, tmp_path):
+def test_seed_and_device_options_are_overrides(spur_plugins, tmp_path):
     pipeline = write_pipeline(tmp_path / "p.toml", train={"epochs": 1, "batch_size": 64})
-    result = invoke(plugins, "run", pipeline, "--out", tmp_path / "run", "--seed", 7, "--device", "cpu")
+    result = invoke(spur_plugins, "run", pipeline, "--out", tmp_path / "run", "--seed", 7, "--device", "cpu")
     assert result.exit_code == 0, result.output
     saved = load_pipeline(tmp_path / "run" / "config.toml")
     assert (saved.seed, saved.device) == (7, "cpu")
-    result = invoke(plugins, "run", pipeline, "--out", tmp_path / "run2", "--device", "gpu")
+    result = invoke(spur_plugins, "run", pipeline, "--out", tmp_path / "run2", "--device", "gpu")
     assert result.exit_code == 1
     assert "unknown device 'gpu'" in result.output
     assert not (tmp_path / "run2" / "config.toml").exists()
 
 
-def test_missing_pipeline_file(plugins, tmp_path):
-    result = invoke(plugins, "run", tmp_path / "nope.toml", "--out", tmp_path / "run")
+def test_missing_pipeline_file(spur_plugins, tmp_path):
+    result = invoke(spur_plugins, "run", tmp_path / "nope.toml", "--out", tmp_path / "run")
     assert result.exit_code == 2
     assert f"Error: {tmp_path / 'nope.toml'}: no such pipeline file" in result.output
 
 
-def test_runs_are_reproducible(plugins, tmp_path):
+def test_runs_are_reproducible(spur_plugins, tmp_path):
     pipeline = write_pipeline(tmp_path / "p.toml", train={"epochs": 2, "batch_size": 64})
     summaries = []
     for name in ("a", "b"):
-        assert invoke(plugins, "run", pipeline, "--out", tmp_path / name).exit_code == 0
+        assert invoke(spur_plugins, "run", pipeline, "--out", tmp_path / name).exit_code == 0
         summaries.append(json.loads((tmp_path / name / "summary.json").read_text()))
     assert summaries[0] == summaries[1]
     assert not np.isnan(summaries[0]["metrics"]["test"]["avg_acc"])

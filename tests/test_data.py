@@ -262,11 +262,11 @@ def test_a_data_error_in_a_worker_keeps_its_one_line_message(workers):
     assert str(error.value) == "/data/img-2.jpg: unreadable image"
 
 
-def test_holdout_moves_a_seeded_share_of_every_training_group_to_a_split_of_its_own(tiny_config, plugins, tmp_path):
+def test_holdout_moves_a_seeded_share_of_every_training_group_to_a_split_of_its_own(spur_tiny_config, spur_plugins, tmp_path):
     from spurcore.data import hold_out
     from spurcore.runner import plan, build_data, run_pipeline
 
-    data = build_data(plan(tiny_config(), plugins), plugins)
+    data = build_data(plan(spur_tiny_config(), spur_plugins), spur_plugins)
     held = hold_out(data, 0.25, seed=3)
     train, holdout = held.splits["train"], held.splits["holdout"]
     counts = np.bincount(data.groups("train"), minlength=data.n_groups)
@@ -281,13 +281,13 @@ def test_holdout_moves_a_seeded_share_of_every_training_group_to_a_split_of_its_
     assert not torch.equal(hold_out(data, 0.25, seed=4).splits["holdout"].inputs, holdout.inputs)
     assert hold_out(data, 0.0, seed=3) is data
 
-    summary = run_pipeline(tiny_config(dataset={"name": "tiny", "holdout": 0.25}), tmp_path / "run", plugins,
+    summary = run_pipeline(spur_tiny_config(dataset={"name": "tiny", "holdout": 0.25}), tmp_path / "run", spur_plugins,
                            log=lambda m: None)
     assert summary["stages"][0]["metrics"]["holdout"]["group_count"] == dict(zip(
         data.group_names, np.bincount(held.groups("holdout"), minlength=data.n_groups).tolist()))
     assert summary["stages"][0]["train_eval"]["of"] == len(train)
 
 
-def test_holdout_must_leave_a_training_split(tiny_config):
+def test_holdout_must_leave_a_training_split(spur_tiny_config):
     with pytest.raises(ConfigError, match=r"dataset\.holdout: must be in \[0, 1\), got 1\.0"):
-        tiny_config(dataset={"name": "tiny", "holdout": 1.0})
+        spur_tiny_config(dataset={"name": "tiny", "holdout": 1.0})

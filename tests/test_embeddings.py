@@ -38,15 +38,15 @@ class Plugin:
 
 
 @pytest.fixture
-def keep(plugins):
+def keep(spur_plugins):
     KeepHead.seen = []
-    plugins.register(Plugin(), "keep-plugin")
-    return plugins
+    spur_plugins.register(Plugin(), "keep-plugin")
+    return spur_plugins
 
 
-def test_embeddings_are_extracted_once_and_reused_by_another_run(tmp_path, keep, tiny_config, monkeypatch):
+def test_embeddings_are_extracted_once_and_reused_by_another_run(tmp_path, keep, spur_tiny_config, monkeypatch):
     logs = []
-    first = run_pipeline(tiny_config(stages=[{"method": "erm"}, {"method": "keep"}]), tmp_path / "a", keep,
+    first = run_pipeline(spur_tiny_config(stages=[{"method": "erm"}, {"method": "keep"}]), tmp_path / "a", keep,
                          log=logs.append)
     files = list((tmp_path / "a" / "embeddings").glob("*.h5"))
     assert len(files) == 1 and any("extracted to" in line for line in logs)
@@ -61,32 +61,32 @@ def test_embeddings_are_extracted_once_and_reused_by_another_run(tmp_path, keep,
 
     monkeypatch.setattr(spurcore.embeddings, "extract", no_extraction)
     logs.clear()
-    second = run_pipeline(tiny_config(init={"run": str(tmp_path / "a"), "stage": 0}, stages=[{"method": "keep"}]),
+    second = run_pipeline(spur_tiny_config(init={"run": str(tmp_path / "a"), "stage": 0}, stages=[{"method": "keep"}]),
                           tmp_path / "b", keep, log=logs.append)
     assert any(f"reused from {files[0]}" in line for line in logs)
     assert second["metrics"] == first["metrics"]  # same model, same head
     assert np.array_equal(KeepHead.seen[1]["val"].features, KeepHead.seen[0]["val"].features)
 
 
-def test_a_changed_checkpoint_is_extracted_again(tmp_path, keep, tiny_config):
-    run_pipeline(tiny_config(stages=[{"method": "erm"}, {"method": "keep"}]), tmp_path / "a", keep)
+def test_a_changed_checkpoint_is_extracted_again(tmp_path, keep, spur_tiny_config):
+    run_pipeline(spur_tiny_config(stages=[{"method": "erm"}, {"method": "keep"}]), tmp_path / "a", keep)
     selected = open_run(tmp_path / "a", keep).stage(0).selected
     other = 1 if selected != 1 else 2
     logs = []
-    run_pipeline(tiny_config(init={"run": str(tmp_path / "a"), "stage": 0, "epoch": other}, stages=[{"method": "keep"}]),
+    run_pipeline(spur_tiny_config(init={"run": str(tmp_path / "a"), "stage": 0, "epoch": other}, stages=[{"method": "keep"}]),
                  tmp_path / "b", keep, log=logs.append)
     assert any("extracted to" in line for line in logs)
     assert len(list((tmp_path / "a" / "embeddings").glob("*.h5"))) == 2
 
 
-def test_init_starts_from_the_named_model_and_checks_it(tmp_path, keep, tiny_config):
-    run_pipeline(tiny_config(train={"epochs": 2}), tmp_path / "a", keep)
+def test_init_starts_from_the_named_model_and_checks_it(tmp_path, keep, spur_tiny_config):
+    run_pipeline(spur_tiny_config(train={"epochs": 2}), tmp_path / "a", keep)
     source = open_run(tmp_path / "a", keep).load_model(0, epoch=1)
-    config = tiny_config(init={"run": str(tmp_path / "a"), "epoch": 1}, train={"epochs": 1, "lr": 1e-9})
+    config = spur_tiny_config(init={"run": str(tmp_path / "a"), "epoch": 1}, train={"epochs": 1, "lr": 1e-9})
     run_pipeline(config, tmp_path / "b", keep)
     tuned = open_run(tmp_path / "b", keep).load_model(0, epoch=1)
     assert torch.allclose(tuned.head.weight, source.head.weight, atol=1e-6)  # lr ~ 0: unchanged
     with pytest.raises(RunError, match="post-hoc method; start with a training stage"):
-        run_pipeline(tiny_config(stages=[{"method": "keep"}]), tmp_path / "c", keep)
+        run_pipeline(spur_tiny_config(stages=[{"method": "keep"}]), tmp_path / "c", keep)
     with pytest.raises(RunError, match="not a run directory"):
-        run_pipeline(tiny_config(init={"run": str(tmp_path / "nowhere")}), tmp_path / "d", keep)
+        run_pipeline(spur_tiny_config(init={"run": str(tmp_path / "nowhere")}), tmp_path / "d", keep)

@@ -10,11 +10,11 @@ from spurcore.runner import open_run, run_pipeline
 
 
 @pytest.fixture
-def finished(tmp_path, plugins, tiny_config):
-    config = tiny_config(train={"epochs": 3, "batch_size": 32, "lr": 0.01},
+def finished(tmp_path, spur_plugins, spur_tiny_config):
+    config = spur_tiny_config(train={"epochs": 3, "batch_size": 32, "lr": 0.01},
                          stages=[{"method": "erm"}, {"method": "erm", "name": "again", "train": {"epochs": 2}}])
-    summary = run_pipeline(config, tmp_path / "run", plugins, log=lambda m: None)
-    return open_run(tmp_path / "run", plugins), summary
+    summary = run_pipeline(config, tmp_path / "run", spur_plugins, log=lambda m: None)
+    return open_run(tmp_path / "run", spur_plugins), summary
 
 
 def test_stages_say_their_epochs_and_the_selected_one(finished):

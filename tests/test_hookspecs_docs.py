@@ -275,32 +275,32 @@ def documented_sequence(epochs: int, train_batches: int, eval_batches: dict[str,
     return calls
 
 
-def test_runner_calls_hooks_in_the_documented_order(plugins, tiny_config, tmp_path):
+def test_runner_calls_hooks_in_the_documented_order(spur_plugins, spur_tiny_config, tmp_path):
     recorder = Recorder()
-    plugins.register(RefitPlugin(), "refit")
-    plugins.register(recorder, "recorder")
-    config = tiny_config(
+    spur_plugins.register(RefitPlugin(), "refit")
+    spur_plugins.register(recorder, "recorder")
+    config = spur_tiny_config(
         train={"epochs": 2, "batch_size": 100, "eval_batch_size": 100, "lr": 0.01},
         stages=[{"method": "erm"}, {"method": "refit"}],
     )
-    run_pipeline(config, tmp_path / "run", plugins, log=lambda message: None)
+    run_pipeline(config, tmp_path / "run", spur_plugins, log=lambda message: None)
     # tiny: 200 train examples (2 batches of 100), val 120 and test 160 (2 batches each); train
     # is evaluated first (train_eval "auto": every example of the in-memory split)
     expected = documented_sequence(epochs=2, train_batches=2, eval_batches={"train": 2, "val": 2, "test": 2})
     assert recorder.calls == expected
 
 
-def test_run_error_is_called_once_when_a_stage_fails(plugins, tiny_config, tmp_path):
+def test_run_error_is_called_once_when_a_stage_fails(spur_plugins, spur_tiny_config, tmp_path):
     class Boom:
         @hookimpl(tryfirst=True)
         def spurcore_train_loss(self):
             raise RuntimeError("loss exploded")
 
     recorder = Recorder()
-    plugins.register(recorder, "recorder")
-    plugins.register(Boom(), "boom")
+    spur_plugins.register(recorder, "recorder")
+    spur_plugins.register(Boom(), "boom")
     with pytest.raises(RuntimeError, match="loss exploded"):
-        run_pipeline(tiny_config(), tmp_path / "run", plugins, log=lambda message: None)
+        run_pipeline(spur_tiny_config(), tmp_path / "run", spur_plugins, log=lambda message: None)
     assert recorder.calls[-1] == ("run_error", "RuntimeError")
     assert [c for c in recorder.calls if c[0] in ("run_error", "run_end", "stage_end")] == [("run_error", "RuntimeError")]
 

@@ -117,6 +117,40 @@ def test_unknown_kind_is_an_error():
         PluginManager(entry_points=False).registry("models")
 
 
+def test_hooks_see_a_read_only_registry_that_reopens_runs(spur_plugins, spur_register_plugin, spur_tiny_config,
+                                                          tmp_path):
+    from spurcore.runner import open_run, run_pipeline
+
+    seen = {}
+
+    class Peek:
+        @hookimpl
+        def spurcore_run_start(self, run):
+            seen["public"] = {name for name in dir(run.plugins) if not name.startswith("_")}
+            seen["mitigations"] = run.plugins.names("mitigations")
+            seen["erm"] = run.plugins.get("mitigations", "erm")
+            try:
+                run.plugins.get("mitigations", "ermm")
+            except PluginError as error:
+                seen["unknown"] = str(error)
+            if run.config.init is not None:
+                seen["init epochs"] = open_run(run.config.init.run, run.plugins).stage(0).epochs
+
+    spur_register_plugin(Peek(), "peek")
+    train = {"epochs": 2, "batch_size": 32, "lr": 0.01}
+    run_pipeline(spur_tiny_config(train=train), tmp_path / "first", spur_plugins, log=lambda m: None)
+    assert seen["public"] == {"get", "names"}
+    assert seen["mitigations"] == tuple(sorted(spur_plugins.registry("mitigations")))
+    assert {"erm", "tiny-refit"} <= set(seen["mitigations"])
+    assert seen["erm"] == spur_plugins.get("mitigations", "erm")
+    assert seen["unknown"].startswith("no mitigation named 'ermm' (did you mean 'erm'?); available: ")
+    run_pipeline(spur_tiny_config(train=train, init={"run": str(tmp_path / "first")}), tmp_path / "second",
+                 spur_plugins, log=lambda m: None)
+    assert seen["init epochs"] == (1, 2)
+    left = [name for name, _ in spur_plugins.pm.list_name_plugin() if name and name.startswith(("stage:", "replay:"))]
+    assert left == []  # reading the run back registered its stage objects only while it rebuilt the model
+
+
 # --- discovery through entry points ------------------------------------------------------------
 
 
@@ -400,12 +434,12 @@ def test_infos_leaves_out_blocked_builtins():
     assert "waterdigits" not in manager.registry("datasets")
 
 
-def test_trace_hooks_prints_every_hook_call_with_its_implementations(monkeypatch, capsys, tmp_path, tiny_config):
+def test_trace_hooks_prints_every_hook_call_with_its_implementations(monkeypatch, capsys, tmp_path, spur_tiny_config):
     from spurcore.runner import run_pipeline
     from spurcore.testing import kit_manager
 
     monkeypatch.setenv("SPURCORE_TRACE_HOOKS", "1")
-    config = tiny_config(train={"epochs": 1, "batch_size": 100, "eval_batch_size": 200})
+    config = spur_tiny_config(train={"epochs": 1, "batch_size": 100, "eval_batch_size": 200})
     run_pipeline(config, tmp_path / "run", kit_manager(), log=lambda message: None)
     lines = [l for l in capsys.readouterr().err.splitlines() if l.startswith("[spurcore] ")]
     names = [l.split(" ", 1)[1].split("(", 1)[0] for l in lines]
@@ -424,12 +458,12 @@ def test_trace_hooks_prints_every_hook_call_with_its_implementations(monkeypatch
     assert "step=1, batch=Batch[100], loss=Tensor(scalar)" in lines[names.index("spurcore_batch_end", 9)]
 
 
-def test_without_trace_hooks_nothing_is_printed(monkeypatch, capsys, tmp_path, tiny_config):
+def test_without_trace_hooks_nothing_is_printed(monkeypatch, capsys, tmp_path, spur_tiny_config):
     from spurcore.runner import run_pipeline
     from spurcore.testing import kit_manager
 
     monkeypatch.delenv("SPURCORE_TRACE_HOOKS", raising=False)
-    run_pipeline(tiny_config(train={"epochs": 1}), tmp_path / "run", kit_manager(), log=lambda message: None)
+    run_pipeline(spur_tiny_config(train={"epochs": 1}), tmp_path / "run", kit_manager(), log=lambda message: None)
     assert "[spurcore]" not in capsys.readouterr().err
 
 
@@ -460,7 +494,7 @@ def test_the_default_loss_is_essential_and_cannot_be_blocked(spur_cli):
     assert manager.blocked == {"progress"} and "progress" not in manager.registry("observers")
 
 
-def test_a_loss_hook_that_returns_nothing_stops_the_run_naming_the_stage(plugins, register_plugin, tiny_config,
+def test_a_loss_hook_that_returns_nothing_stops_the_run_naming_the_stage(spur_plugins, spur_register_plugin, spur_tiny_config,
                                                                          tmp_path):
     from spurcore.runner import RunError, run_pipeline
 
@@ -477,7 +511,7 @@ def test_a_loss_hook_that_returns_nothing_stops_the_run_naming_the_stage(plugins
         def spurcore_register_mitigations(self):
             return [MitigationSpec(name="no-loss", factory=NoLoss)]
 
-    register_plugin(Plugin(), "no-loss")
+    spur_register_plugin(Plugin(), "no-loss")
     with pytest.raises(RunError, match=r"stages\[0\]: no spurcore_train_loss implementation returned a loss for "
                                        r"stage '0-no-loss' \(got float\)"):
-        run_pipeline(tiny_config(stages=[{"method": "no-loss"}]), tmp_path / "run", plugins, log=lambda m: None)
+        run_pipeline(spur_tiny_config(stages=[{"method": "no-loss"}]), tmp_path / "run", spur_plugins, log=lambda m: None)

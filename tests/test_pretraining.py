@@ -10,7 +10,8 @@ import torch
 from spurcore.builtins import digits_pretraining as pretraining
 from spurcore.builtins import waterdigits
 from spurcore.builtins import waterdigits_gen as gen
-from spurcore.builtins.backbones import SmallCNNOptions, build_small_cnn
+from spurcore.builtins.backbones import SmallCNNOptions
+from spurcore.builtins.networks import build_small_cnn
 from spurcore.config import pipeline_from_dict
 from spurcore.runner import run_pipeline
 
@@ -92,15 +93,15 @@ def test_pretrained_digits_need_three_channels(quick):
         build_small_cnn(SmallCNNOptions(width=4, pretrained="digits"), Gray())
 
 
-def test_a_run_from_pretrained_weights_is_the_same_with_and_without_the_cache(quick, tmp_path, plugins):
+def test_a_run_from_pretrained_weights_is_the_same_with_and_without_the_cache(quick, tmp_path, spur_plugins):
     config = pipeline_from_dict({
         "device": "cpu", "dataset": {"name": "waterdigits", "options": {"scale": 0.02, "size": 16, "cache": False}},
         "backbone": {"name": "small-cnn", "options": {"width": 4, "pretrained": "digits"}},
         "train": {"epochs": 2, "batch_size": 32}, "stages": [{"method": "erm"}], "selector": "val-worst-class",
     })
-    first = run_pipeline(config, tmp_path / "first", plugins, log=lambda m: None)  # builds the weights
+    first = run_pipeline(config, tmp_path / "first", spur_plugins, log=lambda m: None)  # builds the weights
     assert list(quick.glob("*.pt"))
-    second = run_pipeline(config, tmp_path / "second", plugins, log=lambda m: None)  # reads them
+    second = run_pipeline(config, tmp_path / "second", spur_plugins, log=lambda m: None)  # reads them
     assert first == second
 
 

@@ -33,20 +33,20 @@ def written(folder):
 # --- the lock ---------------------------------------------------------------------------------
 
 
-def test_a_second_run_into_a_held_folder_stops_naming_the_holder(tmp_path, plugins, tiny_config):
+def test_a_second_run_into_a_held_folder_stops_naming_the_holder(tmp_path, spur_plugins, spur_tiny_config):
     with locked(tmp_path / "run"):
         with pytest.raises(RunLockedError, match=rf"in use by pid {os.getpid()} on host {socket.gethostname()}"):
-            quiet(tiny_config(), tmp_path / "run", plugins)
+            quiet(spur_tiny_config(), tmp_path / "run", spur_plugins)
     assert written(tmp_path / "run") == []
 
 
-def test_resume_while_the_run_still_runs_is_refused(tmp_path, plugins, tiny_config):
-    quiet(tiny_config(), tmp_path / "run", plugins)
+def test_resume_while_the_run_still_runs_is_refused(tmp_path, spur_plugins, spur_tiny_config):
+    quiet(spur_tiny_config(), tmp_path / "run", spur_plugins)
     with locked(tmp_path / "run"), pytest.raises(RunLockedError, match="a run is writing there"):
-        quiet(tiny_config(), tmp_path / "run", plugins, resume=True)
+        quiet(spur_tiny_config(), tmp_path / "run", spur_plugins, resume=True)
 
 
-def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path, plugins, tiny_config):
+def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path, spur_plugins, spur_tiny_config):
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; from spurcore.runlock import locked\n"
         f"with locked({str(tmp_path / 'run')!r}):\n    print('held', flush=True); time.sleep(60)")],
@@ -54,12 +54,12 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path, plugins, tiny_c
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RunLockedError, match=f"in use by pid {holder.pid} "):
-            quiet(tiny_config(), tmp_path / "run", plugins)
+            quiet(spur_tiny_config(), tmp_path / "run", spur_plugins)
     finally:
         holder.kill()  # as kill -9 would: the lock file stays, naming a dead process
         holder.wait()
     assert json.loads((tmp_path / "run" / LOCK_FILE).read_text())["pid"] == holder.pid
-    summary = quiet(tiny_config(), tmp_path / "run", plugins)
+    summary = quiet(spur_tiny_config(), tmp_path / "run", spur_plugins)
     assert summary["selected"]["epoch"] >= 1
     assert json.loads((tmp_path / "run" / LOCK_FILE).read_text())["pid"] == os.getpid()
 
@@ -84,32 +84,32 @@ def test_two_runs_started_together_never_both_write(tmp_path):
 # --- what a folder must hold -------------------------------------------------------------------
 
 
-def test_resume_of_a_folder_without_a_run_is_refused_and_writes_nothing(tmp_path, plugins, tiny_config):
+def test_resume_of_a_folder_without_a_run_is_refused_and_writes_nothing(tmp_path, spur_plugins, spur_tiny_config):
     with pytest.raises(RunError, match=r"holds no run to resume \(no config.toml\): check the path"):
-        quiet(tiny_config(), tmp_path / "typo", plugins, resume=True)
+        quiet(spur_tiny_config(), tmp_path / "typo", spur_plugins, resume=True)
     assert not (tmp_path / "typo").exists()
 
 
-def test_auto_resume_starts_a_run_or_continues_one(tmp_path, plugins, tiny_config):
-    first = quiet(tiny_config(), tmp_path / "run", plugins, resume="auto")
-    assert quiet(tiny_config(), tmp_path / "run", plugins, resume="auto") == first
+def test_auto_resume_starts_a_run_or_continues_one(tmp_path, spur_plugins, spur_tiny_config):
+    first = quiet(spur_tiny_config(), tmp_path / "run", spur_plugins, resume="auto")
+    assert quiet(spur_tiny_config(), tmp_path / "run", spur_plugins, resume="auto") == first
 
 
-def test_leftover_temporary_files_do_not_count_and_are_removed(tmp_path, plugins, tiny_config):
+def test_leftover_temporary_files_do_not_count_and_are_removed(tmp_path, spur_plugins, spur_tiny_config):
     folder = tmp_path / "run"
     folder.mkdir()
     leftover = atomic.temporary_path(folder / "config.toml")  # what a kill during the first write leaves
     leftover.write_text("half")
     assert atomic.is_temporary(leftover)
-    quiet(tiny_config(), folder, plugins)
+    quiet(spur_tiny_config(), folder, spur_plugins)
     assert not leftover.exists()
 
 
-def test_a_folder_with_other_files_and_no_run_is_refused(tmp_path, plugins, tiny_config):
+def test_a_folder_with_other_files_and_no_run_is_refused(tmp_path, spur_plugins, spur_tiny_config):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "notes.txt").write_text("mine")
     with pytest.raises(RunError, match=r"not empty and holds no run \(notes.txt\)"):
-        quiet(tiny_config(), tmp_path / "run", plugins)
+        quiet(spur_tiny_config(), tmp_path / "run", spur_plugins)
     assert written(tmp_path / "run") == ["notes.txt"]
 
 
@@ -129,15 +129,15 @@ class StopBeforeSummary:
         report.plot_group_acc_epochs = fail
 
 
-def test_summary_is_written_last_so_a_cut_run_is_never_taken_as_finished(tmp_path, plugins, tiny_config,
-                                                                         register_plugin):
-    register_plugin(StopBeforeSummary(), "stop")
+def test_summary_is_written_last_so_a_cut_run_is_never_taken_as_finished(tmp_path, spur_plugins, spur_tiny_config,
+                                                                         spur_register_plugin):
+    spur_register_plugin(StopBeforeSummary(), "stop")
     with pytest.raises(KeyboardInterrupt):
-        quiet(tiny_config(), tmp_path / "run", plugins)
+        quiet(spur_tiny_config(), tmp_path / "run", spur_plugins)
     out = RunDir(tmp_path / "run")
     assert out.report.exists() and not out.summary.exists()
-    plugins.unregister(plugins.pm.get_plugin("stop"))
-    summary = quiet(tiny_config(), tmp_path / "run", plugins, resume=True)
+    spur_plugins.unregister(spur_plugins.pm.get_plugin("stop"))
+    summary = quiet(spur_tiny_config(), tmp_path / "run", spur_plugins, resume=True)
     assert json.loads(out.summary.read_text()) == summary
 
 
@@ -167,13 +167,13 @@ class CounterObserver:
     ({"backbone": {"name": "small-cnn"}},
      r"backbone 'small-cnn' cannot take the inputs of dataset 'tiny' \(input shape \(8,\)\): RuntimeError"),
 ])
-def test_a_bad_input_stops_the_run_before_anything_is_written(tmp_path, plugins, tiny_config, monkeypatch,
-                                                              register_plugin, change, message):
-    register_plugin(CounterObserver(), "counter")
+def test_a_bad_input_stops_the_run_before_anything_is_written(tmp_path, spur_plugins, spur_tiny_config, monkeypatch,
+                                                              spur_register_plugin, change, message):
+    spur_register_plugin(CounterObserver(), "counter")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("SPURCORE_CACHE", str(tmp_path / "cache"))
     with pytest.raises(Exception, match=message):
-        quiet(tiny_config(**change), tmp_path / "run", plugins)
+        quiet(spur_tiny_config(**change), tmp_path / "run", spur_plugins)
     assert not (tmp_path / "run").exists()
 
 
@@ -184,23 +184,23 @@ class FailInEpoch:
             raise RuntimeError("a corrupt image, out of memory, ...")
 
 
-def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_the_folder_as_it_was(tmp_path, plugins,
-                                                                                    tiny_config, register_plugin):
-    failing = register_plugin(FailInEpoch(), "fail")
+def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_the_folder_as_it_was(tmp_path, spur_plugins,
+                                                                                    spur_tiny_config, spur_register_plugin):
+    failing = spur_register_plugin(FailInEpoch(), "fail")
     with pytest.raises(RuntimeError, match="a corrupt image"):
-        quiet(tiny_config(), tmp_path / "run", plugins)
+        quiet(spur_tiny_config(), tmp_path / "run", spur_plugins)
     assert written(tmp_path / "run") == []
-    plugins.unregister(failing)
-    quiet(tiny_config(), tmp_path / "run", plugins)  # the same command works once the cause is gone
+    spur_plugins.unregister(failing)
+    quiet(spur_tiny_config(), tmp_path / "run", spur_plugins)  # the same command works once the cause is gone
     assert RunDir(tmp_path / "run").summary.exists()
 
 
-def test_a_resumed_run_that_fails_keeps_what_it_had(tmp_path, plugins, tiny_config, register_plugin):
-    quiet(tiny_config(), tmp_path / "run", plugins)
+def test_a_resumed_run_that_fails_keeps_what_it_had(tmp_path, spur_plugins, spur_tiny_config, spur_register_plugin):
+    quiet(spur_tiny_config(), tmp_path / "run", spur_plugins)
     before = written(tmp_path / "run")
     (tmp_path / "run" / "summary.json").unlink()
-    register_plugin(FailInEpoch(), "fail")
-    quiet(tiny_config(), tmp_path / "run", plugins, resume=True)  # every stage finished: nothing to train
+    spur_register_plugin(FailInEpoch(), "fail")
+    quiet(spur_tiny_config(), tmp_path / "run", spur_plugins, resume=True)  # every stage finished: nothing to train
     assert written(tmp_path / "run") == before
 
 
@@ -232,11 +232,11 @@ class PickyPlugin:
     ("needs-split", r"stages\[1\]\.options: split 'holdout' is not in dataset 'tiny'"),
     ("breaks-model", r"layer 'block9' is not in this backbone"),
 ])
-def test_stage_checks_run_before_anything_is_written(tmp_path, plugins, tiny_config, register_plugin, method,
+def test_stage_checks_run_before_anything_is_written(tmp_path, spur_plugins, spur_tiny_config, spur_register_plugin, method,
                                                      message):
-    register_plugin(PickyPlugin(), "picky")
+    spur_register_plugin(PickyPlugin(), "picky")
     with pytest.raises(ConfigError, match=message):
-        quiet(tiny_config(stages=[{"method": "erm"}, {"method": method}]), tmp_path / "run", plugins)
+        quiet(spur_tiny_config(stages=[{"method": "erm"}, {"method": method}]), tmp_path / "run", spur_plugins)
     assert not (tmp_path / "run").exists()
 
 
@@ -244,10 +244,10 @@ def test_stage_checks_run_before_anything_is_written(tmp_path, plugins, tiny_con
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
-def test_files_get_the_mode_the_umask_gives(tmp_path, plugins, tiny_config, umask, mode):
+def test_files_get_the_mode_the_umask_gives(tmp_path, spur_plugins, spur_tiny_config, umask, mode):
     old = os.umask(umask)
     try:
-        quiet(tiny_config(train={"epochs": 1, "batch_size": 64}), tmp_path / "run", plugins)
+        quiet(spur_tiny_config(train={"epochs": 1, "batch_size": 64}), tmp_path / "run", spur_plugins)
     finally:
         os.umask(old)
     out = RunDir(tmp_path / "run")
@@ -255,8 +255,8 @@ def test_files_get_the_mode_the_umask_gives(tmp_path, plugins, tiny_config, umas
         assert path.stat().st_mode & 0o777 == mode, path
 
 
-def test_the_starting_model_is_tried_without_changing_the_run(tmp_path, plugins, tiny_config):
+def test_the_starting_model_is_tried_without_changing_the_run(tmp_path, spur_plugins, spur_tiny_config):
     """Trying the model on a batch before the run draws no random number and changes no weight."""
-    first = quiet(tiny_config(), tmp_path / "a", plugins)
+    first = quiet(spur_tiny_config(), tmp_path / "a", spur_plugins)
     torch.manual_seed(123)  # whatever the global state, the run seeds itself
-    assert quiet(tiny_config(), tmp_path / "b", plugins) == first
+    assert quiet(spur_tiny_config(), tmp_path / "b", spur_plugins) == first

@@ -86,14 +86,14 @@ class RegistersBalancedEpochs:
         return [MitigationSpec(name="balanced-epochs", factory=BalancedEpochs, description="class-balanced epochs")]
 
 
-def test_a_sampler_draws_its_subsets_from_the_generator_the_hook_hands_out(plugins, register_plugin, tiny_config,
-                                                                            tiny_data, tmp_path, monkeypatch):
+def test_a_sampler_draws_its_subsets_from_the_generator_the_hook_hands_out(spur_plugins, spur_register_plugin, spur_tiny_config,
+                                                                            spur_tiny_data, tmp_path, monkeypatch):
     monkeypatch.setattr(BalancedEpochs, "orders", [])
-    register_plugin(RegistersBalancedEpochs(), "balanced-epochs")
+    spur_register_plugin(RegistersBalancedEpochs(), "balanced-epochs")
     for name in ("a", "b"):
-        config = tiny_config(stages=[{"method": "balanced-epochs"}], train={"epochs": 2})
-        run_pipeline(config, tmp_path / name, plugins, log=lambda message: None)
-    y = tiny_data.splits["train"].y
+        config = spur_tiny_config(stages=[{"method": "balanced-epochs"}], train={"epochs": 2})
+        run_pipeline(config, tmp_path / name, spur_plugins, log=lambda message: None)
+    y = spur_tiny_data.splits["train"].y
     assert len(BalancedEpochs.orders) == 4 and all(len(set(np.bincount(y[order]))) == 1 for order in BalancedEpochs.orders)
     first, second = BalancedEpochs.orders[:2], BalancedEpochs.orders[2:]
     assert all(np.array_equal(a, b) for a, b in zip(first, second))  # seeded by (seed, stage, epoch)

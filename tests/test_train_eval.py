@@ -90,9 +90,9 @@ class LazyTiny:
 # --- what is evaluated ------------------------------------------------------------------------------
 
 
-def test_train_is_evaluated_first_every_epoch_through_the_hooks(plugins, register_plugin, tiny_config, tmp_path):
-    recorder = register_plugin(EvalRecorder())
-    summary = quiet(tiny_config(train=TRAIN), tmp_path / "run", plugins)
+def test_train_is_evaluated_first_every_epoch_through_the_hooks(spur_plugins, spur_register_plugin, spur_tiny_config, tmp_path):
+    recorder = spur_register_plugin(EvalRecorder())
+    summary = quiet(spur_tiny_config(train=TRAIN), tmp_path / "run", spur_plugins)
     assert recorder.order == [(e, s) for e in (1, 2, 3) for s in ("train", "val", "test")]
     for epoch in (1, 2, 3):  # "auto" on in-memory data: every training example
         assert recorder.seen[(0, epoch, "train")] == list(range(200))
@@ -105,9 +105,9 @@ def test_train_is_evaluated_first_every_epoch_through_the_hooks(plugins, registe
                                                         zip(history, train_rows)]
 
 
-def test_summary_train_metrics_are_the_selected_models_training_accuracy(plugins, tiny_config, tmp_path):
-    summary = quiet(tiny_config(train={**TRAIN, "epochs": 4}), tmp_path / "run", plugins)
-    runner = open_run(tmp_path / "run", plugins)
+def test_summary_train_metrics_are_the_selected_models_training_accuracy(spur_plugins, spur_tiny_config, tmp_path):
+    summary = quiet(spur_tiny_config(train={**TRAIN, "epochs": 4}), tmp_path / "run", spur_plugins)
+    runner = open_run(tmp_path / "run", spur_plugins)
     model, data = runner.load_model(), runner.data  # the checkpoint of the selected epoch
     with torch.no_grad():
         correct = model(data.splits["train"].inputs).argmax(1).numpy() == data.splits["train"].y
@@ -123,11 +123,11 @@ def test_summary_train_metrics_are_the_selected_models_training_accuracy(plugins
 
 
 def test_a_subset_keeps_up_to_n_of_every_group_the_same_in_every_epoch_stage_and_resume(
-        plugins, register_plugin, tiny_config, tmp_path):
+        spur_plugins, spur_register_plugin, spur_tiny_config, tmp_path):
     stages = [{"method": "erm"}, {"method": "erm", "name": "again"}]
-    config = tiny_config(train={**TRAIN, "train_eval": "subset:30"}, stages=stages)
-    recorder = register_plugin(EvalRecorder())
-    whole = quiet(config, tmp_path / "whole", plugins)
+    config = spur_tiny_config(train={**TRAIN, "train_eval": "subset:30"}, stages=stages)
+    recorder = spur_register_plugin(EvalRecorder())
+    whole = quiet(config, tmp_path / "whole", spur_plugins)
     data = make_tiny(TinyOptions())
     groups = data.groups("train")
     sizes = np.bincount(groups, minlength=4)
@@ -142,33 +142,33 @@ def test_a_subset_keeps_up_to_n_of_every_group_the_same_in_every_epoch_stage_and
     assert whole["metrics"]["train"]["group_count"] == counts
     assert whole["stages"][1]["train_eval"] == {"rule": "subset:30", "examples": sum(counts.values()), "of": 200}
 
-    plugins.unregister(recorder)
-    resumed = register_plugin(EvalRecorder())
-    stopper = register_plugin(Interrupt(at_epoch=2))
+    spur_plugins.unregister(recorder)
+    resumed = spur_register_plugin(EvalRecorder())
+    stopper = spur_register_plugin(Interrupt(at_epoch=2))
     with pytest.raises(KeyboardInterrupt):
-        quiet(config, tmp_path / "cut", plugins)
-    plugins.unregister(stopper)
-    assert quiet(config, tmp_path / "cut", plugins, resume=True) == whole
+        quiet(config, tmp_path / "cut", spur_plugins)
+    spur_plugins.unregister(stopper)
+    assert quiet(config, tmp_path / "cut", spur_plugins, resume=True) == whole
     assert resumed.seen[(0, 3, "train")] == resumed.seen[(1, 1, "train")] == positions
     assert rows(tmp_path / "cut") == rows(tmp_path / "whole")
 
 
-def test_a_larger_n_keeps_a_smaller_ns_subset(plugins, register_plugin, tiny_config, tmp_path):
+def test_a_larger_n_keeps_a_smaller_ns_subset(spur_plugins, spur_register_plugin, spur_tiny_config, tmp_path):
     seen = []
     for n in (20, 50):
-        recorder = register_plugin(EvalRecorder(), f"recorder-{n}")
-        quiet(tiny_config(train={**TRAIN, "epochs": 1, "train_eval": f"subset:{n}"}), tmp_path / str(n), plugins)
-        plugins.unregister(recorder)
+        recorder = spur_register_plugin(EvalRecorder(), f"recorder-{n}")
+        quiet(spur_tiny_config(train={**TRAIN, "epochs": 1, "train_eval": f"subset:{n}"}), tmp_path / str(n), spur_plugins)
+        spur_plugins.unregister(recorder)
         seen.append(set(recorder.seen[(0, 1, "train")]))
     assert len(seen[0]) == 20 + 11 + 15 + 20 and seen[0] < seen[1]
 
 
 def test_without_attribute_labels_the_subset_is_per_class_and_there_is_no_figure(
-        plugins, register_plugin, tiny_config, tmp_path):
-    recorder = register_plugin(EvalRecorder())
-    config = tiny_config(selector="val-worst-class", dataset={"name": "tiny", "options": {"attributes": ["val", "test"]}},
+        spur_plugins, spur_register_plugin, spur_tiny_config, tmp_path):
+    recorder = spur_register_plugin(EvalRecorder())
+    config = spur_tiny_config(selector="val-worst-class", dataset={"name": "tiny", "options": {"attributes": ["val", "test"]}},
                          train={**TRAIN, "train_eval": "subset:40"})
-    summary = quiet(config, tmp_path / "run", plugins)
+    summary = quiet(config, tmp_path / "run", spur_plugins)
     y = make_tiny(TinyOptions()).splits["train"].y
     positions = recorder.seen[(0, 1, "train")]
     assert np.bincount(y[positions]).tolist() == np.minimum(np.bincount(y), 40).tolist() == [40, 40]
@@ -177,9 +177,9 @@ def test_without_attribute_labels_the_subset_is_per_class_and_there_is_no_figure
     assert "memorization gap" not in (tmp_path / "run" / "report.md").read_text().split("\n## ")[1]
 
 
-def test_none_evaluates_no_train(plugins, register_plugin, tiny_config, tmp_path):
-    recorder = register_plugin(EvalRecorder())
-    summary = quiet(tiny_config(train={**TRAIN, "train_eval": "none"}), tmp_path / "run", plugins)
+def test_none_evaluates_no_train(spur_plugins, spur_register_plugin, spur_tiny_config, tmp_path):
+    recorder = spur_register_plugin(EvalRecorder())
+    summary = quiet(spur_tiny_config(train={**TRAIN, "train_eval": "none"}), tmp_path / "run", spur_plugins)
     assert {split for _, split in recorder.order} == {"val", "test"}
     assert {r["split"] for r in rows(tmp_path / "run")} == {"val", "test"}
     assert list(summary["metrics"]) == ["val", "test"] and summary["stages"][0]["train_eval"] is None
@@ -188,9 +188,10 @@ def test_none_evaluates_no_train(plugins, register_plugin, tiny_config, tmp_path
     assert "| group | val n | val acc % | test n | test acc % |" in report and "Train columns" not in report
 
 
-def test_a_post_hoc_stage_evaluates_train_at_epoch_0(plugins, tiny_config, tmp_path):
-    config = tiny_config(train=TRAIN, stages=[{"method": "erm"}, {"method": "tiny-refit", "train": {"train_eval": "subset:10"}}])
-    summary = quiet(config, tmp_path / "run", plugins)
+def test_a_post_hoc_stage_evaluates_train_at_epoch_0(spur_plugins, spur_tiny_config, tmp_path):
+    config = spur_tiny_config(train=TRAIN, stages=[{"method": "erm"},
+                                                   {"method": "tiny-refit", "train": {"train_eval": "subset:10"}}])
+    summary = quiet(config, tmp_path / "run", spur_plugins)
     refit = [r for r in rows(tmp_path / "run") if r["stage"] == "1-tiny-refit"]
     assert [(r["epoch"], r["split"]) for r in refit] == [(0, "train"), (0, "val"), (0, "test")]
     assert summary["metrics"]["train"] == summary["stages"][1]["metrics"]["train"]
@@ -202,12 +203,12 @@ def test_a_post_hoc_stage_evaluates_train_at_epoch_0(plugins, tiny_config, tmp_p
 
 
 @pytest.mark.parametrize("dataset", ["tiny", "tiny-lazy"])
-def test_train_evaluation_does_not_change_training(plugins, register_plugin, tiny_config, tmp_path, dataset):
-    register_plugin(LazyTiny())
+def test_train_evaluation_does_not_change_training(spur_plugins, spur_register_plugin, spur_tiny_config, tmp_path, dataset):
+    spur_register_plugin(LazyTiny())
     runs = {}
     for train_eval in ("none", "auto"):
-        config = tiny_config(dataset={"name": dataset}, train={**TRAIN, "train_eval": train_eval})
-        runs[train_eval] = quiet(config, tmp_path / train_eval, plugins)
+        config = spur_tiny_config(dataset={"name": dataset}, train={**TRAIN, "train_eval": train_eval})
+        runs[train_eval] = quiet(config, tmp_path / train_eval, spur_plugins)
     for split in ("val", "test"):
         assert runs["none"]["metrics"][split] == runs["auto"]["metrics"][split]
     for epoch in (1, 2, 3):
@@ -224,11 +225,11 @@ def test_train_evaluation_does_not_change_training(plugins, register_plugin, tin
 
 
 @pytest.mark.parametrize("bad", ["subset:0", "subset:-3", "subset:", "subset:x", "half", "Full", ""])
-def test_a_bad_train_eval_names_the_key(tiny_config, plugins, tmp_path, bad):
+def test_a_bad_train_eval_names_the_key(spur_tiny_config, spur_plugins, tmp_path, bad):
     with pytest.raises(ConfigError, match=r"train\.train_eval: must be \"auto\", \"full\", \"subset:N\""):
-        tiny_config(train={**TRAIN, "train_eval": bad})
+        spur_tiny_config(train={**TRAIN, "train_eval": bad})
     with pytest.raises(ConfigError, match=r"stages\[0\]\.train\.train_eval: must be"):
-        quiet(tiny_config(stages=[{"method": "erm", "train": {"train_eval": bad}}]), tmp_path / "run", plugins)
+        quiet(spur_tiny_config(stages=[{"method": "erm", "train": {"train_eval": bad}}]), tmp_path / "run", spur_plugins)
     assert not (tmp_path / "run").exists()
 
 
@@ -246,8 +247,8 @@ def table(text):
     return head, body
 
 
-def test_report_and_show_give_the_memorization_gap_of_every_group(plugins, tiny_config, spur_cli, tmp_path):
-    summary = quiet(tiny_config(train={**TRAIN, "train_eval": "subset:30"}), tmp_path / "run", plugins)
+def test_report_and_show_give_the_memorization_gap_of_every_group(spur_plugins, spur_tiny_config, spur_cli, tmp_path):
+    summary = quiet(spur_tiny_config(train={**TRAIN, "train_eval": "subset:30"}), tmp_path / "run", spur_plugins)
     report = (tmp_path / "run" / "report.md").read_text()
     assert "Train columns: `train_eval` subset:30, a fixed subset of up to 30 examples of every group" in report
     assert f"{sum(summary['metrics']['train']['group_count'].values())} of 200 training examples" in report
@@ -266,9 +267,9 @@ def test_report_and_show_give_the_memorization_gap_of_every_group(plugins, tiny_
     assert re.search(r"^Train columns: `train_eval` subset:30", shown.output, re.M)
 
 
-def test_the_accuracy_over_epochs_figure(plugins, tiny_config, tmp_path):
-    quiet(tiny_config(train=TRAIN, stages=[{"method": "erm"}, {"method": "erm", "name": "more"}, {"method": "tiny-refit"}]),
-          tmp_path / "run", plugins)
+def test_the_accuracy_over_epochs_figure(spur_plugins, spur_tiny_config, tmp_path):
+    quiet(spur_tiny_config(train=TRAIN, stages=[{"method": "erm"}, {"method": "erm", "name": "more"}, {"method": "tiny-refit"}]),
+          tmp_path / "run", spur_plugins)
     figure = tmp_path / "run" / "group_acc_epochs.png"
     assert figure.read_bytes()[:8] == PNG
     import matplotlib.image
@@ -300,20 +301,20 @@ class Selectors:
                 SelectorSpec(name="holdout", score=self.peek, splits=("holdout",))]
 
 
-def test_a_selector_sees_train_only_when_it_declares_it(plugins, register_plugin, tiny_config, tmp_path):
-    selectors = register_plugin(Selectors())
-    quiet(tiny_config(selector="peek", train={**TRAIN, "scheduler": "plateau"}), tmp_path / "peek", plugins)
+def test_a_selector_sees_train_only_when_it_declares_it(spur_plugins, spur_register_plugin, spur_tiny_config, tmp_path):
+    selectors = spur_register_plugin(Selectors())
+    quiet(spur_tiny_config(selector="peek", train={**TRAIN, "scheduler": "plateau"}), tmp_path / "peek", spur_plugins)
     assert selectors.seen["peek"] == {"val"}  # selection and the plateau scheduler alike
-    summary = quiet(tiny_config(selector="train-fit", train={**TRAIN, "epochs": 4}), tmp_path / "fit", plugins)
+    summary = quiet(spur_tiny_config(selector="train-fit", train={**TRAIN, "epochs": 4}), tmp_path / "fit", spur_plugins)
     assert selectors.seen["train-fit"] == {"val", "train"}
     train = [r["avg_acc"] for r in rows(tmp_path / "fit") if r["split"] == "train"]
     assert summary["selected"]["epoch"] == int(np.argmax(train)) + 1
 
 
-def test_a_selector_reading_a_split_that_is_not_there_is_refused(plugins, register_plugin, tiny_config, tmp_path):
-    register_plugin(Selectors())
+def test_a_selector_reading_a_split_that_is_not_there_is_refused(spur_plugins, spur_register_plugin, spur_tiny_config, tmp_path):
+    spur_register_plugin(Selectors())
     with pytest.raises(RunError, match=r"selector 'holdout' reads the metrics of split 'holdout', and dataset 'tiny' has none"):
-        quiet(tiny_config(selector="holdout"), tmp_path / "a", plugins)
+        quiet(spur_tiny_config(selector="holdout"), tmp_path / "a", spur_plugins)
     with pytest.raises(ConfigError, match=r"stages\[0\]\.train\.train_eval: selector 'train-fit' reads the metrics of 'train'"):
-        quiet(tiny_config(selector="train-fit", train={**TRAIN, "train_eval": "none"}), tmp_path / "b", plugins)
+        quiet(spur_tiny_config(selector="train-fit", train={**TRAIN, "train_eval": "none"}), tmp_path / "b", spur_plugins)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -5,14 +5,20 @@ attribute labels."""
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
 
-from spurcore.evaluation import Predictions
 from spurcore.hookspecs import hookimpl
 from spurcore.specs import MetricSpec
 
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+    from spurcore.evaluation import Predictions
+
 
 def _accuracy_by(labels: np.ndarray, correct: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    import numpy as np  # on use: listing plugins imports no numpy
+
     counts = np.bincount(labels, minlength=n)
     hits = np.bincount(labels, weights=correct.astype(np.float64), minlength=n)
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -1,22 +1,26 @@
 """`waterdigits`: the embedded Waterbirds-shaped benchmark, generated from scikit-learn's
-bundled handwritten digits (no download) and cached as a compressed npz file."""
+bundled handwritten digits (no download) and cached as a compressed npz file. numpy, torch and
+the generator are imported when the dataset is built, not when the plugin is registered."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
-import numpy as np
-import torch
 
 from spurcore import atomic
-from spurcore.builtins import waterdigits_gen as gen
 from spurcore.config import positive
-from spurcore.data import SplitData, SpuriousData
 from spurcore.hookspecs import hookimpl
 from spurcore.specs import DatasetSpec
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import torch
+
+    from spurcore.data import SpuriousData
 
 CACHE_ENV = "SPURCORE_CACHE"
 SOURCE_DIGITS = "sklearn_digits"  # provenance key: the source digits each split draws on
@@ -38,6 +42,10 @@ class WaterdigitsOptions:
 
 
 def _arrays(options: WaterdigitsOptions) -> dict[str, np.ndarray]:
+    import numpy as np
+
+    from spurcore.builtins import waterdigits_gen as gen
+
     # the generator's own source is part of the key, so changing it never serves stale data
     key = Path(gen.__file__).read_bytes() + f"|{options.seed}|{options.scale}|{options.size}".encode()
     path = cache_dir() / f"waterdigits-{hashlib.sha1(key).hexdigest()[:12]}.npz"
@@ -58,10 +66,15 @@ def _arrays(options: WaterdigitsOptions) -> dict[str, np.ndarray]:
 
 def to_inputs(images: np.ndarray) -> torch.Tensor:
     """uint8 images (n, 3, h, w) as the network sees them: float, scaled to [-1, 1]."""
+    import torch
+
     return torch.from_numpy(images).float().div_(255).sub_(0.5).div_(0.5)
 
 
 def build(options: WaterdigitsOptions) -> SpuriousData:
+    from spurcore.builtins import waterdigits_gen as gen
+    from spurcore.data import SplitData, SpuriousData
+
     arrays = _arrays(options)
     splits = {}
     for split in ("train", "val", "test"):

@@ -1,16 +1,23 @@
-"""spurcore's test kit, a pytest plugin (entry point `pytest11: spurcore`), so plugin authors
-test the way the kernel does. Installed with spurcore; its fixtures are there in every test:
+"""spurcore's test kit, a pytest plugin that tests opt into, as they do into pytester:
 
-* `plugins`: a plugin manager with the built-ins and the tiny world (dataset `tiny`, backbone
-  `mlp`, last-layer stage `tiny-refit`), no entry points;
-* `register_plugin(plugin, name=None)`: registers a plugin on `plugins` for one test only;
-* `tiny_config(**keys)`: a validated tiny pipeline; `tiny_data`, `tiny_backbone`: the pieces;
-* `spur_cli(*args)`: runs the `spur` command line with `plugins`, returns click's result;
+    pytest_plugins = ["spurcore.testing"]      # in the root conftest.py of a plugin's repository
+
+or `-p spurcore.testing` (e.g. in `[tool.pytest.ini_options] addopts`), so plugin authors test
+the way the kernel does. It is not loaded into every pytest session of an environment that has
+spurcore installed: it imports torch, and its fixtures would take common names. They all start
+with `spur_`:
+
+* `spur_plugins`: a plugin manager with the built-ins and the tiny world (dataset `tiny`,
+  backbone `mlp`, last-layer stage `tiny-refit`), no entry points;
+* `spur_register_plugin(plugin, name=None)`: registers a plugin on `spur_plugins` for one test only;
+* `spur_tiny_config(**keys)`: a validated tiny pipeline; `spur_tiny_data`, `spur_tiny_backbone`: the pieces;
+* `spur_cli(*args)`: runs the `spur` command line with `spur_plugins`, returns click's result;
 * `mitigation_conformance(method, plugin=...)`: the mitigation contract as a test class.
 
-    def test_my_method(plugins, register_plugin, tiny_config, tmp_path):
-        register_plugin(my_plugin)
-        summary = run_pipeline(tiny_config(stages=[{"method": "mine"}]), tmp_path / "run", plugins)
+    def test_my_method(spur_plugins, spur_register_plugin, spur_tiny_config, tmp_path):
+        spur_register_plugin(my_plugin)
+        config = spur_tiny_config(stages=[{"method": "mine"}])
+        summary = run_pipeline(config, tmp_path / "run", spur_plugins)
 
     TestConformance = mitigation_conformance("mine", plugin=my_plugin)
 """
@@ -36,26 +43,26 @@ __all__ = [
 
 
 @pytest.fixture
-def plugins() -> PluginManager:
+def spur_plugins() -> PluginManager:
     """A plugin manager with the built-ins and the tiny test plugin (no entry points)."""
     return kit_manager()
 
 
 @pytest.fixture
-def register_plugin(plugins: PluginManager) -> Iterator[Callable[..., object]]:
-    """`register_plugin(plugin, name=None)` registers `plugin` on `plugins` (hook names are
+def spur_register_plugin(spur_plugins: PluginManager) -> Iterator[Callable[..., object]]:
+    """`spur_register_plugin(plugin, name=None)` registers `plugin` on `spur_plugins` (hook names are
     checked as in a real install) and unregisters it when the test ends, pass or fail."""
     added: list[object] = []
 
     def register(plugin: object, name: str | None = None) -> object:
-        plugins.register(plugin, name)
+        spur_plugins.register(plugin, name)
         added.append(plugin)
         return plugin
 
     yield register
     for plugin in reversed(added):
-        if plugins.pm.is_registered(plugin):
-            plugins.unregister(plugin)
+        if spur_plugins.pm.is_registered(plugin):
+            spur_plugins.unregister(plugin)
 
 
 def tiny_pipeline(**overrides: Any) -> dict:
@@ -74,7 +81,7 @@ def tiny_pipeline(**overrides: Any) -> dict:
 
 
 @pytest.fixture
-def tiny_config():
+def spur_tiny_config():
     """Build a validated tiny pipeline; keyword arguments replace top-level keys."""
 
     def build(**overrides):
@@ -84,29 +91,29 @@ def tiny_config():
 
 
 @pytest.fixture
-def tiny_data() -> SpuriousData:
+def spur_tiny_data() -> SpuriousData:
     """The tiny spurious dataset: 200 train, 120 val, 160 test examples of 8 features; the
     attribute agrees with the class on 90% of train and half of val/test."""
     return make_tiny(TinyOptions())
 
 
 @pytest.fixture
-def tiny_backbone(tiny_data: SpuriousData) -> Backbone:
-    """The tiny backbone for `tiny_data`: Linear(8, 16) + ReLU, 16 features."""
-    return make_mlp(MLPOptions(), tiny_data)
+def spur_tiny_backbone(spur_tiny_data: SpuriousData) -> Backbone:
+    """The tiny backbone for `spur_tiny_data`: Linear(8, 16) + ReLU, 16 features."""
+    return make_mlp(MLPOptions(), spur_tiny_data)
 
 
 @pytest.fixture
-def spur_cli(plugins: PluginManager) -> Callable[..., Any]:
+def spur_cli(spur_plugins: PluginManager) -> Callable[..., Any]:
     """`spur_cli("list", "mitigations")` runs the `spur` command line in-process with the
-    test's `plugins` (and the commands they register); returns click's `Result`."""
+    test's `spur_plugins` (and the commands they register); returns click's `Result`."""
     from click.testing import CliRunner
 
     from spurcore.cli import cli
 
     def invoke(*args: Any) -> Any:
-        plugins.hook.spurcore_register_commands(cli=cli)
-        obj = {"manager": plugins, "plugin_args": []}
+        spur_plugins.hook.spurcore_register_commands(cli=cli)
+        obj = {"manager": spur_plugins, "plugin_args": []}
         return CliRunner().invoke(cli, [str(a) for a in args], obj=obj, catch_exceptions=False)
 
     return invoke

@@ -12,27 +12,30 @@ Pieces: `reduce` (one output -> one row per example), `hooks` (forward hooks wit
 
 from __future__ import annotations
 
-from spurcore.hookspecs import hookimpl
-from spurcore.specs import ObserverSpec
-
-from spurcore_activations import observer as _observer
-from spurcore_activations.hooks import ActivationError, ModuleRecorder, resolve_modules
-from spurcore_activations.options import ActivationOptions
-from spurcore_activations.reader import ActivationFile
+from spurcore import hookimpl
+from spurcore.api import ObserverSpec, lazy, lazy_exports
+from spurcore_activations.options import SETTINGS_KEY, ActivationOptions
 from spurcore_activations.reduce import REDUCTIONS, reduce_output
-from spurcore_activations.schema import SCHEMA_VERSION
-from spurcore_activations.writer import ActivationWriter
 
 __version__ = "0.1.0"
 __all__ = [
     "ActivationError", "ActivationFile", "ActivationOptions", "ActivationWriter", "ModuleRecorder",
     "REDUCTIONS", "SCHEMA_VERSION", "reduce_output", "resolve_modules",
 ]
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "ActivationError": "spurcore_activations.hooks:ActivationError",
+    "ModuleRecorder": "spurcore_activations.hooks:ModuleRecorder",
+    "resolve_modules": "spurcore_activations.hooks:resolve_modules",
+    "ActivationFile": "spurcore_activations.reader:ActivationFile",
+    "ActivationWriter": "spurcore_activations.writer:ActivationWriter",
+    "SCHEMA_VERSION": "spurcore_activations.schema:SCHEMA_VERSION",
+})
 
 
 @hookimpl
 def spurcore_register_observers():
-    return [ObserverSpec(name=_observer.SETTINGS_KEY, settings=ActivationOptions, factory=_observer.observer,
+    return [ObserverSpec(name=SETTINGS_KEY, settings=ActivationOptions,
+                         factory=lazy("spurcore_activations.observer:observer"),
                          description="record named modules' activations in the evaluation passes, to HDF5")]
 
 

@@ -30,7 +30,7 @@ def register(cli: click.Group) -> None:
                         out: Path | None, reduce: str, device: str, stage: int, epoch: int | None,
                         batch_size: int | None, compression: str, quiet: bool) -> None:
         """Record the activations of MODULEs of a finished run's model to HDF5."""
-        from spurcore.cli import plugin_manager
+        from spurcore.api import plugin_manager
         from spurcore_activations.extract import extract_run
         from spurcore_activations.reader import ActivationFile
 

@@ -16,9 +16,7 @@ from typing import Any
 
 import torch
 
-from spurcore import atomic
-from spurcore.data import SplitData, iterate_batches
-from spurcore.device import Device
+from spurcore.api import Device, SplitData, atomic, iterate_batches
 
 from spurcore_activations.hooks import ActivationError, ModuleRecorder
 from spurcore_activations.reduce import Reduce
@@ -57,8 +55,7 @@ def extract_run(run_dir: str | Path, modules: Sequence[str], *, splits: Sequence
     file and renamed when complete. Returns the path."""
     from tqdm.auto import tqdm
 
-    from spurcore.plugins import PluginManager
-    from spurcore.runner import open_run
+    from spurcore.api import PluginManager, open_run
 
     plugins = plugins if plugins is not None else PluginManager()
     run = open_run(run_dir, plugins, device=device)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from spurcore.errors import SpurcoreError
+from spurcore.api import SpurcoreError
 
 from spurcore_activations.reduce import Reduce, reduce_output
 

@@ -18,16 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from spurcore import atomic, hookimpl
-from spurcore.config import ConfigError, to_dict
+from spurcore import hookimpl
+from spurcore.api import ConfigError, atomic, plan, to_dict
 
 from spurcore_activations.hooks import ActivationError, ModuleRecorder, resolve_modules
-from spurcore_activations.options import ActivationOptions
+from spurcore_activations.options import SETTINGS_KEY, ActivationOptions
 from spurcore_activations.reader import ActivationFile, _open
 from spurcore_activations.schema import config_hash
 from spurcore_activations.writer import ActivationWriter
 
-SETTINGS_KEY = "activations"
 WHERE = f"settings.{SETTINGS_KEY}"
 COPY_BLOCK = 4096
 
@@ -40,8 +39,6 @@ def pipeline_hash(config: Any) -> str:
 
 def evaluated_splits(run: Any) -> list[str]:
     """The splits the runner evaluates: train when some stage's `train_eval` is not "none"."""
-    from spurcore.runner import plan
-
     trains = any(stage.train.train_eval != "none" for stage in plan(run.config, run.plugins).stages)
     return [s for s in run.data.splits if s != "train" or trains]
 

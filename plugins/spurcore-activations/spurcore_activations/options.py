@@ -16,7 +16,9 @@ from typing import Literal
 
 import attrs
 
-from spurcore.config import FieldError, non_empty
+from spurcore.api import FieldError, non_empty
+
+SETTINGS_KEY = "activations"  # the observer's name, and its table: [settings.activations]
 
 
 def _epochs(instance, attribute, value) -> None:

@@ -9,9 +9,10 @@ later in-place operation in the network (`ReLU(inplace=True)`) cannot change wha
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 Reduce = Literal["mean", "max", "none"]
 REDUCTIONS: tuple[str, ...] = ("mean", "max", "none")

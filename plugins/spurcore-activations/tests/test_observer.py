@@ -11,16 +11,14 @@ from click.testing import CliRunner
 
 import spurcore_activations
 from spurcore import hookimpl
-from spurcore.cli import cli
-from spurcore.errors import ConfigError
-from spurcore.runner import open_run, run_pipeline
+from spurcore.api import ConfigError, cli, open_run, run_pipeline
 from spurcore_activations import ActivationError, ActivationFile
 
 
 @pytest.fixture
-def act_plugins(plugins):
-    plugins.register(spurcore_activations, "activations")
-    return plugins
+def act_plugins(spur_plugins):
+    spur_plugins.register(spurcore_activations, "activations")
+    return spur_plugins
 
 
 def settings(**kw):
@@ -31,10 +29,10 @@ def metrics_lines(path):
     return (path / "metrics.jsonl").read_text()
 
 
-def test_observer_records_every_evaluated_example_and_changes_nothing(act_plugins, tiny_config, tmp_path, plugins):
-    logged = run_pipeline(tiny_config(settings=settings()), tmp_path / "logged", act_plugins, log=lambda m: None)
+def test_observer_records_every_evaluated_example_and_changes_nothing(act_plugins, spur_tiny_config, tmp_path, spur_plugins):
+    logged = run_pipeline(spur_tiny_config(settings=settings()), tmp_path / "logged", act_plugins, log=lambda m: None)
     act_plugins.unregister(spurcore_activations)
-    plain = run_pipeline(tiny_config(), tmp_path / "plain", act_plugins, log=lambda m: None)
+    plain = run_pipeline(spur_tiny_config(), tmp_path / "plain", act_plugins, log=lambda m: None)
     assert logged == plain
     assert metrics_lines(tmp_path / "logged") == metrics_lines(tmp_path / "plain")
     assert not (tmp_path / "plain" / "activations.h5").exists()
@@ -66,16 +64,16 @@ def test_observer_records_every_evaluated_example_and_changes_nothing(act_plugin
 
 
 @pytest.mark.parametrize("epochs, expected", [("last", [3]), ([1, 3], [1, 3])])
-def test_chosen_epochs_and_splits_only(act_plugins, tiny_config, tmp_path, epochs, expected):
-    config = tiny_config(settings=settings(epochs=epochs, splits=["test"], path="sub/acts.h5", reduce="max"))
+def test_chosen_epochs_and_splits_only(act_plugins, spur_tiny_config, tmp_path, epochs, expected):
+    config = spur_tiny_config(settings=settings(epochs=epochs, splits=["test"], path="sub/acts.h5", reduce="max"))
     run_pipeline(config, tmp_path / "run", act_plugins, log=lambda m: None)
     f = ActivationFile(tmp_path / "run" / "sub" / "acts.h5")
     assert f.epochs == expected and f.splits == ["test"] and len(f) == 160 * len(expected)
     assert f.attrs["reduce"] == "max"
 
 
-def test_without_settings_the_plugin_does_nothing(act_plugins, tiny_config, tmp_path):
-    run_pipeline(tiny_config(), tmp_path / "run", act_plugins, log=lambda m: None)
+def test_without_settings_the_plugin_does_nothing(act_plugins, spur_tiny_config, tmp_path):
+    run_pipeline(spur_tiny_config(), tmp_path / "run", act_plugins, log=lambda m: None)
     assert not list((tmp_path / "run").glob("*.h5"))
 
 
@@ -87,15 +85,15 @@ def test_without_settings_the_plugin_does_nothing(act_plugins, tiny_config, tmp_
     ({"stages": ["nope"]}, "settings.activations.stages[0]: no stage named 'nope'"),
     ({"epochs": "first"}, "settings.activations.epochs"),
 ])
-def test_bad_settings_stop_the_run_before_training(act_plugins, tiny_config, tmp_path, bad, where):
+def test_bad_settings_stop_the_run_before_training(act_plugins, spur_tiny_config, tmp_path, bad, where):
     with pytest.raises(ConfigError) as info:
-        run_pipeline(tiny_config(settings=settings(**bad)), tmp_path / "run", act_plugins, log=lambda m: None)
+        run_pipeline(spur_tiny_config(settings=settings(**bad)), tmp_path / "run", act_plugins, log=lambda m: None)
     assert where in str(info.value)
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_train_is_refused_only_when_no_stage_evaluates_it(act_plugins, tiny_config, tmp_path):
-    config = tiny_config(settings=settings(splits=["val", "train"]),
+def test_train_is_refused_only_when_no_stage_evaluates_it(act_plugins, spur_tiny_config, tmp_path):
+    config = spur_tiny_config(settings=settings(splits=["val", "train"]),
                          train={"epochs": 3, "batch_size": 32, "lr": 0.01, "train_eval": "none"})
     with pytest.raises(ConfigError, match=r"settings.activations.splits\[1\]: no stage evaluates 'train'"):
         run_pipeline(config, tmp_path / "run", act_plugins, log=lambda m: None)
@@ -103,8 +101,8 @@ def test_train_is_refused_only_when_no_stage_evaluates_it(act_plugins, tiny_conf
 
 
 @pytest.mark.parametrize("train_eval", ["full", "subset:20"])
-def test_train_is_recorded_through_the_evaluation_hooks(act_plugins, tiny_config, tmp_path, train_eval):
-    config = tiny_config(settings=settings(splits=["train"], epochs=[1, 3]),
+def test_train_is_recorded_through_the_evaluation_hooks(act_plugins, spur_tiny_config, tmp_path, train_eval):
+    config = spur_tiny_config(settings=settings(splits=["train"], epochs=[1, 3]),
                          train={"epochs": 3, "batch_size": 32, "lr": 0.01, "train_eval": train_eval})
     summary = run_pipeline(config, tmp_path / "run", act_plugins, log=lambda m: None)
     f = ActivationFile(tmp_path / "run" / "activations.h5")
@@ -127,9 +125,9 @@ def test_train_is_recorded_through_the_evaluation_hooks(act_plugins, tiny_config
     assert np.allclose(f.read("embed", split="train", epoch=3), expected.numpy(), atol=1e-6)
 
 
-def test_unknown_module_stops_the_run_before_training(act_plugins, tiny_config, tmp_path):
+def test_unknown_module_stops_the_run_before_training(act_plugins, spur_tiny_config, tmp_path):
     with pytest.raises(ConfigError, match=r"settings\.activations\.modules: module 'embed.2' not found.*embed\.0"):
-        run_pipeline(tiny_config(settings=settings(modules=["embed.2"])), tmp_path / "run", act_plugins,
+        run_pipeline(spur_tiny_config(settings=settings(modules=["embed.2"])), tmp_path / "run", act_plugins,
                      log=lambda m: None)
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
@@ -145,20 +143,20 @@ class FailDuringEvaluation:
             raise RuntimeError("boom")
 
 
-def test_an_error_during_evaluation_removes_the_hooks_and_keeps_the_file(act_plugins, tiny_config, tmp_path):
+def test_an_error_during_evaluation_removes_the_hooks_and_keeps_the_file(act_plugins, spur_tiny_config, tmp_path):
     failing = FailDuringEvaluation()
     act_plugins.register(failing, "failing")
     with pytest.raises(RuntimeError, match="boom"):
-        run_pipeline(tiny_config(settings=settings()), tmp_path / "run", act_plugins, log=lambda m: None)
+        run_pipeline(spur_tiny_config(settings=settings()), tmp_path / "run", act_plugins, log=lambda m: None)
     assert all(not m._forward_hooks for m in failing.model.modules())
     f = ActivationFile(tmp_path / "run" / "activations.h5")
     assert f.epochs == [1, 2] and len(f.index(epoch=2, split="val")) == 120
 
 
-def test_resume_keeps_checkpointed_epochs_and_drops_the_rest(act_plugins, tiny_config, tmp_path):
+def test_resume_keeps_checkpointed_epochs_and_drops_the_rest(act_plugins, spur_tiny_config, tmp_path):
     failing = FailDuringEvaluation()
     act_plugins.register(failing, "failing")
-    config = tiny_config(settings=settings())
+    config = spur_tiny_config(settings=settings())
     with pytest.raises(RuntimeError):
         run_pipeline(config, tmp_path / "run", act_plugins, log=lambda m: None)
     act_plugins.unregister(failing)
@@ -171,10 +169,10 @@ def test_resume_keeps_checkpointed_epochs_and_drops_the_rest(act_plugins, tiny_c
 
 
 @pytest.mark.parametrize("left", [b"", b"\x89HDF\r\n"])
-def test_a_file_a_kill_left_empty_at_creation_counts_as_no_rows_on_resume(act_plugins, tiny_config, tmp_path, left):
+def test_a_file_a_kill_left_empty_at_creation_counts_as_no_rows_on_resume(act_plugins, spur_tiny_config, tmp_path, left):
     failing = FailDuringEvaluation()
     act_plugins.register(failing, "failing")
-    config = tiny_config(settings=settings())
+    config = spur_tiny_config(settings=settings())
     with pytest.raises(RuntimeError):
         run_pipeline(config, tmp_path / "run", act_plugins, log=lambda m: None)
     act_plugins.unregister(failing)
@@ -184,8 +182,8 @@ def test_a_file_a_kill_left_empty_at_creation_counts_as_no_rows_on_resume(act_pl
     assert f.epochs == [2, 3] and len(f) == 2 * 280  # epoch 1 had its checkpoint: the run does not repeat it
 
 
-def test_spur_activations_on_a_finished_run(act_plugins, tiny_config, tmp_path):
-    run_pipeline(tiny_config(), tmp_path / "run", act_plugins, log=lambda m: None)
+def test_spur_activations_on_a_finished_run(act_plugins, spur_tiny_config, tmp_path):
+    run_pipeline(spur_tiny_config(), tmp_path / "run", act_plugins, log=lambda m: None)
     spurcore_activations.spurcore_register_commands(cli)
     out = tmp_path / "acts.h5"
     result = CliRunner().invoke(cli, ["activations", str(tmp_path / "run"), "--module", "embed", "--module", "embed.1",

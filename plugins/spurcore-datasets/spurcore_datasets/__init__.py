@@ -9,15 +9,18 @@ or tokenized text. `spur data check` and `spur data prepare` are the command-lin
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from spurcore import hookimpl
-from spurcore.specs import DatasetSpec
+from spurcore.api import DatasetSpec
 from spurcore_datasets import formats, options as opts
-from spurcore_datasets.build import to_data
-from spurcore_datasets.tables import Table
+
+if TYPE_CHECKING:  # pragma: no cover
+    from spurcore_datasets.tables import Table
+
+__all__ = ["FORMATS", "Format", "read"]
 
 
 @attrs.frozen
@@ -60,7 +63,12 @@ def read(name: str, options: Any) -> Table:
 
 
 def _builder(fmt: Format) -> Callable[[Any], Any]:
-    return lambda options: to_data(fmt.read(options), options)
+    def build(options: Any) -> Any:
+        from spurcore_datasets.build import to_data  # on use: images and tensors need torch
+
+        return to_data(fmt.read(options), options)
+
+    return build
 
 
 @hookimpl

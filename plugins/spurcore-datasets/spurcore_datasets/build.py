@@ -8,7 +8,7 @@ import sys
 import attrs
 import numpy as np
 
-from spurcore.data import SplitData, SpuriousData
+from spurcore.api import SplitData, SpuriousData
 from spurcore_datasets.images import ImageFiles, eval_transform, train_transform, unreadable
 from spurcore_datasets.tables import SHOWN, Table, validate
 

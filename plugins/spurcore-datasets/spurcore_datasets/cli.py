@@ -11,11 +11,7 @@ from typing import Any
 import attrs
 import click
 
-from spurcore import atomic
-from spurcore.cli import plugin_manager
-from spurcore.config import ConfigError, parse_override, structure
-from spurcore.errors import DataError
-from spurcore_datasets.images import unreadable
+from spurcore.api import ConfigError, DataError, atomic, parse_override, plugin_manager, structure
 from spurcore_datasets.tables import SHOWN, Table
 
 PREPARABLE = ("metashift", "celeba")
@@ -56,6 +52,8 @@ def check(ctx: click.Context, name: str, root: Path, overrides: tuple[str, ...],
         table = FORMATS[name].read(options)
         source, groups, counts = str(table.source), table.group_names, table.group_counts()
         if decode and table.kind == "image":
+            from spurcore_datasets.images import unreadable  # PIL and torch, for --images only
+
             bad = unreadable(table.items)
             if bad:
                 shown = "; ".join(reason for _, reason in bad[:SHOWN])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from spurcore.errors import DataError
+from spurcore.api import DataError
 from spurcore_datasets.tables import (
     Inside, Lines, Table, duplicates, find_file, fractions, image_paths, integers, read_csv, split_rows, validate,
 )

@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from spurcore.errors import DataError
+from spurcore.api import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -6,7 +6,7 @@ from typing import Literal
 
 import attrs
 
-from spurcore.config import FieldError, fraction, positive
+from spurcore.api import FieldError, fraction, positive
 
 
 def _root(instance, attribute, value: str) -> None:

@@ -20,8 +20,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from spurcore.data import REQUIRED_SPLITS, group_ids
-from spurcore.errors import DataError
+from spurcore.api import DataError
 from spurcore_datasets.textfiles import csv_records
 
 SHOWN = 5  # how many offending paths or rows a message lists
@@ -62,6 +61,8 @@ class Table:
 
     def group_counts(self) -> dict[str, list[int]]:
         """Examples per group (g = y * n_attrs + a) in every split."""
+        from spurcore.api import group_ids  # on use: its module imports torch, reading a table needs none
+
         n = len(self.class_names) * len(self.attr_names)
         counts = {}
         for split, rows in self.splits.items():
@@ -247,6 +248,8 @@ def _below(path: str, folder: str) -> bool:
 
 def validate(table: Table) -> Table:
     """Refuse a table with a missing or empty split, an empty group, duplicated or missing files."""
+    from spurcore.api import REQUIRED_SPLITS  # on use, as group_ids
+
     for split in REQUIRED_SPLITS:
         if split not in table.splits or len(table.splits[split]) == 0:
             raise DataError(f"{table.source}: no rows in split {split!r} (every dataset needs train, val and test)")

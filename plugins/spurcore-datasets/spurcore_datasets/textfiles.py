@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from spurcore.errors import DataError
+from spurcore.api import DataError
 
 ENCODING = "utf-8-sig"  # UTF-8; a leading byte-order mark is dropped
 

@@ -9,12 +9,7 @@ from click.testing import CliRunner
 
 import spurcore_datasets
 import spurcore_text
-from spurcore.cli import cli
-from spurcore.config import pipeline_from_dict
-from spurcore.errors import DataError
-from spurcore.plugins import PluginManager
-from spurcore.rundir import RunDir
-from spurcore.runner import run_pipeline
+from spurcore.api import DataError, PluginManager, RunDir, cli, pipeline_from_dict, run_pipeline
 from spurcore_datasets import miniature
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from spurcore.errors import DataError
+from spurcore.api import DataError
 from spurcore_datasets import miniature
 from spurcore_datasets.cli import write_table
 from test_formats import read, rewrite_csv, set_cell, waterbirds_metadata

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from spurcore.data import iterate_batches
-from spurcore.errors import DataError
+from spurcore.api import DataError, iterate_batches
 from spurcore_datasets import FORMATS, miniature, options as opts
 from spurcore_datasets.build import to_data
 from spurcore_datasets.formats import IDENTITIES
@@ -325,7 +324,7 @@ def test_prepared_tables_load_as_the_canonical_dataset(tmp_path):
 
 
 def test_options_are_validated_before_reading(tmp_path):
-    from spurcore.config import ConfigError, structure
+    from spurcore.api import ConfigError, structure
 
     with pytest.raises(ConfigError, match=r"augment: 'heavy' is not one of 'standard', 'seed', 'none'"):
         structure(opts.ImageOptions, {"root": str(tmp_path), "augment": "heavy"}, "dataset.options")

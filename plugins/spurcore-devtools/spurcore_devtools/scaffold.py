@@ -2,8 +2,9 @@
 
 The package is what a first-party plugin looks like: `pyproject.toml` with the `spurcore`
 entry point, `spurcore_<name>/__init__.py` with a working hook implementation of its kind,
-a README, and tests that use the test kit (`spurcore.testing`), the first of which checks that
-the plugin is installed (as simonw/llm's and datasette's plugin templates do). A mitigation is
+a README, and tests that use the test kit (`spurcore.testing`, which the pyproject's
+`[tool.pytest.ini_options]` opts into), the first of which checks that the plugin is
+installed (as simonw/llm's and datasette's plugin templates do). A mitigation is
 a training stage that shapes the loss (`mitigation`) or a post-hoc stage that fits a new head
 on frozen embeddings (`posthoc-mitigation`).
 """
@@ -15,8 +16,7 @@ import string
 from importlib import resources
 from pathlib import Path
 
-from spurcore import atomic
-from spurcore.errors import SpurcoreError
+from spurcore.api import SpurcoreError, atomic
 
 KINDS = ("mitigation", "posthoc-mitigation", "dataset", "backbone", "selector", "metric", "tracer")
 NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
@@ -29,8 +29,9 @@ USAGE = {
     "backbone": 'In a pipeline:\n\n```toml\n[backbone]\nname = "$name"\n[backbone.options]\nwidth = 32\n```',
     "selector": 'In a pipeline (top-level key):\n\n```toml\nselector = "$name"\n```',
     "metric": 'In a pipeline (top-level key):\n\n```toml\nmetrics = ["avg_acc", "worst_group_acc", "$name"]\n```',
-    "tracer": "On a finished run:\n\n```python\nfrom spurcore.plugins import PluginManager\n"
-              "from $module import trace\ntrace(\"runs/erm\", None, PluginManager())   # writes runs/erm/$module.json\n```",
+    "tracer": "On a finished run (`spur trace` comes with spurcore-tracer):\n\n```\n"
+              "spur trace runs/erm --tracer $name            # writes runs/erm/trace/$name/$module.json\n"
+              "spur trace runs/erm --tracer $name --stage 0 --out elsewhere\n```",
 }
 
 

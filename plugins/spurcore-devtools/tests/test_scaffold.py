@@ -1,5 +1,6 @@
 """`spur new-plugin`: every kind of generated package installs, passes its own tests, and the
-generated plugins run together in one `spur run` (the post-hoc mitigation after the training one)."""
+generated plugins run together in one `spur run` (the post-hoc mitigation after the training one),
+whose run `spur trace --tracer` traces with the generated tracer."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 import spurcore_devtools
-from spurcore.cli import cli
+from spurcore.api import cli
 from spurcore_devtools.scaffold import KINDS, registers
 
 BIN = Path(sys.executable).parent
@@ -36,6 +37,7 @@ def test_each_kind_is_a_complete_package(kind, tmp_path):
     project = tomllib.loads((root / "pyproject.toml").read_text())
     assert project["project"]["name"] == f"spurcore-my-{kind}"
     assert project["project"]["entry-points"]["spurcore"] == {f"my-{kind}": module}
+    assert project["tool"]["pytest"]["ini_options"]["addopts"] == "-p spurcore.testing"  # the kit, opted into
     code = ast.parse((root / module / "__init__.py").read_text())
     hooks = {n.name for n in ast.walk(code) if isinstance(n, ast.FunctionDef) and n.name.startswith("spurcore_register_")}
     assert hooks == {f"spurcore_register_{registers(kind)}s"}
@@ -106,9 +108,10 @@ def test_generated_plugins_install_pass_their_tests_and_run_in_a_pipeline(tmp_pa
     assert [(s["method"], s["kind"]) for s in summary["stages"]] == [("my-mitigation", "train"),
                                                                      ("my-posthoc-mitigation", "posthoc")]
     assert 0 <= summary["metrics"]["test"]["my-metric"] <= 1
-    trace = subprocess.run([sys.executable, "-c", "import sys; from spurcore.plugins import PluginManager; "
-                            "from spurcore_my_tracer import trace; print(trace(sys.argv[1], None, PluginManager()))",
-                            str(tmp_path / "run")], env=env, capture_output=True, text=True)
+    trace = subprocess.run([BIN / "spur", "trace", "run", "--tracer", "my-tracer"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True)
     assert trace.returncode == 0, trace.stderr[-2000:]
-    traced = json.loads(Path(trace.stdout.strip()).read_text())
+    written = Path("run") / "trace" / "my-tracer" / "spurcore_my_tracer.json"
+    assert trace.stdout == f"wrote {written}\n"
+    traced = json.loads((tmp_path / written).read_text())
     assert traced["test"] == pytest.approx(summary["metrics"]["test"]["group_acc"])

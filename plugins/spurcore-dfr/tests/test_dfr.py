@@ -11,8 +11,8 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 import spurcore_dfr
-from spurcore.embeddings import Embeddings, SplitEmbeddings
-from spurcore.runner import RunError, open_run, run_pipeline
+from spurcore_dfr import stage
+from spurcore.api import Embeddings, RunError, SplitEmbeddings, open_run, run_pipeline
 from spurcore.testing import mitigation_conformance
 
 TestConformanceDFR = mitigation_conformance("dfr", plugin=spurcore_dfr, options={"retrains": 3})
@@ -20,10 +20,10 @@ TestConformanceDFRClass = mitigation_conformance("dfr-class", plugin=spurcore_df
 
 
 @pytest.fixture
-def dfr_plugins(plugins):
+def dfr_plugins(spur_plugins):
     """The test kit's manager (built-ins and the tiny dataset) with this plugin registered."""
-    plugins.register(spurcore_dfr, "dfr")
-    return plugins
+    spur_plugins.register(spurcore_dfr, "dfr")
+    return spur_plugins
 
 
 def separable(n=200, d=5, seed=0):
@@ -81,9 +81,9 @@ def test_c_is_chosen_on_the_held_out_half_and_fitted_on_a_balanced_other_half(mo
     x[:, -1] = np.arange(len(y))  # the last column tells which rows each step saw
     fitted, scored = [], []
     real_fit, real_score = spurcore_dfr.fit_l1, spurcore_dfr.worst_accuracy
-    monkeypatch.setattr(spurcore_dfr, "fit_l1",
+    monkeypatch.setattr(stage, "fit_l1",
                         lambda x, y, c, n, scale=None: fitted.append(x[:, -1].copy()) or real_fit(x, y, c, n, scale))
-    monkeypatch.setattr(spurcore_dfr, "worst_accuracy",
+    monkeypatch.setattr(stage, "worst_accuracy",
                         lambda fit, data: scored.append(data.x[:, -1].copy()) or real_score(fit, data))
     rng = np.random.default_rng(0)
     held_out, rest = spurcore_dfr.halve(labelled(x, y), rng)
@@ -113,7 +113,7 @@ def test_final_head_is_the_average_of_fits_on_fresh_balanced_subsets():
     rng = np.random.default_rng(7)
     fits = []
     for _ in range(3):
-        subset = spurcore_dfr.balanced_subset(y, rng)
+        subset = stage.balanced_subset(y, rng)
         fits.append(spurcore_dfr.fit_l1(x[subset], y[subset], 0.3, 2, scale))
     assert np.allclose(averaged.coef, np.mean([f.coef for f in fits], 0))
     assert np.allclose(averaged.intercept, np.mean([f.intercept for f in fits], 0))
@@ -138,9 +138,9 @@ def test_dfr_on_train_fits_balanced_training_rows_and_scores_on_all_of_val(monke
     embeddings = marked_embeddings()
     fitted, scored = [], []
     real_fit, real_score = spurcore_dfr.fit_l1, spurcore_dfr.worst_accuracy
-    monkeypatch.setattr(spurcore_dfr, "fit_l1", lambda x, y, c, n, scale=None: fitted.append(
+    monkeypatch.setattr(stage, "fit_l1", lambda x, y, c, n, scale=None: fitted.append(
         (x[:, -1].astype(int), scale)) or real_fit(x, y, c, n, scale))
-    monkeypatch.setattr(spurcore_dfr, "worst_accuracy",
+    monkeypatch.setattr(stage, "worst_accuracy",
                         lambda fit, data: scored.append(data.x[:, -1].astype(int)) or real_score(fit, data))
     options = spurcore_dfr.DFROptions(fit_split="train", retrains=3, c_grid=[1.0, 0.1])
     head, record = spurcore_dfr.dfr_head(embeddings, options, "group", n_classes=2, n_attrs=2)
@@ -163,7 +163,7 @@ def test_reference_standardization_tunes_with_the_subset_and_refits_with_train(m
     embeddings = marked_embeddings()
     scales = []
     real_fit = spurcore_dfr.fit_l1
-    monkeypatch.setattr(spurcore_dfr, "fit_l1",
+    monkeypatch.setattr(stage, "fit_l1",
                         lambda x, y, c, n, scale=None: scales.append(scale) or real_fit(x, y, c, n, scale))
     options = spurcore_dfr.DFROptions(retrains=3, c_grid=[1.0, 0.1])
     _, record = spurcore_dfr.dfr_head(embeddings, options, "group", 2, 2)
@@ -181,7 +181,7 @@ def test_reference_standardization_tunes_with_the_subset_and_refits_with_train(m
 
 
 def tiny(**overrides):
-    from spurcore.config import pipeline_from_dict
+    from spurcore.api import pipeline_from_dict
     from spurcore.testing import tiny_pipeline
 
     return pipeline_from_dict(tiny_pipeline(**overrides))
@@ -211,11 +211,11 @@ def test_variants_declare_the_labels_they_read(tmp_path, dfr_plugins):
     assert set(summary["metrics"]["test"]) == {"avg_acc", "worst_class_acc"}
 
 
-def test_dfr_on_train_variant_fits_on_train(tmp_path, dfr_plugins, tiny_data):
+def test_dfr_on_train_variant_fits_on_train(tmp_path, dfr_plugins, spur_tiny_data):
     stages = [{"method": "erm"}, {"method": "dfr", "options": {"fit_split": "train", "retrains": 3}}]
     run_pipeline(tiny(stages=stages), tmp_path / "r", dfr_plugins)
     report = json.loads((tmp_path / "r" / "checkpoints" / "1-dfr" / "dfr.json").read_text())
-    data = tiny_data
+    data = spur_tiny_data
     smallest = {name: np.bincount(2 * data.splits[name].y + data.splits[name].a).min() for name in ("train", "val")}
     assert smallest["train"] != smallest["val"]  # so the sizes below tell the splits apart
     assert report["tuning"] == {"fitted_on": "train", "fitted": 4 * smallest["train"], "scored_on": "val",

@@ -10,16 +10,18 @@ from __future__ import annotations
 from typing import Literal
 
 import attrs
-import torch
-from torch import nn
 
 from spurcore import hookimpl
-from spurcore.config import FieldError, fraction
-from spurcore.errors import SpurcoreError
-from spurcore.specs import MitigationSpec
-from spurcore_fairdropout.layer import MODES, FairDropout, keep_mask
+from spurcore.api import FieldError, MitigationSpec, fraction, lazy, lazy_exports
 
 __all__ = ["FairDropout", "FairDropoutOptions", "keep_mask", "set_inference_mode"]
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "FairDropout": "spurcore_fairdropout.layer:FairDropout",
+    "keep_mask": "spurcore_fairdropout.layer:keep_mask",
+    "set_inference_mode": "spurcore_fairdropout.stage:set_inference_mode",
+    "FairDropoutError": "spurcore_fairdropout.stage:FairDropoutError",
+    "FairDropoutStage": "spurcore_fairdropout.stage:FairDropoutStage",
+})
 
 FEATURES = "features"  # the embedding's output (any backbone)
 LINEAR = "linear"  # a new linear layer on the embedding's output, dropout after it (text encoders)
@@ -50,58 +52,10 @@ class FairDropoutOptions:
     seed: int = 0
 
 
-class FairDropoutError(SpurcoreError):
-    pass
-
-
-class FairDropoutStage:
-    def __init__(self, options: FairDropoutOptions) -> None:
-        self.options = options
-
-    def _layer(self, model, k: int) -> FairDropout:
-        o = self.options
-        return FairDropout(model.context, o.p_gen, o.p_mem, seed=o.seed * 1000 + k, mode=o.inference)
-
-    @hookimpl
-    def spurcore_prepare_model(self, model):
-        for k, path in enumerate(self.options.placement):
-            if path == FEATURES:
-                model.embed = nn.Sequential(model.embed, self._layer(model, k))
-            elif path == LINEAR:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(self.options.seed)
-                    linear = nn.Linear(model.feature_dim, model.feature_dim)
-                model.embed = nn.Sequential(model.embed, linear, self._layer(model, k))
-            else:
-                parent_path, _, name = path.rpartition(".")
-                try:
-                    parent = model.embed.get_submodule(parent_path) if parent_path else model.embed
-                    target = getattr(parent, name)
-                    if not isinstance(target, nn.Module):
-                        raise AttributeError(name)
-                except AttributeError:
-                    known = ", ".join(n for n, _ in model.embed.named_children())
-                    raise FairDropoutError(
-                        f"fairdropout placement {path!r}: the backbone has no such module "
-                        f"(its top-level modules: {known}; or use \"features\" / \"linear\")"
-                    ) from None
-                setattr(parent, name, nn.Sequential(target, self._layer(model, k)))
-
-
-def set_inference_mode(model: nn.Module, mode: str) -> None:
-    """Switch every FairDropout layer of `model` to an inference mode (e.g. "keep" to compare
-    a model with its memorizing units kept against the same model with them dropped)."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    for module in model.modules():
-        if isinstance(module, FairDropout):
-            module.mode = mode
-
-
 @hookimpl
 def spurcore_register_mitigations():
     return [MitigationSpec(
-        name="fairdropout", kind="train", options=FairDropoutOptions, factory=FairDropoutStage,
+        name="fairdropout", kind="train", options=FairDropoutOptions, factory=lazy("spurcore_fairdropout.stage:FairDropoutStage"),
         search_space={"p_gen": [0.3, 0.5, 0.7], "p_mem": [0.1, 0.3, 0.5],
                       "placement": [[FEATURES], ["block3"], ["block2"]]},
         description="FairDropout: example-tied dropout, memorizing units dropped at inference",

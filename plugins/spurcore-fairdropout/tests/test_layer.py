@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spurcore.model import ForwardContext
+from spurcore.api import ForwardContext
 from spurcore_fairdropout import FairDropout, keep_mask
 
 probability = st.floats(0.0, 1.0)

@@ -7,18 +7,16 @@ import torch
 
 import spurcore_fairdropout as fdp
 from spurcore import hookimpl
-from spurcore.config import pipeline_from_dict
-from spurcore.errors import ConfigError
-from spurcore.runner import open_run, run_pipeline
+from spurcore.api import ConfigError, open_run, pipeline_from_dict, run_pipeline
 from spurcore.testing import mitigation_conformance, tiny_pipeline
 
 TestConformance = mitigation_conformance("fairdropout", plugin=fdp)
 
 
 @pytest.fixture
-def fd_plugins(plugins):
-    plugins.register(fdp, "fairdropout")
-    return plugins
+def fd_plugins(spur_plugins):
+    spur_plugins.register(fdp, "fairdropout")
+    return spur_plugins
 
 
 class MaskRecorder:

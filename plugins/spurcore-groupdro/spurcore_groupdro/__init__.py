@@ -13,14 +13,16 @@ same weights. Reads attribute labels on the training set only.
 from __future__ import annotations
 
 import attrs
-import numpy as np
-import torch
-import torch.nn.functional as F
 
 from spurcore import hookimpl
-from spurcore.config import non_negative, positive
-from spurcore.sampling import balanced_weights
-from spurcore.specs import MitigationSpec
+from spurcore.api import MitigationSpec, lazy, lazy_exports, non_negative, positive
+
+__all__ = ["GroupDRO", "GroupDROOptions", "group_losses", "update_weights"]
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "GroupDRO": "spurcore_groupdro.stage:GroupDRO",
+    "group_losses": "spurcore_groupdro.stage:group_losses",
+    "update_weights": "spurcore_groupdro.stage:update_weights",
+})
 
 
 @attrs.frozen(kw_only=True)
@@ -30,62 +32,11 @@ class GroupDROOptions:
     balanced_sampling: bool = True
 
 
-def group_losses(losses: torch.Tensor, groups: torch.Tensor, n_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean loss of each group in the batch (0 where absent) and which groups are present."""
-    sums = torch.zeros(n_groups, dtype=losses.dtype, device=losses.device).index_add(0, groups, losses)
-    counts = torch.bincount(groups, minlength=n_groups).to(losses.dtype)
-    return sums / counts.clamp(min=1), counts > 0
-
-
-def update_weights(q: torch.Tensor, losses: torch.Tensor, present: torch.Tensor, eta: float) -> torch.Tensor:
-    """One exponentiated-gradient step on the groups present in the batch, renormalised."""
-    q = q * torch.exp(eta * losses.detach() * present)
-    return q / q.sum()
-
-
-class GroupDRO:
-    def __init__(self, options: GroupDROOptions) -> None:
-        self.options = options
-        self.q: torch.Tensor | None = None
-        self.groups: torch.Tensor | None = None
-        self.bonus: torch.Tensor | None = None
-
-    @hookimpl
-    def spurcore_stage_start(self, run):
-        data = run.data
-        groups = data.groups("train")
-        self.groups = torch.from_numpy(groups.copy())
-        self.q = torch.full((data.n_groups,), 1.0 / data.n_groups, dtype=torch.float64)
-        counts = np.bincount(groups, minlength=data.n_groups)
-        self.bonus = torch.as_tensor(self.options.adjustment / np.sqrt(np.maximum(counts, 1)))
-
-    @hookimpl
-    def spurcore_train_sampler(self, run, generator):
-        if not self.options.balanced_sampling:
-            return None
-        weights = torch.from_numpy(balanced_weights(self.groups.numpy()))
-        return torch.multinomial(weights, len(weights), replacement=True, generator=generator)
-
-    @hookimpl
-    def spurcore_train_loss(self, run, model, batch):
-        groups = self.groups[batch.index.cpu()].to(batch.y.device)
-        losses = F.cross_entropy(model(batch.x, index=batch.index), batch.y, reduction="none").float()
-        per_group, present = group_losses(losses, groups, run.data.n_groups)
-        adjusted = per_group + self.bonus.to(per_group) * present
-        self.q = update_weights(self.q.to(per_group.device), adjusted.double(), present, self.options.eta)
-        return (self.q.to(per_group) * adjusted).sum()
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"q": self.q.detach().cpu()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.q = state["q"].to(torch.float64)
-
-
 @hookimpl
 def spurcore_register_mitigations():
     return [MitigationSpec(
-        name="groupdro", kind="train", options=GroupDROOptions, factory=GroupDRO, needs_attributes=("train",),
+        name="groupdro", kind="train", options=GroupDROOptions, factory=lazy("spurcore_groupdro.stage:GroupDRO"),
+        needs_attributes=("train",),
         search_space={"eta": [0.001, 0.01, 0.1], "adjustment": [0.0, 1.0, 2.0]},
         description="Group DRO: exponentiated-gradient weights on per-group losses, group-balanced sampling",
     )]

@@ -7,8 +7,7 @@ import numpy as np
 import torch
 
 import spurcore_groupdro
-from spurcore.rundir import RunDir
-from spurcore.runner import run_pipeline
+from spurcore.api import RunDir, run_pipeline
 from spurcore.testing import mitigation_conformance
 from spurcore_groupdro import GroupDRO, GroupDROOptions, group_losses, update_weights
 
@@ -33,9 +32,9 @@ def test_weights_move_towards_the_worst_group_and_absent_groups_keep_theirs():
     assert new[2] > new[0] > new[1] == new[3]
 
 
-def test_sampler_draws_every_group_equally_often(plugins, tiny_config, tmp_path):
+def test_sampler_draws_every_group_equally_often(spur_plugins, spur_tiny_config, tmp_path):
     method = GroupDRO(GroupDROOptions())
-    data = plugins.get("datasets", "tiny").build(plugins.get("datasets", "tiny").options(n_train=2000))
+    data = spur_plugins.get("datasets", "tiny").build(spur_plugins.get("datasets", "tiny").options(n_train=2000))
 
     class Run:
         pass
@@ -51,11 +50,12 @@ def test_sampler_draws_every_group_equally_often(plugins, tiny_config, tmp_path)
     assert method.spurcore_train_sampler(run, torch.Generator().manual_seed(0)).tolist() == order.tolist()
 
 
-def test_without_balanced_sampling_the_weight_goes_to_the_minority_groups(plugins, register_plugin, tiny_config, tmp_path):
-    register_plugin(spurcore_groupdro, "groupdro")
-    config = tiny_config(stages=[{"method": "groupdro", "options": {"eta": 0.5, "balanced_sampling": False}}],
+def test_without_balanced_sampling_the_weight_goes_to_the_minority_groups(spur_plugins, spur_register_plugin,
+                                                                         spur_tiny_config, tmp_path):
+    spur_register_plugin(spurcore_groupdro, "groupdro")
+    config = spur_tiny_config(stages=[{"method": "groupdro", "options": {"eta": 0.5, "balanced_sampling": False}}],
                          train={"epochs": 3, "batch_size": 32, "lr": 0.01})
-    run_pipeline(config, tmp_path / "run", plugins, log=lambda m: None)
+    run_pipeline(config, tmp_path / "run", spur_plugins, log=lambda m: None)
     q = RunDir(tmp_path / "run").load_checkpoint("0-groupdro", 3)["method"]["q"]
     # tiny: the attribute agrees with the class on 90% of train, so groups neg/on and pos/off are the minority
     assert torch.isclose(q.sum(), torch.tensor(1.0, dtype=q.dtype))

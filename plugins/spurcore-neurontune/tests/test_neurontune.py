@@ -11,19 +11,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import spurcore_neurontune as nt
-from spurcore.config import pipeline_from_dict
-from spurcore.errors import ConfigError
-from spurcore.runner import run_pipeline
+from spurcore.api import ConfigError, pipeline_from_dict, run_pipeline
 from spurcore.testing import mitigation_conformance, tiny_pipeline
 
 TestConformance = mitigation_conformance("neurontune", plugin=nt, options={"epochs": 3})
 
 
 @pytest.fixture
-def nt_plugins(plugins):
+def nt_plugins(spur_plugins):
     """The test kit's manager (built-ins and the tiny dataset) with this plugin registered."""
-    plugins.register(nt, "neurontune")
-    return plugins
+    spur_plugins.register(nt, "neurontune")
+    return spur_plugins
 
 
 def test_delta_is_the_median_difference_per_class():
@@ -98,8 +96,7 @@ def test_stage_and_sfit_selector_run_without_attribute_labels(tmp_path, nt_plugi
 
 
 def test_sfit_selector_scores_each_epoch_by_its_own_model(tmp_path, nt_plugins):
-    from spurcore.context import Candidate
-    from spurcore.runner import open_run
+    from spurcore.api import Candidate, open_run
 
     config = pipeline_from_dict(tiny_pipeline(selector="sfit", train={"epochs": 3}))
     summary = run_pipeline(config, tmp_path / "r", nt_plugins)
@@ -112,10 +109,10 @@ def test_sfit_selector_scores_each_epoch_by_its_own_model(tmp_path, nt_plugins):
     assert len(set(np.round(scores, 6))) > 1
 
 
-def test_a_split_the_data_lacks_stops_the_run_before_erm_trains(plugins, register_plugin, tiny_config, tmp_path):
-    register_plugin(nt, "neurontune")
-    config = tiny_config(stages=[{"method": "erm"}, {"method": "neurontune", "options": {"identification_split": "foo"}}])
+def test_a_split_the_data_lacks_stops_the_run_before_erm_trains(spur_plugins, spur_register_plugin, spur_tiny_config, tmp_path):
+    spur_register_plugin(nt, "neurontune")
+    config = spur_tiny_config(stages=[{"method": "erm"}, {"method": "neurontune", "options": {"identification_split": "foo"}}])
     with pytest.raises(nt.NeuronTuneError, match=r"stages\[1\]\.options: identification_split: dataset 'tiny' has no "
                                                  r"split 'foo' \(train, val, test\)"):
-        run_pipeline(config, tmp_path / "run", plugins, log=lambda m: None)
+        run_pipeline(config, tmp_path / "run", spur_plugins, log=lambda m: None)
     assert not (tmp_path / "run").exists()

@@ -14,29 +14,32 @@ from __future__ import annotations
 from typing import Literal
 
 import attrs
-import torch
-from torch import nn
 
 from spurcore import hookimpl
-from spurcore.config import FieldError, non_negative, positive
-from spurcore.specs import MitigationSpec
-from spurcore_prunedtwin.augment import augment, distort_colour, is_image_batch, two_views
-from spurcore_prunedtwin.loss import nt_xent, nt_xent_stopgrad, supervised
-from spurcore_prunedtwin.mask import (
-    PROJECTION,
-    NeuronMask,
-    WeightMask,
-    high_loss_batches,
-    neuron_index,
-    neuron_mask,
-    smallest_weight_mask,
-)
+from spurcore.api import FieldError, MitigationSpec, lazy, lazy_exports, non_negative, positive
 
 __all__ = [
     "NeuronMask", "PROJECTION", "PrunedTwinOptions", "PrunedTwinStage", "WeightMask", "augment", "distort_colour", "high_loss_batches",
     "is_image_batch", "neuron_index", "neuron_mask", "nt_xent", "nt_xent_stopgrad", "smallest_weight_mask",
     "supervised", "two_views",
 ]
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "PrunedTwinStage": "spurcore_prunedtwin.stage:PrunedTwinStage",
+    "augment": "spurcore_prunedtwin.augment:augment",
+    "distort_colour": "spurcore_prunedtwin.augment:distort_colour",
+    "is_image_batch": "spurcore_prunedtwin.augment:is_image_batch",
+    "two_views": "spurcore_prunedtwin.augment:two_views",
+    "nt_xent": "spurcore_prunedtwin.loss:nt_xent",
+    "nt_xent_stopgrad": "spurcore_prunedtwin.loss:nt_xent_stopgrad",
+    "supervised": "spurcore_prunedtwin.loss:supervised",
+    "PROJECTION": "spurcore_prunedtwin.mask:PROJECTION",
+    "NeuronMask": "spurcore_prunedtwin.mask:NeuronMask",
+    "WeightMask": "spurcore_prunedtwin.mask:WeightMask",
+    "high_loss_batches": "spurcore_prunedtwin.mask:high_loss_batches",
+    "neuron_index": "spurcore_prunedtwin.mask:neuron_index",
+    "neuron_mask": "spurcore_prunedtwin.mask:neuron_mask",
+    "smallest_weight_mask": "spurcore_prunedtwin.mask:smallest_weight_mask",
+})
 
 
 def _open_fraction(instance, attribute, value) -> None:
@@ -92,64 +95,10 @@ class PrunedTwinOptions:
             raise FieldError("projection", "output-space NT-Xent has no projection head: set projection = false")
 
 
-class PrunedTwinStage:
-    def __init__(self, options: PrunedTwinOptions) -> None:
-        self.options = options
-        self.mask: NeuronMask | WeightMask | None = None
-        self.generator: torch.Generator | None = None
-
-    @hookimpl
-    def spurcore_prepare_model(self, model):
-        o = self.options
-        if not o.projection:
-            return
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(o.seed)
-            head = nn.Sequential(nn.Linear(model.feature_dim, model.feature_dim), nn.ReLU(),
-                                 nn.Linear(model.feature_dim, o.projection_dim))
-        setattr(model, PROJECTION, head)
-
-    @hookimpl
-    def spurcore_epoch_start(self, run, stage, epoch):
-        o = self.options
-        # one generator per (seed, stage, epoch): a resumed run draws the same masks and views
-        self.generator = torch.Generator().manual_seed(((o.seed * 1_000_003 + stage.index) * 10_007 + epoch) % 2**63)
-        include_head = o.space == "output"
-        if o.mask == "smallest-weights":
-            self.mask = smallest_weight_mask(stage.model, o.weight_percent, include_head)
-        else:
-            self.mask = neuron_mask(stage.model, o.q, o.criterion, split=run.data.splits["train"],
-                                    generator=self.generator, include_head=include_head,
-                                    pool=o.pool, sample=o.sample)
-
-    @hookimpl
-    def spurcore_train_loss(self, model, batch):
-        return self.loss(model, batch)
-
-    def loss(self, model, batch) -> torch.Tensor:
-        o = self.options
-        if self.mask is None:
-            raise RuntimeError("prunedtwin: no mask yet (spurcore_epoch_start builds it)")
-        generator = self.generator or torch.Generator().manual_seed(o.seed)
-        x1, x2 = two_views(batch.x, generator, o.same_view, o.colour)
-        features = model.features(x1, index=batch.index)
-        logits = model.head(features)
-        if o.space == "output":
-            twin_logits = self.mask.logits(model, x2, index=batch.index)
-            contrast = nt_xent_stopgrad(logits.float().softmax(1), twin_logits.float().softmax(1), o.tau)
-        else:
-            twin = self.mask.features(model, x2, index=batch.index)
-            if o.projection:
-                project = getattr(model, PROJECTION)
-                features, twin = project(features), project(twin)
-            contrast = nt_xent(features, twin, o.tau)
-        return contrast + o.lam * supervised(logits, batch.y, o.target, o.supervised)
-
-
 @hookimpl
 def spurcore_register_mitigations():
     return [MitigationSpec(
-        name="prunedtwin", kind="train", options=PrunedTwinOptions, factory=PrunedTwinStage,
+        name="prunedtwin", kind="train", options=PrunedTwinOptions, factory=lazy("spurcore_prunedtwin.stage:PrunedTwinStage"),
         train_defaults={"optimizer": "adam", "lr": 2e-4, "weight_decay": 0.0, "scheduler": "plateau", "epochs": 20},
         search_space={"q": [0.0001, 0.001, 0.01], "lam": [0.0, 0.2, 0.5, 1.0], "criterion": ["magnitude", "gradient"]},
         fine_tunes=True,
@@ -159,6 +108,6 @@ def spurcore_register_mitigations():
 
 @hookimpl
 def spurcore_register_commands(cli):
-    from spurcore_prunedtwin.gradcam import add_command
+    from spurcore_prunedtwin.command import add_command
 
     add_command(cli)

@@ -1,5 +1,6 @@
 """Grad-CAM maps, baseline (ERM) next to fine-tuned, for a few test images per group (the
-paper's Figure 10): `gradcam(model, x, target_class, layer_path)` and `spur gradcam RUN_DIR`.
+paper's Figure 10): `gradcam(model, x, target_class, layer_path)` and the figure `spur gradcam
+RUN_DIR` draws (`gradcam_figure`; the command is in `command.py`).
 
 Grad-CAM (Selvaraju et al.): A = the activation (N, C, h, w) of the module at `layer_path`;
 weights alpha_c = spatial mean of d logit[target] / d A_c; map = ReLU(sum_c alpha_c A_c),
@@ -13,14 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spurcore import atomic
-from spurcore.errors import SpurcoreError
+from spurcore.api import SpurcoreError, atomic
 
 
 class GradCAMError(SpurcoreError):
@@ -182,7 +181,7 @@ def figure(rows: list[dict[str, Any]], labels: tuple[str, str], out: Path) -> Pa
 def gradcam_figure(run_dir: Path, plugins, *, baseline_stage: int = 0, stage: int = -1,
                    baseline_run: Path | None = None, layer: str = "embed.block3", per_group: int = 3,
                    seed: int = 0, out: Path | None = None, device: str = "cpu") -> dict[str, Any]:
-    from spurcore.runner import open_run
+    from spurcore.api import open_run
 
     run = open_run(run_dir, plugins, device=device)
     data = run.data
@@ -227,30 +226,3 @@ def gradcam_figure(run_dir: Path, plugins, *, baseline_stage: int = 0, stage: in
     path = figure(rows, (base_label, tuned_label), Path(out) if out else Path(run_dir) / "gradcam.png")
     correct = {label: sum(r["preds"][k] == r["y"] for r in rows) for k, label in enumerate((base_label, tuned_label))}
     return {"figure": path, "images": len(rows), "correct": correct, "labels": (base_label, tuned_label)}
-
-
-def add_command(cli: click.Group) -> None:
-    if "gradcam" in cli.commands:
-        return
-
-    @cli.command("gradcam")
-    @click.argument("run_dir", type=click.Path(path_type=Path))
-    @click.option("--baseline-stage", type=int, default=0, show_default=True, help="Stage index of the baseline (ERM).")
-    @click.option("--stage", type=int, default=-1, show_default=True, help="Stage index of the fine-tuned model.")
-    @click.option("--baseline-run", type=click.Path(path_type=Path),
-                  help="Take the baseline from this run's final model (for runs that started via [init]).")
-    @click.option("--layer", default="embed.block3", show_default=True, help="Module path of the conv layer.")
-    @click.option("--per-group", type=click.IntRange(min=1), default=3, show_default=True, help="Test images per group.")
-    @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the image choice.")
-    @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Figure file [RUN_DIR/gradcam.png].")
-    @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
-    @click.pass_context
-    def gradcam_cmd(ctx, run_dir, baseline_stage, stage, baseline_run, layer, per_group, seed, out, device):
-        """Grad-CAM maps of a few test images per group, baseline next to fine-tuned, as one figure."""
-        from spurcore.cli import plugin_manager
-
-        result = gradcam_figure(run_dir, plugin_manager(ctx), baseline_stage=baseline_stage, stage=stage,
-                                baseline_run=baseline_run, layer=layer, per_group=per_group, seed=seed,
-                                out=out, device=device)
-        counts = ", ".join(f"{label} {n}/{result['images']} correct" for label, n in result["correct"].items())
-        click.echo(f"wrote {result['figure']} ({counts})")

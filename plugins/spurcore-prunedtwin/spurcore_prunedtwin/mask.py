@@ -20,9 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from spurcore.data import SplitData, iterate_batches
-from spurcore_tracer import NeuronIndex, score_neurons, top_percent
-from spurcore_tracer.criteria import lowest_confidence, split_logits
+from spurcore.api import SplitData, iterate_batches
+from spurcore_tracer import NeuronIndex, lowest_confidence, score_neurons, split_logits, top_percent
 
 PROJECTION = "prunedtwin_projection"  # the attribute name of the optional projection head
 

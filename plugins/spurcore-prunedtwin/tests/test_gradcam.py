@@ -12,11 +12,7 @@ from torch import nn
 
 import spurcore_prunedtwin as pt
 from spurcore import hookimpl
-from spurcore.config import pipeline_from_dict
-from spurcore.data import SplitData, SpuriousData
-from spurcore.errors import SpurcoreError
-from spurcore.runner import run_pipeline
-from spurcore.specs import DatasetSpec
+from spurcore.api import DatasetSpec, SplitData, SpurcoreError, SpuriousData, pipeline_from_dict, run_pipeline
 from spurcore.testing import tiny_pipeline
 from spurcore_prunedtwin.gradcam import GradCAMError, gradcam
 
@@ -123,17 +119,17 @@ def image_run(plugins, path, stages):
 
 
 def invoke(plugins, args):
-    from spurcore.cli import cli
+    from spurcore.api import cli
 
     plugins.hook.spurcore_register_commands(cli=cli)
     return CliRunner().invoke(cli, args, obj={"manager": plugins, "plugin_args": []})
 
 
 @pytest.fixture
-def image_plugins(plugins):
-    plugins.register(ImagePlugin(), "images")
-    plugins.register(pt, "prunedtwin")
-    return plugins
+def image_plugins(spur_plugins):
+    spur_plugins.register(ImagePlugin(), "images")
+    spur_plugins.register(pt, "prunedtwin")
+    return spur_plugins
 
 
 def test_command_writes_one_figure(image_plugins, tmp_path):
@@ -159,12 +155,12 @@ def test_command_writes_one_figure(image_plugins, tmp_path):
     assert out.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_command_rejects_non_image_inputs(plugins, tiny_config, tmp_path):
-    plugins.register(pt, "prunedtwin")
-    config = tiny_config(train={"epochs": 1, "batch_size": 32, "lr": 0.01},
+def test_command_rejects_non_image_inputs(spur_plugins, spur_tiny_config, tmp_path):
+    spur_plugins.register(pt, "prunedtwin")
+    config = spur_tiny_config(train={"epochs": 1, "batch_size": 32, "lr": 0.01},
                          stages=[{"method": "erm"}, {"method": "erm", "name": "tuned"}])
-    run_pipeline(config, tmp_path / "run", plugins)
-    result = invoke(plugins, ["gradcam", str(tmp_path / "run"), "--layer", "embed.0"])
+    run_pipeline(config, tmp_path / "run", spur_plugins)
+    result = invoke(spur_plugins, ["gradcam", str(tmp_path / "run"), "--layer", "embed.0"])
     assert result.exit_code != 0
     assert "image" in result.output
     assert issubclass(GradCAMError, SpurcoreError)

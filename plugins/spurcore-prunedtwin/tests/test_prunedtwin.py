@@ -11,10 +11,7 @@ import torch
 from torch import nn
 
 import spurcore_prunedtwin as pt
-from spurcore.config import pipeline_from_dict
-from spurcore.data import Batch
-from spurcore.model import SpurModel
-from spurcore.runner import run_pipeline
+from spurcore.api import Batch, SpurModel, pipeline_from_dict, run_pipeline
 from spurcore.testing import TinyOptions, make_tiny, tiny_pipeline
 from spurcore_tracer import NeuronIndex, magnitude, top_percent
 
@@ -210,13 +207,13 @@ def test_options_are_validated():
         pt.PrunedTwinOptions(space="output")
 
 
-def test_stage_runs_after_erm_in_a_tiny_pipeline(tmp_path, plugins):
-    plugins.register(pt, "prunedtwin")
+def test_stage_runs_after_erm_in_a_tiny_pipeline(tmp_path, spur_plugins):
+    spur_plugins.register(pt, "prunedtwin")
     config = pipeline_from_dict(tiny_pipeline(
         train={"epochs": 2, "batch_size": 32, "lr": 0.01},
         stages=[{"method": "erm"}, {"method": "prunedtwin", "train": {"epochs": 2},
                                    "options": {"q": 0.05, "criterion": "gradient"}}]))
-    summary = run_pipeline(config, tmp_path / "run", plugins)
+    summary = run_pipeline(config, tmp_path / "run", spur_plugins)
     stages = summary["stages"]
     assert [s["method"] for s in stages] == ["erm", "prunedtwin"]
     result = json.loads((tmp_path / "run" / "checkpoints" / "1-prunedtwin" / "result.json").read_text())

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from spurcore import hookimpl
-from spurcore.specs import LauncherSpec
+from spurcore.api import LauncherSpec
 
 __version__ = "0.1.0"
 

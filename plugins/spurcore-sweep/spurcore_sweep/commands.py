@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from spurcore.cli import plugin_manager
+from spurcore.api import plugin_manager
 
 
 def _seeds(text: str) -> list[int]:

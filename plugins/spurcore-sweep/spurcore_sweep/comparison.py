@@ -21,10 +21,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from spurcore import atomic
-from spurcore.context import Candidate
-from spurcore.errors import SpurcoreError
-from spurcore.plugins import PluginManager
+from spurcore.api import Candidate, PluginManager, SpurcoreError, atomic
 from spurcore_sweep.trials import read_manifest, short_key
 
 FORMATS = ("md", "csv", "json")
@@ -87,7 +84,7 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 def labels_read(run_dir: Path, plugins: PluginManager) -> tuple[str, ...]:
     """Where a run (and the run it started from) read attribute labels: `<method>: <split>`
     per stage, `epoch by <selector>: val`."""
-    from spurcore.runner import plan_saved
+    from spurcore.api import plan_saved
 
     planned = plan_saved(run_dir, plugins)
     found = list(labels_read(Path(planned.config.init.run), plugins)) if planned.config.init else []
@@ -123,7 +120,7 @@ def readable(selector: Any, summary: dict[str, Any]) -> bool:
 
 def score(selector: Any, run: Run, plugins: PluginManager) -> float:
     """The selector's score of the model a run kept (SFit rebuilds it from the checkpoint)."""
-    from spurcore.runner import open_run
+    from spurcore.api import open_run
 
     opened: list[Any] = []
 

@@ -18,8 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from spurcore.errors import SpurcoreError
-from spurcore.plugins import PluginManager
+from spurcore.api import PluginManager, SpurcoreError
 from spurcore_sweep.trials import Sweep, Trial, finished, run_trial
 
 class LauncherError(SpurcoreError):

@@ -28,10 +28,7 @@ from typing import Any
 import attrs
 import tomli_w
 
-from spurcore import atomic
-from spurcore.config import ConfigError, load_pipeline, parse_override
-from spurcore.errors import SpurcoreError
-from spurcore.plugins import PluginError, PluginManager
+from spurcore.api import ConfigError, PluginError, PluginManager, SpurcoreError, atomic, load_pipeline, parse_override
 
 MANIFEST = "sweep.json"
 
@@ -203,7 +200,7 @@ def plan_sweep(pipeline: Path, out: Path, plugins: PluginManager, *, grid: Mappi
                draw_seed: int = 0, plugin_args: Sequence[str] = (), threads: int = 1) -> Sweep:
     """Every trial of a sweep, each pipeline checked against the installed plugins (names,
     options) before any run starts."""
-    from spurcore.runner import plan
+    from spurcore.api import plan
 
     if not seeds:
         raise ConfigError("--seeds: name at least one seed")
@@ -312,7 +309,7 @@ def run_trial(spec: Mapping[str, Any], manager: PluginManager | None = None) -> 
 
     import torch
 
-    from spurcore.runner import run_pipeline
+    from spurcore.api import run_pipeline
 
     torch.set_num_threads(int(spec["threads"]))  # fixed per trial: CPU results depend on it
     try:

@@ -22,11 +22,7 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from spurcore.testing import TinyPlugin, TinyRefit, kit_manager, tiny_pipeline
 
-from spurcore import hookimpl, runlock
-from spurcore.cli import cli
-from spurcore.config import ConfigError, load_pipeline
-from spurcore.plugins import PluginManager
-from spurcore.specs import MitigationSpec, SelectorSpec
+from spurcore.api import ConfigError, MitigationSpec, PluginManager, SelectorSpec, cli, hookimpl, load_pipeline, runlock
 import spurcore_sweep
 from spurcore_sweep.trials import all_methods, expand, parse_grid, plan_sweep
 
@@ -441,11 +437,11 @@ def test_report_refuses_rows_by_a_setting_no_run_has(chained):
     assert "tiny-train.options.smoothing" in result.output  # the settings there are
 
 
-def test_a_chain_without_its_prefix_in_the_sweep_runs_every_stage(plugins, register_plugin, tmp_path):
-    register_plugin(ChainMethods())
-    counter = register_plugin(StageCounter())
+def test_a_chain_without_its_prefix_in_the_sweep_runs_every_stage(spur_plugins, spur_register_plugin, tmp_path):
+    spur_register_plugin(ChainMethods())
+    counter = spur_register_plugin(StageCounter())
     out = tmp_path / "sweep"
-    result = invoke(plugins, "sweep", pipeline(tmp_path), "--methods", f"{CHAIN},tiny-head+tiny-refit",
+    result = invoke(spur_plugins, "sweep", pipeline(tmp_path), "--methods", f"{CHAIN},tiny-head+tiny-refit",
                     "--random", "2", "--out", out)
     assert result.exit_code == 0, result.output
     trials = trials_of(out)
@@ -470,10 +466,10 @@ def test_a_chain_without_its_prefix_in_the_sweep_runs_every_stage(plugins, regis
         assert counter.ran[str((out / trial["path"]).resolve())] == ["tiny-head", "tiny-refit"]
 
 
-def test_a_chain_starts_from_its_longest_prefix_in_the_sweep(plugins, register_plugin, tmp_path):
-    register_plugin(ChainMethods())
+def test_a_chain_starts_from_its_longest_prefix_in_the_sweep(spur_plugins, spur_register_plugin, tmp_path):
+    spur_register_plugin(ChainMethods())
     three = f"{CHAIN}+tiny-refit"
-    sweep = plan_sweep(pipeline(tmp_path), tmp_path / "s", plugins, grid={}, seeds=[0],
+    sweep = plan_sweep(pipeline(tmp_path), tmp_path / "s", spur_plugins, grid={}, seeds=[0],
                        methods=[three, "erm+tiny-head", CHAIN, "tiny-train"])
     by_method = {t.method: t for t in sweep.trials}
     assert list(by_method) == ["erm", "tiny-train", "erm+tiny-head", CHAIN, three]  # prefixes first
@@ -664,7 +660,7 @@ class Peek:
 
 
 def test_report_scores_give_a_selector_only_the_splits_it_declares(tmp_path):
-    from spurcore.runner import run_pipeline
+    from spurcore.api import run_pipeline
     from spurcore_sweep.comparison import Run, score
 
     pm, peek = manager(), Peek()

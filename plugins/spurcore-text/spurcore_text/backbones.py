@@ -8,14 +8,12 @@ embeddings are made).
 
 from __future__ import annotations
 
-from typing import Literal
-
-import attrs
 import torch
 from torch import nn
 
-from spurcore.model import Backbone
+from spurcore.api import Backbone
 from spurcore_text.models import TextModelError, load_encoder, locate
+from spurcore_text.options import BertOptions, MiniLMOptions
 
 
 class TextEncoder(nn.Module):
@@ -32,22 +30,6 @@ class TextEncoder(nn.Module):
             return hidden[:, 0]
         mask = x["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-
-
-@attrs.frozen(kw_only=True)
-class MiniLMOptions:
-    """`model`: the bundled MiniLM, a model folder, or a Hugging Face cache id."""
-
-    model: str = "minilm"
-    pretrained: bool = True
-    pooling: Literal["cls", "mean"] = "mean"
-
-
-@attrs.frozen(kw_only=True)
-class BertOptions:
-    model: str = "bert-base-uncased"
-    pretrained: bool = True
-    pooling: Literal["cls", "mean"] = "cls"
 
 
 def build(options: MiniLMOptions | BertOptions, data) -> Backbone:

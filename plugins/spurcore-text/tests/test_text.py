@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from spurcore.data import SplitData, SpuriousData
+from spurcore.api import SplitData, SpuriousData
 from spurcore_text import TextEncoder, TextModelError, TokenizedText, load_encoder, locate
 from spurcore_text.backbones import BertOptions, MiniLMOptions, build
 

@@ -28,11 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spurcore.data import Batch, SplitData, iterate_batches
-from spurcore.device import to_device
+from spurcore.api import Batch, SplitData, iterate_batches, to_device
 from spurcore_tracer.neurons import NeuronIndex
-
-CRITERIA = ("gradient", "magnitude", "loss-gradient")
+from spurcore_tracer.options import CRITERIA
 SUBSETS = ("lowest-confidence", "all")
 
 
@@ -113,7 +111,7 @@ def gradient_norms(model: nn.Module, batches: Iterable[Any], index: NeuronIndex 
 
 
 def _takes_index(model: nn.Module) -> bool:
-    from spurcore.model import SpurModel
+    from spurcore.api import SpurModel
 
     return isinstance(model, SpurModel)
 

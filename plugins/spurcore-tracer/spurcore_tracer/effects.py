@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from spurcore.data import SpuriousData
+from spurcore.api import SpuriousData
 from spurcore_tracer.replay import Replay
 
 

@@ -22,7 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from spurcore import atomic  # noqa: E402
+from spurcore.api import atomic  # noqa: E402
 
 
 def _save(fig: Any, path: Path) -> str:

@@ -19,8 +19,7 @@ from collections.abc import Iterable, Iterator
 import torch
 
 from spurcore_tracer.neurons import NeuronIndex
-
-KINDS = ("zero", "init", "noise")
+from spurcore_tracer.options import KINDS
 
 
 @contextlib.contextmanager

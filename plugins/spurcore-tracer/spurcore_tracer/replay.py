@@ -23,8 +23,7 @@ from collections.abc import Iterable, Iterator, Mapping
 import torch
 from torch import nn
 
-from spurcore.data import SplitData, iterate_batches
-from spurcore.device import to_device
+from spurcore.api import SplitData, iterate_batches, to_device
 
 
 def _mb(tensor: torch.Tensor) -> float:

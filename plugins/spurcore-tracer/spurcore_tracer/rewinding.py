@@ -21,8 +21,7 @@ import torch
 
 from spurcore_tracer.interventions import restored
 from spurcore_tracer.neurons import NeuronLayer
-
-OFFSETS = (5, 10, 20, 30, 40)
+from spurcore_tracer.options import OFFSETS
 
 
 def rewind_plan(epoch: int, available: Sequence[int], offsets: Sequence[int] = OFFSETS) -> tuple[list[tuple[int, int]], list[str]]:

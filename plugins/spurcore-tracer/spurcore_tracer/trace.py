@@ -1,6 +1,7 @@
 """The whole trace of one finished run: score, select, intervene, measure, rewind, write.
 
-`trace(run_dir, options, out=...)` loads the model of one stage at one epoch, scores every
+`trace_run(run, options, out=...)` (or `trace(run_dir, ...)`, which opens the run first)
+loads the model of one stage at one epoch, scores every
 neuron by each criterion, and for every selection (criterion x group x scope x k) applies
 every intervention and measures the change of every group's accuracy on train and test,
 next to a control of as many random non-critical neurons. It then rewinds each layer to
@@ -15,81 +16,24 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import attrs
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from spurcore import atomic
-from spurcore.config import FieldError, non_negative, positive
-from spurcore.errors import SpurcoreError
+from spurcore.api import SpurcoreError, atomic
 from spurcore_tracer import criteria as crit
 from spurcore_tracer.effects import Evaluator, minority_groups, summarize_changes
-from spurcore_tracer.interventions import KINDS, intervene
+from spurcore_tracer.interventions import intervene
 from spurcore_tracer.neurons import NeuronIndex
+from spurcore_tracer.options import NAME, TraceOptions, TracerError
 from spurcore_tracer.overlap import rank_overlap
-from spurcore_tracer.rewinding import OFFSETS, layer_state, rewind_plan, rewound, sensitive_counts
+from spurcore_tracer.rewinding import layer_state, rewind_plan, rewound, sensitive_counts
 from spurcore_tracer.selection import non_critical, top_k, top_k_per_layer
 
 SCHEMA = 1
-
-
-class TracerError(SpurcoreError):
-    """The run cannot be traced as asked; the message says why and what to do."""
-
-
-def _subset_of(choices: tuple[str, ...]):
-    def check(instance, attribute, value):
-        bad = [v for v in value if v not in choices]
-        if bad or not value:
-            raise FieldError(attribute.name, f"must be a non-empty list of {', '.join(choices)}; got {value}")
-    return check
-
-
-def _positive_ints(instance, attribute, value):
-    if not value or any(int(v) != v or v < 1 for v in value):
-        raise FieldError(attribute.name, f"must be a non-empty list of positive integers, got {value}")
-
-
-def _non_negative_list(attribute, value):
-    if not value or any(v < 0 for v in value):
-        raise FieldError(attribute.name, f"must be a non-empty list of numbers >= 0, got {value}")
-
-
-def _epoch(instance, attribute, value):
-    if not (value in ("last", "selected") or (isinstance(value, int) and value >= 0)):
-        raise FieldError(attribute.name, f"must be 'last', 'selected' or an epoch number, got {value!r}")
-
-
-@attrs.frozen(kw_only=True)
-class TraceOptions:
-    """Everything `spur trace` can be told; the defaults keep waterdigits to a few minutes."""
-
-    stage: int = -1                                   # stage index; -1: the last stage
-    epoch: int | str = attrs.field(default="last", validator=_epoch)  # "last", "selected" or N
-    criteria: list[str] = attrs.field(factory=lambda: ["gradient", "magnitude"], validator=_subset_of(crit.CRITERIA))
-    k: list[int] = attrs.field(factory=lambda: [1, 2, 3], validator=_positive_ints)
-    interventions: list[str] = attrs.field(factory=lambda: list(KINDS), validator=_subset_of(KINDS))
-    sigma: list[float] = attrs.field(factory=lambda: [0.005], validator=lambda i, a, v: _non_negative_list(a, v))
-    repeats: int = attrs.field(default=2, validator=positive)
-    subset: Literal["lowest-confidence", "all"] = "lowest-confidence"
-    subset_size: int = attrs.field(default=200, validator=positive)
-    reduction: Literal["sum", "mean"] = "sum"
-    include_bias: bool = True
-    per_layer_k: list[int] = attrs.field(factory=lambda: [3])    # [] turns structured tracing off
-    control: bool = True
-    control_exclude_percent: float = attrs.field(default=10.0, validator=positive)
-    rewind_offsets: list[int] = attrs.field(factory=lambda: list(OFFSETS))
-    sensitive_threshold: float = attrs.field(default=1.0, validator=non_negative)
-    overlap_percents: list[float] = attrs.field(factory=lambda: [0.01, 5.0])
-    exclude: list[str] = attrs.field(factory=list)    # module paths (and their children) not traced
-    batch_size: int = attrs.field(default=1024, validator=positive)
-    max_cache_mb: float = attrs.field(default=1024.0, validator=non_negative)
-    seed: int = 0
-    device: str = "cpu"
-    figures: bool = True
 
 
 def stable_seed(*parts: Any) -> int:
@@ -110,8 +54,9 @@ class Selection:
         return self.criterion if self.group is None else f"{self.criterion}:{self.group}"
 
 
-def _open(run_dir: Any, options: TraceOptions, plugins: Any):
-    from spurcore.runner import open_run
+def open_traced(run_dir: Any, plugins: Any, device: str = "cpu") -> Any:
+    """The finished run in `run_dir` (`spurcore.runner.open_run`), or a TracerError saying why not."""
+    from spurcore.api import open_run
 
     path = Path(run_dir)
     if not path.is_dir():
@@ -119,17 +64,24 @@ def _open(run_dir: Any, options: TraceOptions, plugins: Any):
     if not (path / "config.toml").exists():
         raise TracerError(f"{path}: not a run directory (no config.toml); pass the --out of a `spur run`")
     try:
-        run = open_run(path, plugins, device=options.device)
+        return open_run(path, plugins, device=device)
+    except SpurcoreError as exc:
+        raise TracerError(f"{path}: cannot read the run back: {exc}") from None
+
+
+def _resolve(run: Any, options: TraceOptions) -> tuple[Any, int]:
+    """The stage and epoch the options name, on a run whose training split has attribute labels."""
+    try:
         stage = run.stage(options.stage)
         epoch = run.resolve_epoch(stage.index, options.epoch if options.epoch in ("last", "selected") else int(options.epoch))
     except SpurcoreError as exc:
-        raise TracerError(f"{path}: cannot read the run back: {exc}") from None
+        raise TracerError(f"{run.path}: cannot read the run back: {exc}") from None
     data = run.data
     if not data.splits["train"].has_attributes:
         raise TracerError(
-            f"{path}: dataset {data.name!r} has no attribute labels on train; tracing measures each "
+            f"{run.path}: dataset {data.name!r} has no attribute labels on train; tracing measures each "
             f"group's training accuracy and the per-group gradient criterion reads D_j, so both need them")
-    return run, stage, epoch, list(stage.epochs)
+    return stage, epoch
 
 
 def _records(base: dict, change: dict, meta: dict, group_names, minority) -> list[dict]:
@@ -145,15 +97,24 @@ def _records(base: dict, change: dict, meta: dict, group_names, minority) -> lis
 
 
 def trace(run_dir: Any, options: TraceOptions | None = None, *, out: Any = None, plugins: Any = None,
-          progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Trace one finished run into `out` (default: RUN_DIR/trace); returns what trace.json holds."""
-    from spurcore.plugins import PluginManager
+          device: str = "cpu", progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Open the finished run in `run_dir` on `device` with `plugins` (default: every installed
+    plugin) and trace it (`trace_run`); returns what trace.json holds."""
+    from spurcore.api import PluginManager
 
+    run = open_traced(run_dir, plugins if plugins is not None else PluginManager(), device)
+    return trace_run(run, options, out=out, progress=progress, log=log)
+
+
+def trace_run(run: Any, options: TraceOptions | None = None, *, out: Any = None, progress: bool = True,
+              log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Trace a finished run (`spurcore.finished.FinishedRun`) into `out` (default:
+    RUN_DIR/trace/memorization); returns what trace.json holds."""
     options = options or TraceOptions()
-    plugins = plugins if plugins is not None else PluginManager()
     started = time.perf_counter()
-    run, planned, epoch, epochs = _open(run_dir, options, plugins)
-    out = Path(out) if out is not None else Path(run_dir) / "trace"
+    planned, epoch = _resolve(run, options)
+    epochs = list(planned.epochs)
+    out = Path(out) if out is not None else run.out.trace_dir(NAME)
     data = run.data
     names = list(data.group_names)
     notes: list[str] = []
@@ -162,7 +123,7 @@ def trace(run_dir: Any, options: TraceOptions | None = None, *, out: Any = None,
     model = run.load_model(planned.index, epoch)
     index = NeuronIndex.of(model, options.exclude)
     if index.total == 0:
-        raise TracerError(f"{run_dir}: the model has no conv or linear layer to trace")
+        raise TracerError(f"{run.path}: the model has no conv or linear layer to trace")
     evaluator = Evaluator(model, data, ("train", "test"), options.batch_size, options.max_cache_mb)
     if "test" not in evaluator.splits:
         notes.append("test split has no attribute labels: effects are reported on train only")
@@ -268,14 +229,14 @@ def trace(run_dir: Any, options: TraceOptions | None = None, *, out: Any = None,
     try:
         for meta, runs in jobs:
             changes = []
-            for run in runs:
-                changes.append(run())
+            for evaluation in runs:
+                changes.append(evaluation())
                 bar.update(1)
             effects += _records(evaluator.base, summarize_changes(changes), meta, names, minority)
         rewinding = []
         by_offset: dict[int, dict[str, dict[str, np.ndarray]]] = {}
-        for meta, run in rewind_jobs:
-            change = run()
+        for meta, rewind in rewind_jobs:
+            change = rewind()
             bar.update(1)
             rewinding += _records(evaluator.base, summarize_changes([change]), meta, names, minority)
             for split, values in change.items():
@@ -295,7 +256,8 @@ def trace(run_dir: Any, options: TraceOptions | None = None, *, out: Any = None,
 
     result = {
         "schema": SCHEMA,
-        "run_dir": str(Path(run_dir)),
+        "run_dir": str(run.path),
+        "device": str(run.device.device),
         "stage": planned.key,
         "epoch": epoch,
         "options": attrs.asdict(options),
@@ -327,6 +289,23 @@ def trace(run_dir: Any, options: TraceOptions | None = None, *, out: Any = None,
     for note in notes:
         log(f"note: {note}")
     return result
+
+
+def trace_finished(run: Any, options: TraceOptions | None, out: Path, log: Callable[[str], None] | None) -> str:
+    """`TracerSpec.trace` of the memorization tracer (what `spur trace` runs): the whole study
+    into `out`, with a progress bar and notes unless `log` is None (`--quiet`); returns one line
+    per global selection (mean |change| of minority and majority groups) and what was written."""
+    result = trace_run(run, options, out=out, progress=log is not None, log=log or (lambda message: None))
+    lines = []
+    for row in result["summary"]:
+        if row["scope"] != "global":
+            continue
+        sigma = "" if row["sigma"] is None else f" sigma={row['sigma']}"
+        lines.append(f"{row['criterion']:<14} {row['intervention']:<8}{sigma:<13} {row['split']:<5} "
+                     f"|change| minority {row['minority_abs']:6.2f}  majority {row['majority_abs']:6.2f} points")
+    lines.append(f"wrote {Path(out) / 'trace.json'} and {', '.join(result.get('figures', []))} "
+                 f"({result['cost']['evaluations']} evaluations, {result['cost']['seconds']} s)")
+    return "\n".join(lines)
 
 
 def summarize(effects: list[dict]) -> list[dict]:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 from torch import nn
 
-from spurcore.model import SpurModel
+from spurcore.api import SpurModel
 from spurcore_tracer import NeuronIndex, intervene, score_neurons, top_k, top_k_per_layer, top_percent
 from spurcore_tracer.criteria import lowest_confidence, magnitude
 from spurcore_tracer.selection import percentile_ranks, ranking

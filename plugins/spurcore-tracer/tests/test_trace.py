@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 
+import attrs
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
 import spurcore_tracer
-from spurcore.cli import cli
-from spurcore.runner import open_run, run_pipeline
+from spurcore import hookimpl
+from spurcore.api import FinishedRun, TracerSpec, cli, open_run, run_pipeline
 from spurcore_tracer import NeuronIndex, TraceOptions, TracerError, intervene, trace
 from spurcore_tracer.criteria import group_gradient_scores, split_logits
 from spurcore_tracer.effects import minority_groups
@@ -20,16 +21,15 @@ from spurcore_tracer.rewinding import rewind_plan
 
 
 @pytest.fixture
-def tracer_plugins(plugins):
-    plugins.register(spurcore_tracer, "tracer")
-    return plugins
+def tracer_plugins(spur_plugins):
+    spur_plugins.register(spurcore_tracer, "tracer")
+    return spur_plugins
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     from spurcore.testing import TinyPlugin, tiny_pipeline
-    from spurcore.config import pipeline_from_dict
-    from spurcore.plugins import PluginManager
+    from spurcore.api import PluginManager, pipeline_from_dict
 
     manager = PluginManager(entry_points=False, block=["progress"])
     manager.register(TinyPlugin(), "tiny")
@@ -109,7 +109,7 @@ def test_effects_match_a_direct_evaluation(tracer_plugins, finished_run, tmp_pat
 
 def test_replay_equals_a_full_forward_under_an_intervention():
     from spurcore.testing import MLPOptions, TinyOptions, make_mlp, make_tiny
-    from spurcore.model import build_model
+    from spurcore.api import build_model
 
     data = make_tiny(TinyOptions())
     torch.manual_seed(0)
@@ -137,7 +137,7 @@ def test_per_group_gradient_uses_each_groups_lowest_confidence_examples(tracer_p
     assert minority_groups(data) == [1, 2]
 
 
-def test_clear_errors(tracer_plugins, finished_run, tmp_path, plugins, tiny_config):
+def test_clear_errors(tracer_plugins, finished_run, tmp_path, spur_plugins, spur_tiny_config):
     with pytest.raises(TracerError, match="no such run directory"):
         trace(tmp_path / "nowhere", plugins=tracer_plugins)
     (tmp_path / "empty").mkdir()
@@ -146,13 +146,87 @@ def test_clear_errors(tracer_plugins, finished_run, tmp_path, plugins, tiny_conf
     with pytest.raises(TracerError, match="no checkpoint for epoch 99"):
         trace(finished_run, TraceOptions(epoch=99), plugins=tracer_plugins, out=tmp_path / "t")
     unlabeled = tmp_path / "unlabeled"
-    run_pipeline(tiny_config(dataset={"name": "tiny", "options": {"attributes": False}}, selector="val-avg",
-                             train={"epochs": 1}), unlabeled, plugins, log=lambda m: None)
+    run_pipeline(spur_tiny_config(dataset={"name": "tiny", "options": {"attributes": False}}, selector="val-avg",
+                             train={"epochs": 1}), unlabeled, spur_plugins, log=lambda m: None)
     with pytest.raises(TracerError, match="no attribute labels on train"):
         trace(unlabeled, plugins=tracer_plugins, out=tmp_path / "u")
     tracer_plugins.hook.spurcore_register_commands(cli=cli)
     result = CliRunner().invoke(cli, ["trace", str(tmp_path / "empty")], obj={"manager": tracer_plugins, "plugin_args": []})
     assert result.exit_code == 1 and "not a run directory" in result.output
+
+
+@attrs.frozen(kw_only=True)
+class ProbeOptions:
+    stage: int = -1
+    note: str = ""
+
+
+class Probe:
+    """A tracer that records what `spur trace` hands it and writes one file."""
+
+    def __init__(self):
+        self.calls = []
+
+    def trace(self, run, options, out, log):
+        self.calls.append((run, options, out, log))
+        out.mkdir(parents=True, exist_ok=True)
+        stage = run.stage(options.stage)
+        (out / "probe.json").write_text(json.dumps({"stage": stage.key, "epochs": list(stage.epochs)}))
+        return f"probe: {options.note or 'no note'}"
+
+    @hookimpl
+    def spurcore_register_tracers(self):
+        return [TracerSpec(name="probe", trace=self.trace, options=ProbeOptions, description="records its call")]
+
+
+def test_spur_trace_runs_any_registered_tracer_through_its_spec(tracer_plugins, spur_register_plugin, spur_cli,
+                                                                finished_run, tmp_path):
+    probe = spur_register_plugin(Probe(), "probe")
+    result = spur_cli("trace", finished_run, "--tracer", "probe", "--stage", "0", "-o", 'note="hello"')
+    assert result.exit_code == 0, result.output
+    assert result.output == "probe: hello\n"
+    [(run, options, out, log)] = probe.calls
+    assert isinstance(run, FinishedRun) and run.path == finished_run and str(run.device.device) == "cpu"
+    assert options == ProbeOptions(stage=0, note="hello")
+    assert out == finished_run / "trace" / "probe" and log is not None
+    assert json.loads((out / "probe.json").read_text()) == {"stage": "0-erm", "epochs": list(range(1, 8))}
+
+    quiet = spur_cli("trace", finished_run, "--tracer", "probe", "--out", tmp_path / "mine", "--quiet")
+    assert quiet.exit_code == 0 and quiet.output == "probe: no note\n"
+    assert probe.calls[-1][1:] == (ProbeOptions(), tmp_path / "mine", None)
+
+
+def test_spur_trace_names_what_a_tracer_does_not_take(tracer_plugins, spur_register_plugin, spur_cli, finished_run,
+                                                      tmp_path):
+    spur_register_plugin(Probe(), "probe")
+
+    def trace(*args):
+        return spur_cli("trace", finished_run, "--out", tmp_path / "never", *args)
+
+    unknown = trace("--tracer", "memorisation")
+    assert unknown.exit_code == 2
+    assert "Invalid value for --tracer: no tracer named 'memorisation' (did you mean 'memorization'?); " \
+           "available: memorization, probe" in unknown.output
+    flag = trace("--tracer", "probe", "--k", "1,2")
+    assert flag.exit_code == 2 and "--k: tracer 'probe' has no option 'k' (its options: stage, note)" in flag.output
+    key = trace("--tracer", "probe", "-o", "k=[1]")
+    assert key.exit_code == 2 and "-o k=[1]: tracer 'probe' has no option 'k' (its options: stage, note)" in key.output
+    bad = trace("--tracer", "probe", "-o", "stage=last")
+    assert bad.exit_code == 2 and "tracer probe.stage: expected an integer, got str 'last'" in bad.output
+    assert not (tmp_path / "never").exists()
+
+
+def test_the_default_tracer_writes_into_the_runs_trace_folder(tracer_plugins, spur_cli, finished_run):
+    result = spur_cli("trace", finished_run, "--criterion", "magnitude", "--k", "1", "--intervention", "zero",
+                      "--per-layer-k", "", "--rewind", "", "--no-control", "-o", "figures=false", "--quiet")
+    assert result.exit_code == 0, result.output
+    written = finished_run / "trace" / "memorization" / "trace.json"
+    data = json.loads(written.read_text())
+    assert data["options"]["criteria"] == ["magnitude"] and data["options"]["control"] is False
+    assert data["options"]["figures"] is False and data["device"] == "cpu"
+    assert {(e["criterion"], e["intervention"], e["k"]) for e in data["effects"]} == {("magnitude", "zero", 1)}
+    assert result.output.splitlines()[0].startswith("magnitude      zero")
+    assert f"wrote {written} and  (" in result.output
 
 
 def test_rewind_plan_uses_what_exists():

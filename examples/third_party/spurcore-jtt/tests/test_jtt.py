@@ -10,8 +10,7 @@ import torch
 
 import spurcore_jtt
 from spurcore import hookimpl
-from spurcore.evaluation import predict
-from spurcore.runner import open_run, run_pipeline
+from spurcore.api import open_run, predict, run_pipeline
 from spurcore.testing import mitigation_conformance
 
 IDENTIFY = {"method": "erm", "name": "identify", "train": {"epochs": 1}}
@@ -39,19 +38,19 @@ class Watch:
 
 
 @pytest.fixture
-def jtt_run(plugins, register_plugin, tiny_config, tmp_path):
-    register_plugin(spurcore_jtt, "jtt")
-    watch = register_plugin(Watch(), "watch")
-    config = tiny_config(selector="val-worst-class", stages=[IDENTIFY, {"method": "jtt", "options": {"upweight": 3}}],
+def jtt_run(spur_plugins, spur_register_plugin, spur_tiny_config, tmp_path):
+    spur_register_plugin(spurcore_jtt, "jtt")
+    watch = spur_register_plugin(Watch(), "watch")
+    config = spur_tiny_config(selector="val-worst-class", stages=[IDENTIFY, {"method": "jtt", "options": {"upweight": 3}}],
                          train={"epochs": 2, "batch_size": 32, "lr": 0.01})
-    run_pipeline(config, tmp_path / "run", plugins, log=lambda m: None)
+    run_pipeline(config, tmp_path / "run", spur_plugins, log=lambda m: None)
     return tmp_path / "run", watch
 
 
-def test_error_set_is_what_the_identification_model_gets_wrong(jtt_run, plugins):
+def test_error_set_is_what_the_identification_model_gets_wrong(jtt_run, spur_plugins):
     out, _ = jtt_run
     record = json.loads((out / "checkpoints" / "1-jtt" / "jtt_errors.json").read_text())
-    reopened = open_run(out, plugins)
+    reopened = open_run(out, spur_plugins)
     identify = reopened.load_model(0)
     train = reopened.data.splits["train"]
     wrong = np.flatnonzero(predict(identify, train, reopened.device).argmax(1) != train.y)
@@ -83,24 +82,24 @@ def test_upsampled_order_is_reproducible_from_the_generator():
     assert a.tolist() == b.tolist() and sorted(a.tolist()) == [0, 1, 1, 1, 2, 3, 4, 4, 4, 5]
 
 
-def test_without_an_identification_stage_it_says_what_to_add(plugins, register_plugin, tiny_config, tmp_path):
-    register_plugin(spurcore_jtt, "jtt")
+def test_without_an_identification_stage_it_says_what_to_add(spur_plugins, spur_register_plugin, spur_tiny_config, tmp_path):
+    spur_register_plugin(spurcore_jtt, "jtt")
     with pytest.raises(spurcore_jtt.JTTError, match="put an ERM stage before it"):
-        run_pipeline(tiny_config(stages=[{"method": "jtt"}]), tmp_path / "run", plugins, log=lambda m: None)
+        run_pipeline(spur_tiny_config(stages=[{"method": "jtt"}]), tmp_path / "run", spur_plugins, log=lambda m: None)
 
 
-def test_identification_epoch_takes_the_errors_of_that_epoch_of_the_init_run(plugins, register_plugin, tiny_config,
+def test_identification_epoch_takes_the_errors_of_that_epoch_of_the_init_run(spur_plugins, spur_register_plugin, spur_tiny_config,
                                                                               tmp_path):
-    register_plugin(spurcore_jtt, "jtt")
-    erm = tiny_config(train={"epochs": 3, "batch_size": 32, "lr": 0.01})
-    run_pipeline(erm, tmp_path / "erm", plugins, log=lambda m: None)
+    spur_register_plugin(spurcore_jtt, "jtt")
+    erm = spur_tiny_config(train={"epochs": 3, "batch_size": 32, "lr": 0.01})
+    run_pipeline(erm, tmp_path / "erm", spur_plugins, log=lambda m: None)
     stages = [{"method": "jtt", "options": {"upweight": 3, "identification_epoch": 1}, "train": {"epochs": 1}}]
-    run_pipeline(tiny_config(stages=stages, init={"run": str(tmp_path / "erm")}), tmp_path / "jtt", plugins,
+    run_pipeline(spur_tiny_config(stages=stages, init={"run": str(tmp_path / "erm")}), tmp_path / "jtt", spur_plugins,
                  log=lambda m: None)
     record = json.loads((tmp_path / "jtt" / "checkpoints" / "0-jtt" / "jtt_errors.json").read_text())
-    reopened = open_run(tmp_path / "erm", plugins)
+    reopened = open_run(tmp_path / "erm", spur_plugins)
     train = reopened.data.splits["train"]
     wrong = np.flatnonzero(predict(reopened.load_model(0, 1), train, reopened.device).argmax(1) != train.y)
     assert record["identification_epoch"] == 1 and record["errors"] == wrong.tolist() and len(wrong) > 0
     with pytest.raises(spurcore_jtt.JTTError, match="identification_epoch = 1 names an epoch of the \\[init\\] run"):
-        run_pipeline(tiny_config(stages=[IDENTIFY, *stages]), tmp_path / "no-init", plugins, log=lambda m: None)
+        run_pipeline(spur_tiny_config(stages=[IDENTIFY, *stages]), tmp_path / "no-init", spur_plugins, log=lambda m: None)
