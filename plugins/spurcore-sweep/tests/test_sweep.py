@@ -551,6 +551,15 @@ def wait_for(condition, seconds, what):
         time.sleep(0.1)
 
 
+def free(run):
+    """Whether no process holds the run folder's lock."""
+    try:
+        with runlock.locked(run):
+            return True
+    except runlock.RunLockedError:
+        return False
+
+
 def holder(run):
     """The pid that holds a run folder's lock once it trains there (it writes its pid after
     taking the lock, then checkpoints each epoch), or None before."""
@@ -581,7 +590,10 @@ def test_killing_the_sweep_ends_its_pool_workers(tmp_path):
         sweep.kill()
         sweep.wait()
         wait_for(lambda: not any(map(alive, workers)), 5, f"workers {workers} exit after their sweep was killed")
-        for run in runs:  # their folders are free for the relaunch, which continues each run
+        # A worker's leader thread turns zombie before its other threads have exited and closed
+        # the lock's descriptor, so the folders come free a moment after, not at once.
+        wait_for(lambda: all(free(run) for run in runs), 5, "the killed workers' run folders come free")
+        for run in runs:  # free for the relaunch, which continues each run
             with runlock.locked(run):
                 assert not (run / "summary.json").exists()
     finally:
