@@ -153,13 +153,18 @@ def test_an_error_during_evaluation_removes_the_hooks_and_keeps_the_file(act_plu
     assert f.epochs == [1, 2] and len(f.index(epoch=2, split="val")) == 120
 
 
-def test_resume_keeps_checkpointed_epochs_and_drops_the_rest(act_plugins, spur_tiny_config, tmp_path):
+def interrupt_during_evaluation(config, out, act_plugins):
+    """Run `config` into `out` until an evaluation pass fails, as a crash mid-run would."""
     failing = FailDuringEvaluation()
     act_plugins.register(failing, "failing")
-    config = spur_tiny_config(settings=settings())
     with pytest.raises(RuntimeError):
-        run_pipeline(config, tmp_path / "run", act_plugins, log=lambda m: None)
+        run_pipeline(config, out, act_plugins, log=lambda m: None)
     act_plugins.unregister(failing)
+
+
+def test_resume_keeps_checkpointed_epochs_and_drops_the_rest(act_plugins, spur_tiny_config, tmp_path):
+    config = spur_tiny_config(settings=settings())
+    interrupt_during_evaluation(config, tmp_path / "run", act_plugins)
     run_pipeline(config, tmp_path / "run", act_plugins, resume=True, log=lambda m: None)
     f = ActivationFile(tmp_path / "run" / "activations.h5")
     rows = f.index()
@@ -170,12 +175,8 @@ def test_resume_keeps_checkpointed_epochs_and_drops_the_rest(act_plugins, spur_t
 
 @pytest.mark.parametrize("left", [b"", b"\x89HDF\r\n"])
 def test_a_file_a_kill_left_empty_at_creation_counts_as_no_rows_on_resume(act_plugins, spur_tiny_config, tmp_path, left):
-    failing = FailDuringEvaluation()
-    act_plugins.register(failing, "failing")
     config = spur_tiny_config(settings=settings())
-    with pytest.raises(RuntimeError):
-        run_pipeline(config, tmp_path / "run", act_plugins, log=lambda m: None)
-    act_plugins.unregister(failing)
+    interrupt_during_evaluation(config, tmp_path / "run", act_plugins)
     (tmp_path / "run" / "activations.h5").write_bytes(left)  # as if killed while the file was created
     run_pipeline(config, tmp_path / "run", act_plugins, resume=True, log=lambda m: None)
     f = ActivationFile(tmp_path / "run" / "activations.h5")
