@@ -74,8 +74,11 @@ REFERENCE: tuple[tuple[str, str, dict[str, tuple[str, str | None]]], ...] = (
     }),
     ("Data", "", {
         "SpuriousData": ("spurcore.data:SpuriousData",
-                         "a dataset: `name`, `splits`, `class_names`, `attr_names`, `input_shape`, `n_classes`, "
-                         "`n_attrs`, `n_groups`, `group_names`, `groups(split)`, `group_counts(split)`."),
+                         "a dataset: `name`, `splits`, `class_names`, `attr_names`, `input_shape`, `normalization`, "
+                         "`n_classes`, `n_attrs`, `n_groups`, `group_names`, `groups(split)`, `group_counts(split)`."),
+        "Normalization": ("spurcore.data:Normalization",
+                          "`SpuriousData.normalization`: the per-channel `mean` and `std` image inputs were "
+                          "normalized with (pixels in [0, 1]), for backbones whose weights expect others."),
         "SplitData": ("spurcore.data:SplitData",
                       "one split: `name`, `inputs` (a tensor, or a map-style dataset), `y`, `a` (None without "
                       "attribute labels), `has_attributes`."),
@@ -89,10 +92,18 @@ REFERENCE: tuple[tuple[str, str, dict[str, tuple[str, str | None]]], ...] = (
         "iterate_batches": ("spurcore.data:iterate_batches", "a split's batches in a given order."),
     }),
     ("Models and devices", "", {
-        "Backbone": ("spurcore.model:Backbone", "what a backbone plugin builds: `module` and `feature_dim`."),
+        "Backbone": ("spurcore.model:Backbone",
+                     "what a backbone plugin builds: `module`, `feature_dim` and optionally `layout`."),
+        "Layout": ("spurcore.model:Layout",
+                   "what a backbone declares about its inside, as module paths: `blocks` (where \"after block k\" "
+                   "is), `neurons` (the modules whose units are the tracer's neurons), `tokens` (a `TokenGrid`)."),
+        "TokenGrid": ("spurcore.model:TokenGrid",
+                      "a transformer's token layout (`prefix`, `rows`, `cols`); `feature_map(tokens)` gives the "
+                      "patch tokens as an (N, C, rows, cols) map."),
         "SpurModel": ("spurcore.model:SpurModel",
                       "`head(embed(x))`; `model(x, index=...)`, `model.features(x, index=...)`, "
-                      "`model.context.index` for inserted layers, `feature_dim`."),
+                      "`model.context.index` for inserted layers, `feature_dim`, the backbone's `layout`, "
+                      "`block_paths()` and `neuron_paths()` (its declared modules' paths in the model)."),
         "ForwardContext": ("spurcore.model:ForwardContext",
                            "`model.context`: the example indices (`index`) of the batch being run, for the "
                            "layers a method inserts."),

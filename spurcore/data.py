@@ -76,6 +76,23 @@ class SplitData:
         return isinstance(self.inputs, torch.Tensor)
 
 
+def _channels(value: Any) -> tuple[float, ...]:
+    return tuple(float(v) for v in value)
+
+
+@attrs.frozen
+class Normalization:
+    """How image inputs were normalized: each channel is `(pixel - mean) / std`, with pixels in
+    [0, 1]. A backbone whose pretrained weights expect other statistics converts from these."""
+
+    mean: tuple[float, ...] = attrs.field(converter=_channels)
+    std: tuple[float, ...] = attrs.field(converter=_channels)
+
+    def __attrs_post_init__(self) -> None:
+        if len(self.mean) != len(self.std) or not self.mean or min(self.std) <= 0:
+            raise DataError(f"normalization needs one mean and one positive std per channel, got {self}")
+
+
 @attrs.frozen(kw_only=True)
 class SpuriousData:
     """What a dataset plugin builds: named splits (train, val, test, and any extra
@@ -84,7 +101,8 @@ class SpuriousData:
     `provenance` records how the data was made, for components that must not see what
     val and test were made from: waterdigits gives the source digits each split draws on
     (`{"sklearn_digits": {"train": indices, "val": ..., "test": ...}}`), and digit
-    pretraining reads only the training split's."""
+    pretraining reads only the training split's. `normalization` says how image inputs were
+    normalized (None: the dataset does not say, or its inputs are not images)."""
 
     name: str
     splits: Mapping[str, SplitData] = attrs.field(converter=dict)
@@ -92,6 +110,7 @@ class SpuriousData:
     attr_names: tuple[str, ...] = attrs.field(converter=tuple)
     input_shape: tuple[int, ...] = attrs.field(converter=tuple, default=())
     provenance: Mapping[str, Any] = attrs.field(factory=dict, converter=dict)
+    normalization: Normalization | None = None
 
     def __attrs_post_init__(self) -> None:
         missing = [s for s in REQUIRED_SPLITS if s not in self.splits]

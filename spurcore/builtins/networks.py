@@ -11,7 +11,7 @@ from torch import nn
 
 from spurcore.builtins.backbones import ResNetOptions, SmallCNNOptions
 from spurcore.errors import SpurcoreError
-from spurcore.model import Backbone
+from spurcore.model import Backbone, Layout
 
 
 class BackboneError(SpurcoreError):
@@ -55,7 +55,7 @@ def build_small_cnn(options: SmallCNNOptions, data) -> Backbone:
         from spurcore.builtins import digits_pretraining
 
         net.load_state_dict(digits_pretraining.pretrained_state(net, options, data))
-    return Backbone(net, options.feature_dim)
+    return Backbone(net, options.feature_dim, layout=Layout(blocks=[f"block{i + 1}" for i in range(options.blocks)]))
 
 
 def build_torchvision(options: ResNetOptions, data, *, arch: str) -> Backbone:
@@ -76,10 +76,10 @@ def build_torchvision(options: ResNetOptions, data, *, arch: str) -> Backbone:
     if arch.startswith("vit"):
         feature_dim = net.hidden_dim
         net.heads = nn.Identity()
-    else:
-        feature_dim = net.fc.in_features
-        net.fc = nn.Identity()
-    return Backbone(net, feature_dim)
+        return Backbone(net, feature_dim)
+    feature_dim = net.fc.in_features
+    net.fc = nn.Identity()
+    return Backbone(net, feature_dim, layout=Layout(blocks=["layer1", "layer2", "layer3", "layer4"]))
 
 
 def _load_weights(arch: str, options: ResNetOptions) -> dict:

@@ -64,16 +64,19 @@ def _arrays(options: WaterdigitsOptions) -> dict[str, np.ndarray]:
     return arrays
 
 
+INPUT_MEAN = INPUT_STD = (0.5, 0.5, 0.5)  # pixels in [0, 1] scaled to [-1, 1]
+
+
 def to_inputs(images: np.ndarray) -> torch.Tensor:
     """uint8 images (n, 3, h, w) as the network sees them: float, scaled to [-1, 1]."""
     import torch
 
-    return torch.from_numpy(images).float().div_(255).sub_(0.5).div_(0.5)
+    return torch.from_numpy(images).float().div_(255).sub_(INPUT_MEAN[0]).div_(INPUT_STD[0])
 
 
 def build(options: WaterdigitsOptions) -> SpuriousData:
     from spurcore.builtins import waterdigits_gen as gen
-    from spurcore.data import SplitData, SpuriousData
+    from spurcore.data import Normalization, SplitData, SpuriousData
 
     arrays = _arrays(options)
     splits = {}
@@ -82,7 +85,7 @@ def build(options: WaterdigitsOptions) -> SpuriousData:
     pools = {split: pool.tolist() for split, pool in gen.pools(options.seed).items()}
     return SpuriousData(name="waterdigits", splits=splits, class_names=gen.CLASS_NAMES,
                         attr_names=gen.ATTR_NAMES, input_shape=(3, options.size, options.size),
-                        provenance={SOURCE_DIGITS: pools})
+                        provenance={SOURCE_DIGITS: pools}, normalization=Normalization(INPUT_MEAN, INPUT_STD))
 
 
 @hookimpl

@@ -8,8 +8,8 @@ import sys
 import attrs
 import numpy as np
 
-from spurcore.api import SplitData, SpuriousData
-from spurcore_datasets.images import ImageFiles, eval_transform, train_transform, unreadable
+from spurcore.api import Normalization, SplitData, SpuriousData
+from spurcore_datasets.images import IMAGENET_MEAN, IMAGENET_STD, ImageFiles, eval_transform, train_transform, unreadable
 from spurcore_datasets.tables import SHOWN, Table, validate
 
 
@@ -30,7 +30,8 @@ def _images(table: Table, options) -> SpuriousData:
         splits[name] = SplitData(name=name, inputs=ImageFiles(paths, evaluate), y=table.y[rows], a=table.a[rows],
                                  train_inputs=ImageFiles(paths, augmented) if name == "train" else None)
     return SpuriousData(name=table.name, splits=splits, class_names=table.class_names, attr_names=table.attr_names,
-                        input_shape=(3, options.image_size, options.image_size))
+                        input_shape=(3, options.image_size, options.image_size),
+                        normalization=Normalization(IMAGENET_MEAN, IMAGENET_STD))
 
 
 def _texts(table: Table, options) -> SpuriousData:
