@@ -37,7 +37,9 @@ def keep_mask(index: torch.Tensor, units: torch.Tensor, p: float, seed: int) -> 
 
 
 class FairDropout(nn.Module):
-    """Example-tied dropout over dimension 1 of (N, C, ...) inputs.
+    """Example-tied dropout over dimension 1 of (N, C, ...) inputs; with `tokens`, over the last
+    dimension of (N, T, C) token sequences, one mask per example for all its tokens (a
+    transformer's block outputs; other inputs are treated as (N, C, ...)).
 
     It reads the batch's example indices from `context.index` (a `spurcore.model.ForwardContext`).
     At inference (`eval()`), `mode` says what happens to the memorizing units: "drop" zeroes
@@ -46,7 +48,8 @@ class FairDropout(nn.Module):
     multiplies them by p_mem, "keep" leaves every unit on (for the paper's kept-vs-dropped check).
     """
 
-    def __init__(self, context, p_gen: float, p_mem: float, seed: int, mode: str = "drop") -> None:
+    def __init__(self, context, p_gen: float, p_mem: float, seed: int, mode: str = "drop",
+                 tokens: bool = False) -> None:
         super().__init__()
         if not (0 <= p_gen <= 1 and 0 <= p_mem <= 1):
             raise ValueError(f"p_gen and p_mem must lie in [0, 1], got {p_gen}, {p_mem}")
@@ -55,10 +58,11 @@ class FairDropout(nn.Module):
         if mode == "drop-rescale" and p_gen == 0:
             raise ValueError("mode 'drop-rescale' needs p_gen > 0")
         self.context = context
-        self.p_gen, self.p_mem, self.seed, self.mode = p_gen, p_mem, seed, mode
+        self.p_gen, self.p_mem, self.seed, self.mode, self.tokens = p_gen, p_mem, seed, mode, tokens
 
     def extra_repr(self) -> str:
-        return f"p_gen={self.p_gen}, p_mem={self.p_mem}, seed={self.seed}, mode={self.mode!r}"
+        return (f"p_gen={self.p_gen}, p_mem={self.p_mem}, seed={self.seed}, mode={self.mode!r}"
+                + (", tokens=True" if self.tokens else ""))
 
     def n_generalizing(self, units: int) -> int:
         return int(round(self.p_gen * units))
@@ -89,6 +93,9 @@ class FairDropout(nn.Module):
         return scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tokens and x.dim() == 3:
+            scale = self.unit_scale(x.transpose(1, 2))
+            return x * (scale[:, None, :] if self.training else scale)
         scale = self.unit_scale(x)
         shape = (*scale.shape, *([1] * (x.dim() - 2)))
         if not self.training:

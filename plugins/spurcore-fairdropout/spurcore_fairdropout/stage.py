@@ -22,7 +22,8 @@ class FairDropoutStage:
 
     def _layer(self, model, k: int) -> FairDropout:
         o = self.options
-        return FairDropout(model.context, o.p_gen, o.p_mem, seed=o.seed * 1000 + k, mode=o.inference)
+        return FairDropout(model.context, o.p_gen, o.p_mem, seed=o.seed * 1000 + k, mode=o.inference,
+                           tokens=model.layout.tokens is not None)
 
     @hookimpl
     def spurcore_prepare_model(self, model):
@@ -43,9 +44,11 @@ class FairDropoutStage:
                         raise AttributeError(name)
                 except AttributeError:
                     known = ", ".join(n for n, _ in model.embed.named_children())
+                    blocks = ", ".join(p.removeprefix("embed.") for p in model.block_paths())
                     raise FairDropoutError(
                         f"fairdropout placement {path!r}: the backbone has no such module "
-                        f"(its top-level modules: {known}; or use \"features\" / \"linear\")"
+                        f"({f'its blocks: {blocks}; ' if blocks else ''}its top-level modules: {known}; "
+                        f"or use \"features\" / \"linear\")"
                     ) from None
                 setattr(parent, name, nn.Sequential(target, self._layer(model, k)))
 

@@ -98,3 +98,22 @@ def test_training_without_indices_is_a_clear_error():
         assert "model(x, index=batch.index)" in str(error)
     else:
         raise AssertionError("expected an error")
+
+
+@settings(max_examples=50, deadline=None)
+@given(p_gen=probability, p_mem=probability, n=st.integers(1, 8), tokens=st.integers(1, 6), units=st.integers(1, 12),
+       seed=st.integers(0, 1000))
+def test_on_token_sequences_the_units_are_the_last_dimension_and_every_token_shares_the_mask(
+        p_gen, p_mem, n, tokens, units, seed):
+    x = torch.rand(n, tokens, units) + 1.0
+    fd = FairDropout(ForwardContext(), p_gen, p_mem, seed, tokens=True)
+    index = torch.arange(n) * 7
+    out = train_forward(fd, x, index)
+    # the same per-unit multiplier as a (N, C) input of the same examples, for every token
+    per_unit = train_forward(layer(p_gen, p_mem, seed), torch.ones(n, units), index)
+    assert torch.equal(out, x * per_unit[:, None, :])
+    n_gen = int(round(p_gen * units))
+    dropped = fd.eval()(x)
+    assert torch.equal(dropped[..., :n_gen], x[..., :n_gen]) and torch.all(dropped[..., n_gen:] == 0)
+    maps = torch.rand(n, units, 3, 3) + 1.0  # a (N, C, h, w) map is still dropped over its channels
+    assert torch.equal(fd.eval()(maps), layer(p_gen, p_mem, seed).eval()(maps))

@@ -18,7 +18,8 @@ def add_command(cli: click.Group) -> None:
     @click.option("--stage", type=int, default=-1, show_default=True, help="Stage index of the fine-tuned model.")
     @click.option("--baseline-run", type=click.Path(path_type=Path),
                   help="Take the baseline from this run's final model (for runs that started via [init]).")
-    @click.option("--layer", default="embed.block3", show_default=True, help="Module path of the conv layer.")
+    @click.option("--layer", help="Module path of the layer (a conv map, or a transformer's tokens) "
+                                  "[the backbone's last block; a transformer's last but one].")
     @click.option("--per-group", type=click.IntRange(min=1), default=3, show_default=True, help="Test images per group.")
     @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the image choice.")
     @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Figure file [RUN_DIR/gradcam.png].")
@@ -33,4 +34,4 @@ def add_command(cli: click.Group) -> None:
                                 baseline_run=baseline_run, layer=layer, per_group=per_group, seed=seed,
                                 out=out, device=device)
         counts = ", ".join(f"{label} {n}/{result['images']} correct" for label, n in result["correct"].items())
-        click.echo(f"wrote {result['figure']} ({counts})")
+        click.echo(f"wrote {result['figure']} (layer {result['layer']}; {counts})")

@@ -5,6 +5,8 @@ RUN_DIR` draws (`gradcam_figure`; the command is in `command.py`).
 Grad-CAM (Selvaraju et al.): A = the activation (N, C, h, w) of the module at `layer_path`;
 weights alpha_c = spatial mean of d logit[target] / d A_c; map = ReLU(sum_c alpha_c A_c),
 upsampled bilinearly to the input size and min-max normalised per image to [0, 1].
+A transformer's token outputs (N, T, C) are first laid out as the map of its patch tokens,
+by the `TokenGrid` its backbone declares (the prefix tokens are left out).
 """
 
 from __future__ import annotations
@@ -34,6 +36,18 @@ def conv_layers(model: nn.Module) -> list[str]:
         if name and any(isinstance(m, nn.Conv2d) for m in module.modules()):
             names.append(name)
     return names
+
+
+def default_layer(model: nn.Module) -> str:
+    """The layer to look at when none is named: the backbone's last declared block, or for a
+    transformer the one before it (the last block's patch tokens never reach a class-token head,
+    so their gradients are zero)."""
+    blocks = model.block_paths() if hasattr(model, "block_paths") else []
+    if not blocks:
+        raise GradCAMError(f"the backbone declares no blocks; name a layer with --layer (conv layers: "
+                           f"{', '.join(conv_layers(model)) or '(none)'})")
+    tokens = model.layout.tokens is not None
+    return blocks[-2] if tokens and len(blocks) > 1 else blocks[-1]
 
 
 def find_layer(model: nn.Module, layer_path: str) -> nn.Module:
@@ -102,14 +116,18 @@ def gradcam(model: nn.Module, x: torch.Tensor, target_class: Any, layer_path: st
         if "activation" not in store:
             raise GradCAMError(f"layer {layer_path!r} was not called in the model's forward pass")
         activation = store["activation"]
-        if activation.ndim != 4:
-            raise GradCAMError(f"layer {layer_path!r} has output shape {tuple(activation.shape)}, not (N, C, h, w); "
-                               f"conv layers: {', '.join(conv_layers(model))}")
+        layout = getattr(model, "layout", None)
+        grid = layout.tokens if layout is not None else None
+        if not (activation.ndim == 4 or (activation.ndim == 3 and grid is not None)):
+            raise GradCAMError(f"layer {layer_path!r} has output shape {tuple(activation.shape)}, not (N, C, h, w)"
+                               f"{' or tokens' if grid is not None else ''}; conv layers: {', '.join(conv_layers(model))}")
         if target.shape != (len(x),) or bool(((target < 0) | (target >= logits.shape[1])).any()):
             raise GradCAMError(f"target classes must be one per image in 0..{logits.shape[1] - 1}, "
                                f"got {target.tolist()}")
         score = logits.gather(1, target[:, None]).sum()
         (grads,) = torch.autograd.grad(score, activation)
+    if activation.ndim == 3:
+        activation, grads = grid.feature_map(activation.detach()), grid.feature_map(grads)
     weights = grads.mean(dim=(2, 3), keepdim=True)
     cam = F.relu((weights * activation).sum(1, keepdim=True)).detach()
     cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
@@ -179,7 +197,7 @@ def figure(rows: list[dict[str, Any]], labels: tuple[str, str], out: Path) -> Pa
 
 
 def gradcam_figure(run_dir: Path, plugins, *, baseline_stage: int = 0, stage: int = -1,
-                   baseline_run: Path | None = None, layer: str = "embed.block3", per_group: int = 3,
+                   baseline_run: Path | None = None, layer: str | None = None, per_group: int = 3,
                    seed: int = 0, out: Path | None = None, device: str = "cpu") -> dict[str, Any]:
     from spurcore.api import open_run
 
@@ -204,6 +222,7 @@ def gradcam_figure(run_dir: Path, plugins, *, baseline_stage: int = 0, stage: in
         base_label = stages[baseline_stage].key
     tuned = run.load_model(stage)
     tuned_label = stages[stage].key
+    layer = layer or default_layer(tuned)
     for model in (baseline, tuned):
         find_layer(model, layer)
 
@@ -225,4 +244,5 @@ def gradcam_figure(run_dir: Path, plugins, *, baseline_stage: int = 0, stage: in
         raise GradCAMError(f"{run_dir}: no test examples")
     path = figure(rows, (base_label, tuned_label), Path(out) if out else Path(run_dir) / "gradcam.png")
     correct = {label: sum(r["preds"][k] == r["y"] for r in rows) for k, label in enumerate((base_label, tuned_label))}
-    return {"figure": path, "images": len(rows), "correct": correct, "labels": (base_label, tuned_label)}
+    return {"figure": path, "images": len(rows), "correct": correct, "labels": (base_label, tuned_label),
+            "layer": layer}

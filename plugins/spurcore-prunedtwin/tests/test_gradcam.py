@@ -12,9 +12,10 @@ from torch import nn
 
 import spurcore_prunedtwin as pt
 from spurcore import hookimpl
-from spurcore.api import DatasetSpec, SplitData, SpurcoreError, SpuriousData, pipeline_from_dict, run_pipeline
+from spurcore.api import (DatasetSpec, Layout, SplitData, SpurcoreError, SpuriousData, SpurModel, TokenGrid,
+                          pipeline_from_dict, run_pipeline)
 from spurcore.testing import tiny_pipeline
-from spurcore_prunedtwin.gradcam import GradCAMError, gradcam
+from spurcore_prunedtwin.gradcam import GradCAMError, default_layer, gradcam
 
 
 class TinyConvNet(nn.Module):
@@ -84,6 +85,58 @@ def test_hooks_removed_even_on_error():
     assert all(not m._forward_hooks for m in model.modules())
 
 
+class TinyTokens(nn.Module):
+    """A vision transformer in miniature: 4x4 patches of an 8x8 image as a 2x2 grid of tokens
+    after a class token, two blocks that mix tokens, the class token as the features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.patch = nn.Conv2d(3, 6, 4, stride=4)
+        self.cls = nn.Parameter(torch.randn(1, 1, 6))
+        self.block1 = nn.Linear(6, 6)
+        self.block2 = nn.Linear(6, 6)
+        self.mix = nn.Parameter(torch.randn(5, 5) / 3)
+
+    def tokens(self, x):
+        patches = self.patch(x).flatten(2).transpose(1, 2)
+        return torch.cat([self.cls.expand(len(x), -1, -1), patches], 1)
+
+    def forward(self, x):
+        t = self.block1(self.mix @ torch.tanh(self.tokens(x)))
+        return self.block2(self.mix @ torch.tanh(t))[:, 0]
+
+
+def token_model() -> SpurModel:
+    return SpurModel(TinyTokens(), nn.Linear(6, 3), 6,
+                     Layout(blocks=["block1", "block2"], tokens=TokenGrid(prefix=1, rows=2, cols=2)))
+
+
+def test_on_a_transformer_the_map_is_the_patch_tokens_of_the_layer():
+    model = token_model()
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    target = torch.tensor([0, 1, 2, 0])
+    assert default_layer(model) == "embed.block1"  # the last block but one
+    cam = gradcam(model, x, target, "embed.block1")
+    net = model.embed
+    t = net.block1(net.mix @ torch.tanh(net.tokens(x))).detach().requires_grad_(True)
+    logits = model.head(net.block2(net.mix @ torch.tanh(t))[:, 0])
+    logits[torch.arange(4), target].sum().backward()
+    maps = lambda tokens: tokens[:, 1:].transpose(1, 2).reshape(4, 6, 2, 2)  # noqa: E731
+    weights = maps(t.grad).mean((2, 3))
+    expected = torch.relu(torch.einsum("nc,nchw->nhw", weights, maps(t.detach())))
+    expected = F.interpolate(expected[:, None], size=(8, 8), mode="bilinear", align_corners=False)[:, 0]
+    flat = expected.flatten(1)
+    low, high = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+    flat = torch.where(high > low, (flat - low) / (high - low).clamp_min(1e-12), 0.0)  # an all-zero map stays zero
+    assert (high > low).sum() >= 2
+    torch.testing.assert_close(cam, flat.view_as(expected), atol=1e-5, rtol=1e-4)
+    with pytest.raises(GradCAMError, match=r"not \(N, C, h, w\) or tokens"):
+        gradcam(model, x, target, "head")
+    with pytest.raises(GradCAMError, match="declares no blocks; name a layer with --layer"):
+        default_layer(TinyConvNet())
+
+
 @attrs.frozen(kw_only=True)
 class ImageOptions:
     seed: int = 0
@@ -136,6 +189,7 @@ def test_command_writes_one_figure(image_plugins, tmp_path):
     run = image_run(image_plugins, tmp_path / "run", [{"method": "erm"}, {"method": "erm", "name": "tuned"}])
     result = invoke(image_plugins, ["gradcam", str(run), "--per-group", "2"])
     assert result.exit_code == 0, result.output
+    assert "(layer embed.block3; " in result.output  # small-cnn's last block
     figure = run / "gradcam.png"
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "0-erm " in result.output and "1-tuned " in result.output and "/8 correct" in result.output

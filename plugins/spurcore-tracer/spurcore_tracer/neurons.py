@@ -3,8 +3,10 @@
 A neuron is `(module path, unit)`: unit c of a conv layer owns the weight slice `W[c]` (all its
 input channels and kernel positions) and `bias[c]`; unit i of a linear layer owns the row
 `W[i]` and `bias[i]`. Every conv and linear module of the model counts, in the order of
-`model.named_modules()` (for a `SpurModel`: the backbone `embed.*`, then `head`), so a
-transformer's MLP units come in through the same path as a CNN's channels.
+`model.named_modules()` (for a `SpurModel`: the backbone `embed.*`, then `head`), unless the
+backbone declares its neurons (`Layout.neurons`, `SpurModel.neuron_paths()`): a transformer
+declares the first linear layer of each MLP block, so that a neuron is one hidden unit of an
+MLP block (METHODS.md section 1), and only those count.
 
 Every neuron also has a *global index*: its position when the layers are laid end to end in
 module order, units in order. Scores are numpy vectors indexed by it, so "ties broken by
@@ -85,12 +87,16 @@ class NeuronIndex:
 
     @classmethod
     def of(cls, model: nn.Module, exclude: Iterable[str] = ()) -> NeuronIndex:
-        """The neurons of every conv and linear module of `model` (paths starting with one of
-        `exclude` left out). Transposed convolutions and modules without weight are skipped."""
+        """The neurons of every conv and linear module of `model`, or of the modules its backbone
+        declares (paths starting with one of `exclude` left out). Transposed convolutions and
+        modules without weight are skipped."""
         exclude = tuple(exclude)
+        declared = set(model.neuron_paths()) if hasattr(model, "neuron_paths") else set()
         layers, offset = [], 0
         for path, module in model.named_modules():
             if not isinstance(module, NEURON_MODULES) or getattr(module, "weight", None) is None:
+                continue
+            if declared and path not in declared:
                 continue
             if any(path == e or path.startswith(e + ".") for e in exclude):
                 continue

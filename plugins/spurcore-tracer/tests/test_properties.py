@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 from torch import nn
 
-from spurcore.api import SpurModel
+from spurcore.api import Layout, SpurModel
 from spurcore_tracer import NeuronIndex, intervene, score_neurons, top_k, top_k_per_layer, top_percent
 from spurcore_tracer.criteria import lowest_confidence, magnitude
 from spurcore_tracer.selection import percentile_ranks, ranking
@@ -89,6 +89,22 @@ def test_neurons_are_named_by_module_path_in_module_order():
     assert [l.units for l in index.layers] == [3, 4, 5, 2]
     assert str(index.neuron(3)) == "embed.3[0]" and index.global_index(index.neuron(13)) == 13
     assert NeuronIndex.of(model, exclude=["head"]).total == 12
+
+
+def test_a_backbone_that_declares_its_neurons_is_traced_on_those_only():
+    """A transformer declares the first linear layer of each MLP block (one hidden unit per
+    neuron); attention, the second MLP layer and the head are left out, even after a method
+    wraps a block (the declared modules are found by identity)."""
+    torch.manual_seed(0)
+    blocks = nn.Sequential(*[nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 4))
+                             for _ in range(2)])
+    layout = Layout(blocks=["0", "1"], neurons=["0.1", "1.1"])
+    model = SpurModel(blocks, nn.Linear(4, 2), 4, layout)
+    index = NeuronIndex.of(model)
+    assert index.paths == ("embed.0.1", "embed.1.1") and index.total == 16
+    assert NeuronIndex.of(model, exclude=["embed.1"]).paths == ("embed.0.1",)
+    model.embed[1] = nn.Sequential(model.embed[1], nn.Identity())  # as FairDropout wraps a block
+    assert NeuronIndex.of(model).paths == ("embed.0.1", "embed.1.0.1")
 
 
 scores_st = st.lists(st.sampled_from([0.0, 0.5, 1.0, 2.0, 3.5]) | st.floats(-5, 5, allow_nan=False), min_size=1, max_size=40)
