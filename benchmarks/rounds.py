@@ -27,7 +27,7 @@ def alternate(rounds: int, first: Callable[[int], float], second: Callable[[int]
         else:
             b.append(second(r))
             a.append(first(r))
-        print(f"round {r + 1}/{rounds}: {a[-1]:.4f} s / {b[-1]:.4f} s = {a[-1] / b[-1]:.4f}", file=sys.stderr)
+        print(f"round {r + 1}/{rounds}: {a[-1]:.4f} s and {b[-1]:.4f} s", file=sys.stderr)
     return a, b
 
 

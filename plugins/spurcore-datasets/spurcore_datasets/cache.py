@@ -29,6 +29,7 @@ from spurcore.api import DataError, atomic
 VERSION = 1
 RESIZE = "torchvision.v2.Resize(shorter side, antialias) on the PIL image"
 ENV = "SPURCORE_CACHE_DIR"
+SMALL_SPLIT = 256
 
 
 def default_folder() -> Path:
@@ -148,6 +149,7 @@ def build(folder: Path, split: str, paths: Sequence[Path], side: int, expected: 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"{split}-{side}px-{expected[:16]}.u8"
+    workers = workers if len(paths) >= SMALL_SPLIT else 0  # starting processes costs more than a few images
     loader = torch.utils.data.DataLoader(_Decoded(paths, side), batch_size=None, num_workers=workers)
     shapes = []
     shown = tqdm(loader, total=len(paths), desc=f"caching {split} images", unit="img", leave=False,

@@ -83,10 +83,11 @@ def cached_train_transform(size: int, augment: str, side: int) -> Callable:
 
 def normalize_batch(x: torch.Tensor) -> torch.Tensor:
     """A batch of uint8 images (N, 3, H, W) as normalized float32, on the batch's device: the
-    same arithmetic as `eval_transform`'s last steps, once per batch."""
+    same arithmetic as `eval_transform`'s last steps, once per batch (in place on the new float
+    tensor: a large allocation less, which halves the time on a CPU)."""
     from torchvision.transforms.v2 import functional as F
 
-    return F.normalize(F.to_dtype(x, torch.float32, scale=True), IMAGENET_MEAN, IMAGENET_STD)
+    return F.normalize(F.to_dtype(x, torch.float32, scale=True), IMAGENET_MEAN, IMAGENET_STD, inplace=True)
 
 
 def open_rgb(path: Path) -> Image.Image:
