@@ -87,6 +87,7 @@ def plain(folder: Path, args, device: Device) -> dict:
     import torchvision
 
     torch.manual_seed(0)
+    torch.backends.cudnn.benchmark = True  # as the runner with deterministic = false: the loops differ, not cuDNN's choice
     model = getattr(torchvision.models, args.arch)(num_classes=2).to(device.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
     scaler = device.grad_scaler()
