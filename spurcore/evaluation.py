@@ -80,7 +80,7 @@ def evaluate(run: RunContext, stage: StageContext, epoch: int, split: str,
         **device.loader_options(stage.train.num_workers),
     )
     for batch in batches:
-        batch = device.move(batch)
+        batch = device.move(batch, channels_last=stage.train.channels_last)
         with device.autocast():
             logits = model(batch.x, index=batch.index)
         preds.append(logits.argmax(1))

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -156,10 +157,13 @@ def build(folder: Path, split: str, paths: Sequence[Path], side: int, expected: 
                  disable=not sys.stderr.isatty())
 
     def pixels(handle) -> None:
-        for image in shown:
-            image = np.ascontiguousarray(image)
-            shapes.append(image.shape[:2])
-            handle.write(image.tobytes())
+        try:
+            for image in shown:
+                image = np.ascontiguousarray(image)
+                shapes.append(image.shape[:2])
+                handle.write(image.tobytes())
+        except DataError as error:  # from a worker it carries the worker's traceback: keep the message
+            raise DataError(str(error).rsplit(f"{DataError.__name__}: ", 1)[-1].strip()) from None
 
     _write_replacing(final, pixels)
     index = {"version": VERSION, "fingerprint": expected, "pixels": final.name, "side": side, "resize": RESIZE,
@@ -192,8 +196,6 @@ def _write_replacing(path: Path, write) -> None:
 
 def _being_written(path: Path) -> bool:
     """A temporary file touched in the last minute may belong to a build running elsewhere."""
-    import time
-
     try:
         return time.time() - path.stat().st_mtime < 60
     except OSError:

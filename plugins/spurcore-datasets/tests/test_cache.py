@@ -209,3 +209,18 @@ def test_store_pickles_without_its_pixels(tmp_path):
     copy = pickle.loads(pickle.dumps(store))
     assert len(pickle.dumps(store)) < 2000 and torch.equal(copy.image(0), first)
     assert isinstance(Path(copy.path), Path)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_unreadable_image_stops_the_build_naming_it_and_leaves_no_cache(tmp_path, monkeypatch, workers):
+    from spurcore.api import DataError
+
+    monkeypatch.setattr(cache, "SMALL_SPLIT", 1)  # workers even for the miniature's few images
+    miniature.waterbirds(tmp_path / "data")
+    table = FORMATS["waterbirds"].read(FORMATS["waterbirds"].options(root=str(tmp_path / "data")))
+    bad = table.items[int(table.splits["train"][3])]
+    bad.write_bytes(bad.read_bytes()[:200])  # a truncated JPEG
+    with pytest.raises(DataError) as error:
+        cache.open_or_build(tmp_path / "c", "train", [table.items[i] for i in table.splits["train"]], 37, workers)
+    assert str(error.value).startswith(f"{bad}: unreadable image") and "Traceback" not in str(error.value)
+    assert not any(p for p in (tmp_path / "c").iterdir())
