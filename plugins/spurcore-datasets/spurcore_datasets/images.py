@@ -5,6 +5,9 @@ normalization. Training (`augment`): `standard` is the random resized crop (scal
 aspect 3/4-4/3) and horizontal flip used for Waterbirds and CelebA since group DRO;
 `seed` adds the rest of the seed paper's Table 1 (rotation 15 degrees, translation 0.1,
 scale 0.9-1.1, perspective 0.2); `none` trains on the evaluation transform.
+
+From the decoded-image cache (`CachedImages`) the same steps run on uint8 tensors: the
+geometric ones per image, the conversion and normalization per batch (`normalize_batch`).
 """
 
 from __future__ import annotations
