@@ -12,13 +12,14 @@ command is the median wall time over the rounds. Prints JSON {"rounds", "baselin
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from rounds import emit
 
 BASELINE = "python -c 'import click, pluggy, attrs'"
 COMMANDS = {
@@ -55,10 +56,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="Also write the JSON here.")
     args = parser.parse_args()
     result = measure(args.rounds)
-    text = json.dumps(result, indent=2)
-    if args.out:
-        args.out.write_text(text + "\n")
-    print(text)
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
 """The cost of FairDropout in a training step: the small CNN with FairDropout after a block
-against the same model without it, same inputs, alternated round by round in one process.
-Prints JSON {"ratio", "with_ms", "without_ms"} (medians of per-round step times).
+against the same model without it, same inputs, alternated round by round (ABBA) in one
+process. Prints JSON: "ratio", the median over rounds of with / without step time, with its
+quartiles, interquartile range and every round's ratio (`rounds.spread`), the median step
+times, and the load average. 31 rounds of 40 steps: on a quiet machine two runs agree
+within 0.02.
 
-    python benchmarks/fairdropout_overhead.py [--rounds 15] [--steps 20] [--placement block3]
+    python benchmarks/fairdropout_overhead.py [--rounds 31] [--steps 40] [--placement block3]
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from spurcore.builtins.backbones import SmallCNNOptions
 from spurcore.builtins.networks import build_small_cnn
 from spurcore.model import build_model
 from spurcore_fairdropout import FairDropoutOptions, FairDropoutStage
+from rounds import alternate, load, spread
 
 
 class Shape:
@@ -46,8 +50,8 @@ def steps(model, optimizer, batches) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=31)
+    parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--placement", default="block3")
     args = parser.parse_args()
     g = torch.Generator().manual_seed(0)
@@ -55,16 +59,11 @@ def main() -> None:
                 torch.randint(0, 2, (64,), generator=g)) for _ in range(args.steps)]
     plain, with_fd = make(None), make(args.placement.split(","))
     steps(*plain, batches[:3]), steps(*with_fd, batches[:3])  # warm-up
-    times = {"without": [], "with": []}
-    for round_ in range(args.rounds):
-        order = (("without", plain), ("with", with_fd)) if round_ % 2 == 0 else (("with", with_fd), ("without", plain))
-        for name, (model, optimizer) in order:
-            times[name].append(steps(model, optimizer, batches))
-    with_ms, without_ms = (1000 * statistics.median(times[k]) for k in ("with", "without"))
-    print(json.dumps({"ratio": round(with_ms / without_ms, 4), "with_ms": round(with_ms, 3),
-                      "without_ms": round(without_ms, 3), "placement": args.placement,
-                      "rounds": args.rounds, "steps": args.steps, "torch_threads": torch.get_num_threads()}))
-
+    with_s, without_s = alternate(args.rounds, lambda r: steps(*with_fd, batches), lambda r: steps(*plain, batches))
+    print(json.dumps({**spread([a / b for a, b in zip(with_s, without_s)]),
+                      "with_ms": round(1000 * statistics.median(with_s), 3),
+                      "without_ms": round(1000 * statistics.median(without_s), 3), "placement": args.placement,
+                      "rounds": args.rounds, "steps": args.steps, "torch_threads": torch.get_num_threads(), **load()}))
 
 if __name__ == "__main__":
     main()

@@ -5,10 +5,12 @@ the same batch order, and evaluate train (every example: the runner with `train_
 what "auto" gives in-memory waterdigits), val and test with per-group accuracy after every epoch;
 the runner additionally calls its hooks, checkpoints every epoch, writes metrics.jsonl, the
 summary, the report and the figure. After one warm-up of each, the two alternate in one
-process (R rounds, ABBA order) so machine noise hits both alike. Prints JSON
-{"runner_s", "plain_s", "ratio"} (sums over rounds).
+process (R rounds, ABBA order) so machine noise hits both alike. Prints JSON: "ratio", the
+median over rounds of runner / plain seconds, with its quartiles, interquartile range and
+every round's ratio (`rounds.spread`), the summed seconds, and the load average. Twelve
+rounds of two epochs: on a quiet machine two runs agree within 0.02.
 
-    python benchmarks/overhead.py [--rounds 4] [--epochs 3] [--scale 1.0]
+    python benchmarks/overhead.py [--rounds 12] [--epochs 2] [--scale 1.0]
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from spurcore.runner import epoch_seed, run_pipeline, seed_everything
 from spurcore.specs import DatasetSpec
 from spurcore.builtins.backbones import SmallCNNOptions
 from spurcore.builtins.networks import build_small_cnn
+from rounds import alternate, load, spread
 
 
 def pipeline(epochs: int, seed: int) -> dict:
@@ -71,8 +74,8 @@ def plain_loop(data, epochs: int, seed: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--scale", type=float, default=1.0)
     args = parser.parse_args()
     data = build(WaterdigitsOptions(scale=args.scale))
@@ -92,18 +95,11 @@ def main() -> None:
             return time.perf_counter() - start
 
     runner(0, 1), plain_loop(data, 1, 0)  # warm-up: imports, allocator, caches
-    runner_s = plain_s = 0.0
-    for round_ in range(args.rounds):  # ABBA order cancels slow drift of the machine
-        if round_ % 2 == 0:
-            runner_s += runner(round_, args.epochs)
-            plain_s += plain_loop(data, args.epochs, round_)
-        else:
-            plain_s += plain_loop(data, args.epochs, round_)
-            runner_s += runner(round_, args.epochs)
-    print(json.dumps({"runner_s": round(runner_s, 3), "plain_s": round(plain_s, 3),
-                      "ratio": round(runner_s / plain_s, 4), "rounds": args.rounds, "epochs": args.epochs,
-                      "scale": args.scale, "torch_threads": torch.get_num_threads()}))
-
+    runner_s, plain_s = alternate(args.rounds, lambda r: runner(r, args.epochs), lambda r: plain_loop(data, args.epochs, r))
+    print(json.dumps({**spread([a / b for a, b in zip(runner_s, plain_s)]),
+                      "runner_s": round(sum(runner_s), 3), "plain_s": round(sum(plain_s), 3),
+                      "rounds": args.rounds, "epochs": args.epochs, "scale": args.scale,
+                      "torch_threads": torch.get_num_threads(), **load()}))
 
 if __name__ == "__main__":
     main()

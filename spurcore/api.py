@@ -112,8 +112,10 @@ REFERENCE: tuple[tuple[str, str, dict[str, tuple[str, str | None]]], ...] = (
                         "(classes), numpy arrays or tensors: what a post-hoc head returns."),
         "build_model": ("spurcore.model:build_model", "a `SpurModel` from a `Backbone` and a number of classes."),
         "Device": ("spurcore.device:Device",
-                   "`device`, `move(batch)`, `autocast()`, `pin_memory`; the only place that knows about CUDA."),
+                   "`device`, `move(batch)`, `autocast()`, `pin_memory`, `loader_options(num_workers)` (the "
+                   "`iterate_batches` settings for this machine); the only place that knows about CUDA."),
         "to_device": ("spurcore.device:to_device", None),
+        "available_cores": ("spurcore.device:available_cores", None),
     }),
     ("Evaluation and embeddings",
      "What `spurcore_posthoc_head(run, stage, model, embeddings)` receives; the whole post-hoc contract "

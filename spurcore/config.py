@@ -98,6 +98,11 @@ class DatasetConfig(ComponentConfig):
     holdout: float = attrs.field(default=0.0, validator=_holdout)
 
 
+def _workers(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise FieldError(attribute.name, f'must be a number of worker processes (>= 0) or "auto", got {value!r}')
+
+
 @attrs.frozen(kw_only=True)
 class TrainConfig:
     """How a training stage trains. A stage may override any of these in `[stages.train]`."""
@@ -110,7 +115,9 @@ class TrainConfig:
     momentum: float = attrs.field(default=0.9, validator=non_negative)
     weight_decay: float = attrs.field(default=1e-4, validator=non_negative)
     scheduler: Literal["none", "cosine", "plateau"] = "none"
-    num_workers: int = attrs.field(default=0, validator=non_negative)
+    num_workers: int | Literal["auto"] = attrs.field(default=0, validator=_workers)  # "auto": one per core
+    channels_last: bool = False  # NHWC memory layout for conv nets (faster convolutions on recent GPUs)
+    compile: bool = False  # torch.compile the model before training
     keep_checkpoints: Literal["all", "selected"] = "all"
     # which training examples are evaluated after every epoch (spurcore.evaluation.train_evaluation)
     train_eval: str = attrs.field(default="auto", validator=_train_eval)

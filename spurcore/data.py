@@ -218,12 +218,17 @@ def iterate_batches(
     num_workers: int = 0,
     pin_memory: bool = False,
     augment: bool = False,
+    device: torch.device | None = None,
+    prefetch_factor: int | None = None,
 ) -> Iterator[Batch]:
     """Yield batches of `split` in `order` (from `split.train_inputs` when `augment` and present).
 
     In-memory splits are sliced directly (no per-example collation); dataset-backed splits
-    go through a DataLoader over the same order (with `num_workers` worker processes and
-    pinned memory for CUDA), so batch composition is identical either way.
+    go through a DataLoader over the same order (with `num_workers` worker processes,
+    `prefetch_factor` batches each, and pinned memory for CUDA), so batch composition is
+    identical either way. A dataset with a `batch_transform` (see `batch_transform_of`)
+    yields raw items (uint8 images) and has that transform applied to each whole batch,
+    on `device` when one is given (the batch's `x` then already lies there), else here.
     """
     order = torch.as_tensor(order, dtype=torch.long)
     y = torch.tensor(split.y)
@@ -234,18 +239,33 @@ def iterate_batches(
         for idx in chunks:
             yield Batch(idx, inputs[idx], y[idx], a[idx])
         return
+    finish = batch_transform_of(inputs)
     loader = torch.utils.data.DataLoader(
         inputs,
         batch_sampler=[c.tolist() for c in chunks],
         num_workers=num_workers,
         pin_memory=pin_memory,
-        persistent_workers=False,
+        prefetch_factor=prefetch_factor if num_workers else None,
+        persistent_workers=False,  # one loader per pass: workers are seeded anew each epoch, so resume is exact
     )
     try:
         for idx, x in zip(chunks, loader):
+            if finish is not None:
+                x = finish(x if device is None else x.to(device, non_blocking=pin_memory))
             yield Batch(idx, x, y[idx], a[idx])
     except DataError as error:
         raise DataError(_worker_message(str(error))) from None
+
+
+def batch_transform_of(inputs: Any) -> Any:
+    """The `batch_transform` of a map-style dataset (looking through `Subset`s), or None.
+
+    A dataset defines `batch_transform` (a callable on a whole collated batch) when its items
+    are not finished tensors: the decoded-image cache yields uint8 crops and converts and
+    normalizes a batch at once, on the GPU when the run is on one."""
+    while isinstance(inputs, torch.utils.data.Subset):
+        inputs = inputs.dataset
+    return getattr(inputs, "batch_transform", None)
 
 
 def _worker_message(message: str) -> str:

@@ -21,6 +21,17 @@ class DeviceError(SpurcoreError):
     pass
 
 
+MAX_AUTO_WORKERS = 8
+CUDA_PREFETCH = 4  # batches per worker: a GPU step is short, so keep more decoded batches ready
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
 def resolve(name: str) -> torch.device:
     """`auto` picks CUDA when present, else the CPU; `cuda[:N]` without CUDA is an error."""
     if name == "auto":
@@ -61,12 +72,26 @@ class Device:
     def pin_memory(self) -> bool:
         return self.is_cuda
 
-    def move(self, batch: Batch) -> Batch:
-        """The batch on this device; non-blocking from pinned memory on CUDA."""
+    def loader_options(self, num_workers: int | str) -> dict[str, Any]:
+        """The `iterate_batches` settings for this machine: `num_workers = "auto"` is one worker
+        per core this process may use (at most `MAX_AUTO_WORKERS`); on CUDA, pinned memory,
+        `CUDA_PREFETCH` batches in flight per worker, and batch transforms (the image cache's
+        conversion and normalization) on the GPU."""
+        workers = min(available_cores(), MAX_AUTO_WORKERS) if num_workers == "auto" else int(num_workers)
+        prefetch = (CUDA_PREFETCH if self.is_cuda else 2) if workers else None
+        return {"num_workers": workers, "pin_memory": self.pin_memory, "prefetch_factor": prefetch,
+                "device": self.device}
+
+    def move(self, batch: Batch, channels_last: bool = False) -> Batch:
+        """The batch on this device; non-blocking from pinned memory on CUDA; image batches
+        in NHWC layout with `channels_last` (for a model converted with `[train] channels_last`)."""
         nb = self.is_cuda
+        x = to_device(batch.x, self.device, nb)
+        if channels_last and isinstance(x, torch.Tensor) and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         return Batch(
             batch.index.to(self.device, non_blocking=nb),
-            to_device(batch.x, self.device, nb),
+            x,
             batch.y.to(self.device, non_blocking=nb),
             batch.a.to(self.device, non_blocking=nb),
         )

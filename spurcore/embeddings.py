@@ -53,7 +53,7 @@ def extract(model: SpurModel, data: SpuriousData, device: Device, batch_size: in
     for name in splits or tuple(data.splits):
         split = data.splits[name]
         chunks = []
-        for batch in iterate_batches(split, torch.arange(len(split)), batch_size, pin_memory=device.pin_memory):
+        for batch in iterate_batches(split, torch.arange(len(split)), batch_size, **device.loader_options(0)):
             batch = device.move(batch)
             with device.autocast():
                 chunks.append(model.features(batch.x, index=batch.index).float())

@@ -77,10 +77,10 @@ def evaluate(run: RunContext, stage: StageContext, epoch: int, split: str,
     preds = []
     batches = iterate_batches(
         data, torch.from_numpy(order), stage.train.eval_batch_size,
-        num_workers=stage.train.num_workers, pin_memory=device.pin_memory,
+        **device.loader_options(stage.train.num_workers),
     )
     for batch in batches:
-        batch = device.move(batch)
+        batch = device.move(batch, channels_last=stage.train.channels_last)
         with device.autocast():
             logits = model(batch.x, index=batch.index)
         preds.append(logits.argmax(1))
@@ -103,7 +103,7 @@ def predict(model: torch.nn.Module, split: SplitData, device: Device, batch_size
     model.eval()
     chunks = []
     try:
-        for batch in iterate_batches(split, torch.arange(len(split)), batch_size, pin_memory=device.pin_memory):
+        for batch in iterate_batches(split, torch.arange(len(split)), batch_size, **device.loader_options(0)):
             batch = device.move(batch)
             with device.autocast():
                 chunks.append(model(batch.x, index=batch.index).float().cpu())

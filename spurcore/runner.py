@@ -364,6 +364,7 @@ class Runner:
             set_rng_state(state["rng"])
             history = list(state["history"])
         split = run.data.splits["train"]
+        fast_layout(model, train)
         for epoch in range(len(history) + 1, train.epochs + 1):
             model.train()
             self.hook.spurcore_epoch_start(run=run, stage=stage, epoch=epoch)
@@ -376,10 +377,9 @@ class Runner:
             total = torch.zeros((), device=run.device.device)
             seen = torch.zeros((), device=run.device.device)
             order, sizes, weights = distributed.shard(torch.as_tensor(order), train.batch_size)
-            batches = iterate_batches(split, order, sizes, num_workers=train.num_workers,
-                                      pin_memory=run.device.pin_memory, augment=True)
+            batches = iterate_batches(split, order, sizes, augment=True, **run.device.loader_options(train.num_workers))
             for step, batch in enumerate(batches):
-                batch = run.device.move(batch)
+                batch = run.device.move(batch, channels_last=train.channels_last)
                 weight = 1.0 if weights is None else weights[step]
                 with run.device.autocast():
                     loss = self.hook.spurcore_train_loss(run=run, stage=stage, model=model, batch=batch)
@@ -536,6 +536,16 @@ class Runner:
         atomic.write_json(self.run.out.summary, summary)  # last: a run with summary.json is complete
 
 
+def fast_layout(model: SpurModel, train: cfg.TrainConfig) -> None:
+    """`[train] channels_last`: the model's weights in NHWC layout (batches follow in
+    `Device.move`); `[train] compile`: the model compiled in place by `torch.compile` (its
+    state dict keeps its keys, so checkpoints load into an uncompiled model)."""
+    if train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if train.compile:
+        model.compile()
+
+
 def make_optimizer(train: cfg.TrainConfig, params: Any) -> torch.optim.Optimizer:
     if train.optimizer == "sgd":
         return torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
@@ -685,6 +695,14 @@ def check_model(plan: Plan, data: SpuriousData, model: SpurModel, device: Device
                        f"{data.input_shape or 'not declared'}): {type(exc).__name__}: {detail}") from None
     finally:
         model.train(was_training)
+    for stage in plan.stages:
+        if stage.spec.kind == "train" and stage.train.channels_last and len(data.input_shape) != 3:
+            raise RunError(f"stages[{stage.index}].train.channels_last: a memory layout for images (channels, "
+                           f"height, width); dataset {data.name!r} has inputs of shape "
+                           f"{data.input_shape or 'not declared'}: set channels_last = false")
+        if stage.spec.kind == "train" and stage.train.compile and not hasattr(nn.Module, "compile"):
+            raise RunError(f"stages[{stage.index}].train.compile: torch {torch.__version__} has no "
+                           f"nn.Module.compile (torch >= 2.2 does): set compile = false")
     if tuple(logits.shape) != (len(batch), data.n_classes):
         raise RunError(f"backbone {name!r} gives outputs of shape {tuple(logits.shape)} for {len(batch)} examples of "
                        f"dataset {data.name!r}; expected ({len(batch)}, {data.n_classes})")

@@ -8,8 +8,11 @@ import sys
 import attrs
 import numpy as np
 
-from spurcore.api import Normalization, SplitData, SpuriousData
-from spurcore_datasets.images import IMAGENET_MEAN, IMAGENET_STD, ImageFiles, eval_transform, train_transform, unreadable
+from spurcore.api import Normalization, SplitData, SpuriousData, available_cores
+from spurcore_datasets.images import (
+    IMAGENET_MEAN, IMAGENET_STD, CachedImages, ImageFiles, cached_eval_transform, cached_train_transform, eval_resize,
+    eval_transform, train_transform, unreadable,
+)
 from spurcore_datasets.tables import SHOWN, Table, validate
 
 
@@ -22,6 +25,8 @@ def to_data(table: Table, options) -> SpuriousData:
 
 
 def _images(table: Table, options) -> SpuriousData:
+    if options.cache == "decoded":
+        return _cached_images(table, options)
     evaluate = eval_transform(options.image_size)
     augmented = train_transform(options.image_size, options.augment)
     splits = {}
@@ -29,6 +34,39 @@ def _images(table: Table, options) -> SpuriousData:
         paths = [table.items[i] for i in rows]
         splits[name] = SplitData(name=name, inputs=ImageFiles(paths, evaluate), y=table.y[rows], a=table.a[rows],
                                  train_inputs=ImageFiles(paths, augmented) if name == "train" else None)
+    return _image_data(table, splits, options)
+
+
+def _cached_images(table: Table, options) -> SpuriousData:
+    """Every split from its decoded-image cache (built first where missing or stale)."""
+    stores = cached_splits(table, options)
+    side = cache_side(options)
+    evaluate = cached_eval_transform(options.image_size, side)
+    augmented = cached_train_transform(options.image_size, options.augment, side)
+    splits = {}
+    for name, rows in table.splits.items():
+        store = stores[name]
+        splits[name] = SplitData(name=name, inputs=CachedImages(store, evaluate), y=table.y[rows], a=table.a[rows],
+                                 train_inputs=CachedImages(store, augmented) if name == "train" else None)
+    return _image_data(table, splits, options)
+
+
+def cache_side(options) -> int:
+    return options.cache_side or eval_resize(options.image_size)
+
+
+def cached_splits(table: Table, options, workers: int | None = None) -> dict:
+    """The cache `Store` of every split of an image table, built where missing or stale
+    (decoding in one worker per core unless `workers` says otherwise)."""
+    from spurcore_datasets import cache
+
+    folder = cache.dataset_folder(options.cache_dir or cache.default_folder(), table.name, table.source)
+    workers = available_cores() if workers is None else workers
+    return {name: cache.open_or_build(folder, name, [table.items[i] for i in rows], cache_side(options), workers)
+            for name, rows in table.splits.items()}
+
+
+def _image_data(table: Table, splits: dict, options) -> SpuriousData:
     return SpuriousData(name=table.name, splits=splits, class_names=table.class_names, attr_names=table.attr_names,
                         input_shape=(3, options.image_size, options.image_size),
                         normalization=Normalization(IMAGENET_MEAN, IMAGENET_STD))

@@ -85,21 +85,58 @@ def count_table(groups: Sequence[str], counts: dict[str, list[int]]) -> str:
 
 
 @data.command("prepare")
-@click.argument("name", type=click.Choice(PREPARABLE))
-@click.option("--raw", required=True, type=click.Path(path_type=Path), help="The dataset as downloaded.")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Where metadata.csv goes.")
+@click.argument("name")
+@click.option("--raw", type=click.Path(path_type=Path), help="The dataset as downloaded (with --out).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Where metadata.csv goes.")
+@click.option("--cache", "build_cache", is_flag=True,
+              help="Instead: decode every image of the dataset at --root into the decoded-image cache now.")
+@click.option("--root", type=click.Path(path_type=Path), help="The dataset folder or its parent (with --cache).")
+@click.option("--workers", type=click.IntRange(min=0), help="Decoding processes for --cache (default: one per core).")
 @click.option("-o", "--option", "overrides", multiple=True, metavar="KEY=VALUE", help="A dataset option.")
 @click.pass_context
-def prepare(ctx: click.Context, name: str, raw: Path, out: Path, overrides: tuple[str, ...]) -> None:
-    """Write dataset NAME from --raw as a SubpopBench table (--out/metadata.csv), loadable as `subpop`."""
+def prepare(ctx: click.Context, name: str, raw: Path | None, out: Path | None, build_cache: bool, root: Path | None,
+            workers: int | None, overrides: tuple[str, ...]) -> None:
+    """Write dataset NAME from --raw as a SubpopBench table (--out/metadata.csv), loadable as `subpop`;
+    or, with --cache --root, build its decoded-image cache ahead of the first run."""
     from spurcore_datasets import FORMATS
 
+    if build_cache:
+        if root is None or raw is not None or out is not None:
+            raise click.UsageError("--cache takes --root (the dataset folder), not --raw / --out")
+        _prepare_cache(ctx, name, root, workers, overrides)
+        return
+    if raw is None or out is None or root is not None:
+        raise click.UsageError("give --raw and --out (convert to a SubpopBench table), or --cache and --root")
+    if name not in PREPARABLE:
+        raise click.UsageError(f"only {', '.join(PREPARABLE)} convert to a SubpopBench table (got {name!r}); "
+                               f"--cache --root works for every image dataset")
     _, options = _options(ctx, name, raw, overrides)
     table = FORMATS[name].read(options)
     path = write_table(table, out)
     click.echo(f"wrote {len(table.items)} rows to {path}; load it with [dataset] name = \"subpop\", "
                f"options.root = \"{out}\", options.class_names = {json.dumps(list(table.class_names))}, "
                f"options.attr_names = {json.dumps(list(table.attr_names))}")
+
+
+def _prepare_cache(ctx: click.Context, name: str, root: Path, workers: int | None, overrides: Sequence[str]) -> None:
+    from spurcore_datasets import FORMATS
+    from spurcore_datasets.build import cached_splits, without_unreadable
+
+    if name not in FORMATS:
+        raise ConfigError(f"dataset {name!r} is not one of spurcore-datasets' ({', '.join(FORMATS)}): no image cache")
+    _, options = _options(ctx, name, root, overrides)
+    if "cache" not in attrs.fields_dict(type(options)):
+        raise ConfigError(f"dataset {name!r} holds text, not images: there is nothing to decode")
+    options = attrs.evolve(options, cache="decoded")
+    table = FORMATS[name].read(options)
+    if options.bad_images == "skip":
+        table = without_unreadable(table)
+    stores = cached_splits(table, options, workers)
+    size = sum(store.path.stat().st_size for store in stores.values())
+    folder = next(iter(stores.values())).path.parent
+    counts = ", ".join(f"{split} {len(store)}" for split, store in stores.items())
+    click.echo(f"{name}: decoded-image cache in {folder} ({counts} images; {size / 2**20:.1f} MiB); "
+               f"runs with dataset.options.cache = \"decoded\" read it")
 
 
 def write_table(table: Table, out: Path) -> Path:

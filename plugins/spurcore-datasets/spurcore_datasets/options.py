@@ -14,17 +14,29 @@ def _root(instance, attribute, value: str) -> None:
         raise FieldError(attribute.name, "name the dataset folder (or its parent), e.g. root = \"/data/waterbirds\"")
 
 
+def _cache_side(instance, attribute, value: int) -> None:
+    if value and value < instance.image_size:
+        raise FieldError(attribute.name, f"the stored shorter side ({value}) must be at least image_size "
+                                         f"({instance.image_size}), or 0 for the evaluation resize")
+
+
 @attrs.frozen(kw_only=True)
 class ImageOptions:
     """`image_size`: the side of the square the network sees (224 for ImageNet backbones;
     smaller for CPUs and small GPUs). `augment`: standard | seed | none (training only).
     `bad_images`: stop at the first unreadable image, or skip them all (found by decoding
-    every image once before training) and say how many."""
+    every image once before training) and say how many. `cache = "decoded"`: decode every
+    image once into a memory-mapped uint8 cache in `cache_dir` (default: the user's cache,
+    `spurcore_datasets.cache.default_folder`), stored at shorter side `cache_side` (0: the
+    evaluation resize, 256 for 224)."""
 
     root: str = attrs.field(validator=_root)
     image_size: int = attrs.field(default=224, validator=positive)
     augment: Literal["standard", "seed", "none"] = "standard"
     bad_images: Literal["stop", "skip"] = "stop"
+    cache: Literal["none", "decoded"] = "none"
+    cache_dir: str = ""
+    cache_side: int = attrs.field(default=0, validator=_cache_side)
 
 
 @attrs.frozen(kw_only=True)

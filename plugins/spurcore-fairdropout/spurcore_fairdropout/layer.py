@@ -5,7 +5,9 @@ Units (channels of a conv map, features of a vector) split into generalizing uni
 each memorizing unit with probability `p_mem`, drawn by a counter-based hash of (seed, example
 index, unit): the same example gets the same mask in every epoch, in any batch, on any device,
 with any number of data-loader workers, and no global RNG is touched. Masks for a batch are
-computed at once on the batch's device.
+computed at once on the batch's device; on the CPU, where each of the hash's small operations
+costs more than its arithmetic, each layer keeps the multipliers of every index seen so far in
+one table (up to `TABLE_BUDGET` entries), so that a step costs a lookup and a multiply.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from torch import nn
 
 MODES = ("drop", "drop-rescale", "scale", "keep")
 _M32 = 0xFFFFFFFF
+TABLE_BUDGET = 2**24  # multipliers (examples x units) a layer keeps; beyond, masks are hashed per batch
 
 
 def _mix32(x: torch.Tensor) -> torch.Tensor:
@@ -59,6 +62,7 @@ class FairDropout(nn.Module):
             raise ValueError("mode 'drop-rescale' needs p_gen > 0")
         self.context = context
         self.p_gen, self.p_mem, self.seed, self.mode, self.tokens = p_gen, p_mem, seed, mode, tokens
+        self._table: torch.Tensor | None = None  # row i: example i's training multipliers (derived, not saved)
 
     def extra_repr(self) -> str:
         return (f"p_gen={self.p_gen}, p_mem={self.p_mem}, seed={self.seed}, mode={self.mode!r}"
@@ -78,11 +82,11 @@ class FairDropout(nn.Module):
                     "FairDropout in training needs the batch's example indices: call the model as "
                     "model(x, index=batch.index)"
                 )
-            memorizing = torch.arange(n_gen, units, device=x.device)
-            kept = keep_mask(index.to(x.device), memorizing, self.p_mem, self.seed)
-            scale = torch.ones(x.shape[0], units, device=x.device, dtype=x.dtype)
-            scale[:, n_gen:] = kept.to(x.dtype)
-            return scale
+            index = index.to(x.device)
+            table = self._training_table(index, x)
+            if table is not None:
+                return table[index]
+            return self._training_scale(index, units, x.device, x.dtype)
         scale = torch.ones(units, device=x.device, dtype=x.dtype)
         if self.mode in ("drop", "drop-rescale"):
             scale[n_gen:] = 0
@@ -91,6 +95,28 @@ class FairDropout(nn.Module):
         elif self.mode == "scale":
             scale[n_gen:] = self.p_mem
         return scale
+
+    def _training_scale(self, index: torch.Tensor, units: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        n_gen = self.n_generalizing(units)
+        kept = keep_mask(index, torch.arange(n_gen, units, device=device), self.p_mem, self.seed)
+        return torch.cat([torch.ones(len(index), n_gen, device=device, dtype=dtype), kept.to(dtype)], dim=1)
+
+    def _training_table(self, index: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
+        """On the CPU, the table of multipliers covering every index of the batch (grown by
+        doubling), or None past `TABLE_BUDGET`. Not on a GPU: sizing the table would wait for
+        the batch's largest index at every step, and there the hashing costs little."""
+        if x.device.type != "cpu" or len(index) == 0:
+            return None
+        units, needed = x.shape[1], int(index.max()) + 1
+        table = self._table
+        if table is not None and table.shape[1] == units and table.dtype == x.dtype and len(table) >= needed:
+            return table
+        rows = max(needed, 2 * len(table) if table is not None else 1024)
+        rows = rows if rows * units <= TABLE_BUDGET else needed
+        if rows * units > TABLE_BUDGET:
+            return None
+        self._table = self._training_scale(torch.arange(rows), units, x.device, x.dtype)
+        return self._table
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.tokens and x.dim() == 3:

@@ -117,3 +117,21 @@ def test_on_token_sequences_the_units_are_the_last_dimension_and_every_token_sha
     assert torch.equal(dropped[..., :n_gen], x[..., :n_gen]) and torch.all(dropped[..., n_gen:] == 0)
     maps = torch.rand(n, units, 3, 3) + 1.0  # a (N, C, h, w) map is still dropped over its channels
     assert torch.equal(fd.eval()(maps), layer(p_gen, p_mem, seed).eval()(maps))
+
+
+def test_the_cpu_table_gives_the_hashed_multipliers_and_grows_with_the_indices(monkeypatch):
+    from spurcore_fairdropout import layer
+
+    context = ForwardContext()
+    fd = FairDropout(context, p_gen=0.5, p_mem=0.3, seed=4).train()
+    x = torch.ones(6, 10, 3, 3)
+    for index in (torch.tensor([0, 5, 3, 1, 2, 4]), torch.tensor([3000, 7, 2, 2999, 1, 0])):
+        context.index = index
+        out = fd(x)
+        hashed = fd._training_scale(index, 10, x.device, x.dtype)
+        assert torch.equal(out, x * hashed[:, :, None, None])
+        assert torch.equal(hashed[:, 5:].bool(), keep_mask(index, torch.arange(5, 10), 0.3, 4))
+        assert len(fd._table) > int(index.max())
+    monkeypatch.setattr(layer, "TABLE_BUDGET", 100)  # past the budget: hashed per batch, no table
+    fresh = FairDropout(context, p_gen=0.5, p_mem=0.3, seed=4).train()
+    assert torch.equal(fresh(x), out) and fresh._table is None
