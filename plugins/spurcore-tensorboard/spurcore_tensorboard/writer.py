@@ -44,17 +44,18 @@ class TensorBoardRun:
         self.held = held_steps(self.logdir) if self.existing else {}
         self.writer: Any = None
         self.hyperparameters: dict[str, Any] = {}
-        self.purged_from: int | None = None
 
     def logged(self, key: str) -> set[int]:
-        steps = self.held.get(key, set())
-        return steps if self.purged_from is None else {s for s in steps if s < self.purged_from}
+        """What the event files held before this process (up to the purge), and what it wrote."""
+        return set(self.held.get(key, set()))
 
     def begin(self, resume_at: int | None, hyperparameters: dict[str, Any]) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.purged_from = resume_at if self.existing else None
-        self.writer = SummaryWriter(str(self.logdir), purge_step=self.purged_from)
+        purge = resume_at if self.existing else None
+        if purge is not None:
+            self.held = {key: {s for s in steps if s < purge} for key, steps in self.held.items()}
+        self.writer = SummaryWriter(str(self.logdir), purge_step=purge)
         self.hyperparameters = {**self.identity.tags, **hyperparameters}
         if not self.existing:
             self.writer.add_text("config", _code(self.config_text, "toml"), 0)
@@ -64,6 +65,7 @@ class TensorBoardRun:
         for key, value in entry.scalars.items():
             self.writer.add_scalar(key, value, entry.step)
         self.writer.flush()
+        self.held.setdefault(entry.marker, set()).add(entry.step)
 
     def finish(self, entry: Entry, files: list[Path]) -> None:
         from PIL import Image

@@ -115,6 +115,25 @@ def test_steps_an_earlier_process_logged_past_the_resume_point_are_purged(tb_plu
                 [(e, rows[("0-erm", e, "test")]["avg_acc"]) for e in (1, 2, 3)])
 
 
+def test_an_entry_that_failed_to_write_is_written_at_the_next_epoch_and_nothing_twice(tb_plugins, spur_tiny_config,
+                                                                                      tmp_path, monkeypatch):
+    from spurcore_tensorboard.writer import TensorBoardRun
+
+    write, calls = TensorBoardRun.log, []
+
+    def flaky(self, entry):
+        calls.append(entry.step)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        write(self, entry)
+
+    monkeypatch.setattr(TensorBoardRun, "log", flaky)
+    said = []
+    run_pipeline(spur_tiny_config(settings={"tensorboard": {}}), tmp_path / "run", tb_plugins, log=said.append)
+    assert calls[:4] == [1, 2, 2, 3] and any("tensorboard: could not log (OSError: disk full)" in s for s in said)
+    assert series(events(tmp_path / "run"), "epoch") == [(1, 1), (2, 2), (3, 3)]
+
+
 @pytest.mark.parametrize("bad, message", [
     ({"logdirr": "x"}, "settings.tensorboard.logdirr: unknown key (did you mean 'logdir'?)"),
     ({"logdir": "/tmp/elsewhere"}, "settings.tensorboard.logdir: must be a folder inside the run directory"),
