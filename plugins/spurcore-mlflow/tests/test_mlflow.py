@@ -147,6 +147,24 @@ def test_a_sweep_is_one_experiment_with_a_tagged_run_per_trial(runs):
     assert client_of(runs).get_experiment_by_name("lrs") is None
 
 
+def test_trials_in_two_processes_create_one_store_and_one_experiment(tmp_path):
+    pipeline = tmp_path / "tiny.toml"
+    pipeline.write_text(tomli_w.dumps(tiny_pipeline(train={"epochs": 1, "batch_size": 50, "lr": 0.01},
+                                                    settings={"mlflow": {}})))
+    sweep = tmp_path / "pair"  # no store yet: both trials start at once and would both create it
+    manager = PluginManager(block=["progress"])
+    manager.register(TinyPlugin(), "tiny")
+    manager.hook.spurcore_register_commands(cli=cli)
+    result = CliRunner().invoke(cli, ["sweep", str(pipeline), "--seeds", "0,1", "--jobs", "2", "--out", str(sweep)],
+                                obj={"manager": manager, "plugin_args": ["spurcore.testing.tinyplug"]})
+    assert result.exit_code == 0, result.output
+    client = client_of(sweep)
+    [experiment] = [e for e in client.search_experiments() if e.name != "Default"]
+    found = client.search_runs([experiment.experiment_id])
+    assert experiment.name == "pair" and sorted(r.info.run_name for r in found) == ["erm/default/seed0", "erm/default/seed1"]
+    assert all(r.info.status == "FINISHED" and len(client.get_metric_history(r.info.run_id, "epoch")) == 1 for r in found)
+
+
 @pytest.mark.parametrize("bad, message", [
     ({"experimnt": "x"}, "settings.mlflow.experimnt: unknown key (did you mean 'experiment'?)"),
     ({"tracking_uri": "nowhere"}, "settings.mlflow.tracking_uri: 'nowhere' is not a URI"),
