@@ -10,9 +10,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install test demo bench docs clean
 
+# spurcore-sweep is named plainly too: pip lets the entry with extras ([ray]) satisfy no other
+# plugin's requirement of it (spurcore-tracking's)
 $(STAMP): pyproject.toml $(PLUGIN_PROJECTS)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]' $(addprefix -e ,$(filter-out plugins/spurcore-sweep,$(PLUGINS))) \
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]' $(addprefix -e ,$(PLUGINS)) \
 		-e 'plugins/spurcore-sweep[ray]'  # Ray for the sweep's Ray launcher, tested in CI
 	touch $(STAMP)
 

@@ -116,6 +116,10 @@ REFERENCE: tuple[tuple[str, str, dict[str, tuple[str, str | None]]], ...] = (
                    "`iterate_batches` settings for this machine); the only place that knows about CUDA."),
         "to_device": ("spurcore.device:to_device", None),
         "available_cores": ("spurcore.device:available_cores", None),
+        "writes_files": ("spurcore.distributed:writes_files",
+                         "whether this process writes the run's files: False only on the ranks other than 0 "
+                         "of a torchrun job. An observer that writes files or sends a run to a tracker "
+                         "acts only where it is True."),
     }),
     ("Evaluation and embeddings",
      "What `spurcore_posthoc_head(run, stage, model, embeddings)` receives; the whole post-hoc contract "

@@ -1,5 +1,5 @@
 """`spur --help`, `spur plugins` and `spur list KIND` start without torch, torchvision,
-matplotlib or scikit-learn, with every installed plugin loaded: entry modules (the built-ins'
+matplotlib, scikit-learn, tensorboard or mlflow, with every installed plugin loaded: entry modules (the built-ins'
 and every plugin's) import their implementations only when they are used. Timings are
 benchmarks/cli_startup.py's; this checks what is imported."""
 
@@ -14,7 +14,7 @@ import pytest
 
 from spurcore.specs import KINDS
 
-HEAVY = ("torch", "torchvision", "matplotlib", "sklearn")
+HEAVY = ("torch", "torchvision", "matplotlib", "sklearn", "tensorboard", "mlflow")
 WRAPPER = f"""
 import sys
 from spurcore.cli import main

@@ -7,14 +7,22 @@
   (SLURM, ...) is a plugin of its own;
 * `comparison`: `spur report`, each method's settings chosen per selector, mean ± std;
 * `commands`: the two commands.
+
+Public to other plugins (`__all__`): `trial_at(run_dir)`, the sweep a run belongs to and its
+`Trial` (method, settings, seed), which experiment trackers tag their runs with.
 """
 
 from __future__ import annotations
 
 from spurcore import hookimpl
-from spurcore.api import LauncherSpec
+from spurcore.api import LauncherSpec, lazy_exports
 
 __version__ = "0.1.0"
+__all__ = ["Trial", "trial_at"]
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "Trial": "spurcore_sweep.trials:Trial",
+    "trial_at": "spurcore_sweep.trials:trial_at",
+})
 
 
 @hookimpl

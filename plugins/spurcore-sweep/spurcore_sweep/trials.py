@@ -338,6 +338,25 @@ def finished(sweep: Sweep, trial: Trial) -> dict[str, Any] | None:
     return {**_done(summary), "skipped": True}
 
 
+def trial_at(run_dir: Path | str) -> tuple[Path, Trial] | None:
+    """The sweep that launched the run in `run_dir`, and its trial there: the nearest folder
+    above it whose `sweep.json` lists it (written before any trial starts, so a running trial
+    and a later `spur run --resume` of it both find it); None for a run no sweep launched.
+    Experiment trackers use it to file every trial of a sweep under one experiment."""
+    run_dir = Path(run_dir).resolve()
+    for folder in run_dir.parents:
+        try:
+            entries = json.loads((folder / MANIFEST).read_text())["trials"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        path = run_dir.relative_to(folder).as_posix()
+        for entry in entries:
+            if entry.get("path") == path:
+                fields = {f.name: entry[f.name] for f in attrs.fields(Trial) if f.name in entry}
+                return folder, Trial(**{**fields, "overrides": tuple(fields.get("overrides", ()))})
+    return None
+
+
 def read_manifest(out: Path) -> dict[str, Any]:
     path = Path(out) / MANIFEST
     try:
