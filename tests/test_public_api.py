@@ -242,7 +242,8 @@ def test_generated_plugins_import_only_the_api(kind, tmp_path):
 
 
 KNOWN = {"spurcore_tracer": ROOT / "plugins" / "spurcore-tracer" / "spurcore_tracer",
-         "spurcore_sweep": ROOT / "plugins" / "spurcore-sweep" / "spurcore_sweep"}
+         "spurcore_sweep": ROOT / "plugins" / "spurcore-sweep" / "spurcore_sweep",
+         "spurcore_devtools": ROOT / "plugins" / "spurcore-devtools" / "spurcore_devtools"}
 
 
 @pytest.mark.parametrize("source, why", [
@@ -257,7 +258,8 @@ KNOWN = {"spurcore_tracer": ROOT / "plugins" / "spurcore-tracer" / "spurcore_tra
      "spurcore_tracer.criteria is a submodule of another plugin that spurcore_tracer.__all__ does not list"),
     ("import spurcore_tracer.neurons",
      "spurcore_tracer.neurons is a submodule of another plugin that spurcore_tracer.__all__ does not list"),
-    ("from spurcore_sweep import trials", "spurcore_sweep declares no __all__, so none of its names is public"),
+    ("from spurcore_sweep import trials", "trials not in spurcore_sweep.__all__ (private to that plugin)"),
+    ("from spurcore_devtools import scaffold", "spurcore_devtools declares no __all__, so none of its names is public"),
 ])
 def test_an_import_past_the_api_is_caught_with_its_file_and_line(source, why):
     path = Path("plugins/spurcore-mine/spurcore_mine/method.py")

@@ -7,14 +7,29 @@
   (SLURM, ...) is a plugin of its own;
 * `comparison`: `spur report`, each method's settings chosen per selector, mean ± std;
 * `commands`: the two commands.
+
+Other applications run their own trials through the same machinery (`spur memorization` trains
+its K models this way): `Trial`s in a `Sweep`, run by `execute` on a registered launcher,
+recorded by `write_manifest`, with the command-line options `launcher_options` and
+`parse_seeds`.
 """
 
 from __future__ import annotations
 
 from spurcore import hookimpl
-from spurcore.api import LauncherSpec
+from spurcore.api import LauncherSpec, lazy_exports
 
 __version__ = "0.1.0"
+__all__ = ["Sweep", "Trial", "execute", "launcher_options", "parse_seeds", "toml_value", "write_manifest"]
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "Sweep": "spurcore_sweep.trials:Sweep",
+    "Trial": "spurcore_sweep.trials:Trial",
+    "execute": "spurcore_sweep.launchers:execute",
+    "launcher_options": "spurcore_sweep.commands:launcher_options",
+    "parse_seeds": "spurcore_sweep.commands:parse_seeds",
+    "toml_value": "spurcore_sweep.trials:toml_value",
+    "write_manifest": "spurcore_sweep.trials:write_manifest",
+})
 
 
 @hookimpl
