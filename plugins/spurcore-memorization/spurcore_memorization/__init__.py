@@ -13,7 +13,7 @@ Zhang (2020) do, from K models trained on random subsets of the training split.
 from __future__ import annotations
 
 from spurcore import hookimpl
-from spurcore.api import lazy_exports
+from spurcore.api import SelectorSpec, lazy_exports
 
 __all__ = ["Estimate", "Settings", "memorization", "memorization_scores", "read_scores"]
 __getattr__, __dir__ = lazy_exports(__name__, {
@@ -23,6 +23,16 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "memorization_scores": "spurcore_memorization.scores:memorization_scores",
     "read_scores": "spurcore_memorization.outputs:read_scores",
 })
+
+
+def _epoch(candidate) -> float:
+    return float(candidate.epoch)
+
+
+@hookimpl
+def spurcore_register_selectors():
+    return [SelectorSpec(name="last-epoch", score=_epoch,
+                         description="the last epoch, whatever its metrics (Feldman & Zhang score final models)")]
 
 
 @hookimpl

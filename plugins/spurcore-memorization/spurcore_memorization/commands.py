@@ -10,7 +10,7 @@ from spurcore.api import plugin_manager
 from spurcore_sweep import launcher_options, parse_seeds
 
 SMALL = {"models": 8, "epochs": 5}
-PAPER_MODELS = 2000  # Feldman & Zhang (2020) on ImageNet; the pipeline's own epochs
+PAPER_MODELS = 2000  # as many as the authors' own MNIST example trains (heldout-influence-estimation)
 
 
 @click.command("memorization")
@@ -22,13 +22,17 @@ PAPER_MODELS = 2000  # Feldman & Zhang (2020) on ImageNet; the pipeline's own ep
 @click.option("--epochs", type=click.IntRange(min=1),
               help=f"Epochs of every model [{SMALL['epochs']}; the pipeline's own with --paper-scale].")
 @click.option("--pipeline-epochs", is_flag=True, help="Train every model for the pipeline's own epochs.")
+@click.option("--final-epoch", is_flag=True,
+              help="Score every model's last epoch (selector last-epoch), not the one the pipeline's selector picks.")
 @click.option("--paper-scale", is_flag=True,
-              help=f"Feldman & Zhang's scale: {PAPER_MODELS} models per seed, the pipeline's epochs.")
+              help=f"Feldman & Zhang's protocol: {PAPER_MODELS} models per seed, the pipeline's epochs, "
+                   f"each scored at its last epoch.")
 @click.option("--seeds", default="0", show_default=True, help="Seeds of the whole procedure, e.g. 0,1,2.")
 @launcher_options
 @click.pass_context
 def memorization_cmd(ctx: click.Context, pipeline: Path, out: Path, models: int | None, subset: float,
-                     epochs: int | None, pipeline_epochs: bool, paper_scale: bool, seeds: str, launcher: str,
+                     epochs: int | None, pipeline_epochs: bool, final_epoch: bool, paper_scale: bool, seeds: str,
+                     launcher: str,
                      jobs: int, threads: int, address: str | None) -> None:
     """Per-example memorization scores (Feldman): train K models of PIPELINE's first training
     stage, each on a random --subset of the training split, and score every training example
@@ -43,7 +47,8 @@ def memorization_cmd(ctx: click.Context, pipeline: Path, out: Path, models: int 
         epochs = SMALL["epochs"]
     models = models if models is not None else (PAPER_MODELS if paper_scale else SMALL["models"])
     manager = plugin_manager(ctx, quiet=True)
-    settings = Settings(models=models, subset=subset, epochs=epochs, seeds=tuple(parse_seeds(seeds)))
+    settings = Settings(models=models, subset=subset, epochs=epochs, seeds=tuple(parse_seeds(seeds)),
+                        final_epoch=final_epoch or paper_scale)
     result = memorization_scores(pipeline, out, manager, settings, launcher=launcher, jobs=jobs, threads=threads,
                                  address=address, plugin_args=tuple(ctx.find_root().obj["plugin_args"]),
                                  echo=click.echo)

@@ -34,12 +34,14 @@ class MemorizationError(SpurcoreError):
 
 @attrs.frozen(kw_only=True)
 class Settings:
-    """What a launch asks for; `epochs` None keeps the pipeline's own."""
+    """What a launch asks for; `epochs` None keeps the pipeline's own; `final_epoch` scores
+    every model's last epoch (selector `last-epoch`) instead of the one the pipeline selects."""
 
     models: int
     subset: float
     epochs: int | None
     seeds: tuple[int, ...]
+    final_epoch: bool = False
 
     def __attrs_post_init__(self) -> None:
         if not 2 <= self.models <= MAX_MODELS:
@@ -74,10 +76,13 @@ def resolve_pipeline(pipeline: Path, plugins: PluginManager, settings: Settings)
     if settings.epochs is not None:
         train["epochs"] = settings.epochs
     train["keep_checkpoints"] = "selected"
-    if "train" not in planned.selector.splits:  # the scores evaluate the whole training split once, at the end
+    selector = plugins.get("selectors", "last-epoch") if settings.final_epoch else planned.selector
+    if "train" not in selector.splits:  # the scores evaluate the whole training split once, at the end
         train["train_eval"] = "none"
     stage["train"] = train
     data["stages"] = [stage]
+    if settings.final_epoch:
+        data["selector"] = "last-epoch"
     data["dataset"]["train_subset"] = settings.subset
     config = pipeline_from_dict(data)
     plan(config, plugins)

@@ -17,7 +17,7 @@ from spurcore.testing import TinyPlugin, tiny_pipeline
 
 import spurcore_memorization
 import spurcore_sweep
-from spurcore.api import (DatasetSpec, PluginManager, SelectorSpec, SplitData, SpuriousData, cli, hookimpl, load_pipeline,
+from spurcore.api import (DatasetSpec, PluginManager, SplitData, SpuriousData, cli, hookimpl, load_pipeline,
                           train_subset_positions)
 from spurcore_memorization import Settings, memorization, memorization_scores, read_scores
 from spurcore_memorization.procedure import MemorizationError
@@ -89,19 +89,13 @@ class NoOptions:
 
 
 class Flipped:
-    """The dataset, and a selector that keeps the last epoch (validation would stop these
-    models before they fit the mislabeled examples)."""
-
     @hookimpl
     def spurcore_register_datasets(self):
         return [DatasetSpec(name="flipped", build=make_flipped, options=NoOptions, description="mislabeled examples")]
 
-    @hookimpl
-    def spurcore_register_selectors(self):
-        return [SelectorSpec(name="last-epoch", score=lambda candidate: candidate.epoch, description="the last epoch")]
-
 
 def manager() -> PluginManager:
+    """The installed plugins (this one, with its selector last-epoch, and the sweep) and the test data."""
     pm = PluginManager(block=["progress"])
     pm.register(TinyPlugin(), "tiny")
     pm.register(Flipped(), "flipped")
@@ -112,12 +106,13 @@ def pipeline(tmp_path: Path) -> Path:
     path = tmp_path / "flipped.toml"
     data = tiny_pipeline(dataset={"name": "flipped"}, backbone={"name": "mlp", "options": {"hidden": 64}},
                          train={"epochs": 40, "batch_size": 16, "lr": 0.01, "weight_decay": 0.0},
-                         selector="last-epoch")
+                         selector="val-worst-class")
     path.write_text(tomli_w.dumps(data))
     return path
 
 
-SETTINGS = Settings(models=10, subset=0.7, epochs=None, seeds=(0,))
+# scored at their last epoch: validation would stop these models before they fit the mislabeled examples
+SETTINGS = Settings(models=10, subset=0.7, epochs=None, seeds=(0,), final_epoch=True)
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +152,7 @@ def test_each_model_trains_on_the_subset_its_seed_draws_and_every_file_is_writte
     assert trained.sum(1).tolist() == [56] * 10
     saved = load_pipeline(out / "pipeline.toml")
     assert saved.dataset.train_subset == 0.7 and [s.method for s in saved.stages] == ["erm"]
-    assert saved.stages[0].train["keep_checkpoints"] == "selected"
+    assert saved.stages[0].train["keep_checkpoints"] == "selected" and saved.selector == "last-epoch"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["seeds"] == [0] and set(summary["groups"]) == {"neg/off", "neg/on", "pos/off", "pos/on",
                                                                   "minority", "majority"}
@@ -208,9 +203,8 @@ def test_a_relaunch_with_another_subset_is_refused_naming_the_key(scored):
 def invoke(pm, *args):
     from click.testing import CliRunner
 
-    for plugin, name in ((spurcore_sweep, "sweep"), (spurcore_memorization, "memorization")):
-        if pm.pm.get_plugin(name) is None:
-            pm.register(plugin, name)
+    if pm.pm.get_plugin("sweep") is None:
+        pm.register(spurcore_sweep, "sweep")
     pm.hook.spurcore_register_commands(cli=cli)
     return CliRunner().invoke(cli, list(map(str, args)), obj={"manager": pm, "plugin_args": []})
 
