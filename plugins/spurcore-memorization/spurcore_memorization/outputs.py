@@ -43,12 +43,15 @@ def minority_groups(data: SpuriousData) -> list[str]:
 
 
 def describe(scores: np.ndarray, estimate: Estimate | None = None, mask: np.ndarray | None = None) -> dict[str, Any]:
-    """Mean, median and the share above each threshold of the defined scores among `mask`."""
+    """Mean (and its standard error over the examples), median and the share above each
+    threshold of the defined scores among `mask`."""
     mask = np.ones(len(scores), dtype=bool) if mask is None else mask
     chosen = scores[mask]
     defined = chosen[~np.isnan(chosen)]
     out: dict[str, Any] = {"examples": int(mask.sum()), "defined": int(defined.size)}
     out["mean"] = float(defined.mean()) if defined.size else None
+    # the mean's standard error over the group's examples: at small K each score is noisy
+    out["sem"] = float(defined.std(ddof=1) / np.sqrt(defined.size)) if defined.size > 1 else None
     out["median"] = float(np.median(defined)) if defined.size else None
     for t in THRESHOLDS:
         out[f"share_above_{t}"] = float((defined > t).mean()) if defined.size else None

@@ -19,6 +19,7 @@ def memorization_scores(pipeline: Path, out: Path, plugins: PluginManager, setti
     """Train (or, on a relaunch, finish) the K models of every seed through `launcher`, then
     write every seed's scores and the summary over seeds. Returns {"failed": [model paths],
     "summary": per group over seeds (None when no seed has all its models)}."""
+    import torch
     from tqdm import tqdm
 
     sweep = prepare(out, pipeline, plugins, settings, plugin_args=plugin_args, threads=threads)
@@ -35,6 +36,7 @@ def memorization_scores(pipeline: Path, out: Path, plugins: PluginManager, setti
     spec = plugins.get("launchers", launcher)
     execute(sweep, spec.factory(jobs, threads, address, plugins), heard)
     failed = [path for path, record in records.items() if record["status"] != "done"]
+    torch.set_num_threads(threads)  # predictions with the models' own thread count
     data = full_data(out, plugins)
     per_seed, scores = {}, {}
     for seed in settings.seeds:
@@ -63,7 +65,7 @@ def memorization_scores(pipeline: Path, out: Path, plugins: PluginManager, setti
     atomic.write_text(out / "summary.md", text)
     names = list(labels(data, "train")[1])
     figure(out / "scores.png", scores, names, summary,
-           f"{pipeline.name}: {settings.models} models on {settings.subset:.0%} subsets, seeds "
-           f"{', '.join(map(str, sorted(per_seed)))}")
+           f"{pipeline.name}: {settings.models} models on {settings.subset:.0%} subsets, "
+           f"seed{'s' if len(per_seed) > 1 else ''} {', '.join(map(str, sorted(per_seed)))}")
     echo(text)
     return {"failed": failed, "summary": summary}
