@@ -118,8 +118,9 @@ def prepare(out: Path, pipeline: Path, plugins: PluginManager, settings: Setting
                                     f"use a new --out, or the same pipeline, --subset and --epochs")
     out.mkdir(parents=True, exist_ok=True)
     atomic.write_text(saved_path, tomli_w.dumps(resolved))
+    epochs = resolved["stages"][0]["train"].get("epochs", resolved["train"]["epochs"])
     atomic.write_json(out / SETTINGS, {"pipeline": str(pipeline), "models": settings.models, "subset": settings.subset,
-                                       "epochs": resolved["stages"][0]["train"].get("epochs"),
+                                       "epochs": epochs, "selector": resolved["selector"],
                                        "seeds": list(settings.seeds), "model_seed": f"seed * {MAX_MODELS} + k"})
     trials = tuple(Trial(method="memorization", settings={"model": k}, seed=model_seed(s, k), path=model_path(s, k),
                          overrides=(f"seed={model_seed(s, k)}",))

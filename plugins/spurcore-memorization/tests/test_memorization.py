@@ -233,4 +233,17 @@ def test_the_command_runs_with_its_small_default_and_prints_the_table(tmp_path):
     result = invoke(manager(), "memorization", path, "--out", tmp_path / "out", "--models", "3", "--epochs", "1")
     assert result.exit_code == 0, result.output
     assert "[3/3] seed0/model002: done" in result.output and "| **minority** |" in result.output
-    assert json.loads((tmp_path / "out" / "memorization.json").read_text())["epochs"] == 1
+    saved = json.loads((tmp_path / "out" / "memorization.json").read_text())
+    assert saved["epochs"] == 1 and saved["selector"] == "val-wga" and saved["models"] == 3
+
+
+def test_the_pipeline_epochs_and_the_final_epoch_are_kept_as_asked(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text(tomli_w.dumps(tiny_pipeline()))
+    result = invoke(manager(), "memorization", path, "--out", tmp_path / "out", "--models", "2", "--pipeline-epochs",
+                    "--final-epoch")
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "out" / "memorization.json").read_text())
+    assert saved["epochs"] == 3 and saved["selector"] == "last-epoch"  # the tiny pipeline trains 3 epochs
+    runs = [json.loads((tmp_path / "out" / "seed0" / f"model00{k}" / "summary.json").read_text()) for k in (0, 1)]
+    assert [r["selected"]["epoch"] for r in runs] == [3, 3]
