@@ -90,6 +90,9 @@ REFERENCE: tuple[tuple[str, str, dict[str, tuple[str, str | None]]], ...] = (
         "group_ids": ("spurcore.data:group_ids",
                       "the group of each example, `y * n_attrs + a` (the one place it is computed)."),
         "iterate_batches": ("spurcore.data:iterate_batches", "a split's batches in a given order."),
+        "train_subset_positions": ("spurcore.data:train_subset_positions",
+                                   "the training positions `[dataset] train_subset` keeps for a seed: which "
+                                   "examples a run trained on."),
     }),
     ("Models and devices", "", {
         "Backbone": ("spurcore.model:Backbone",
@@ -185,7 +188,7 @@ REFERENCE: tuple[tuple[str, str, dict[str, tuple[str, str | None]]], ...] = (
         "plan": ("spurcore.runner:plan",
                  "validate a pipeline against the loaded plugins without running it; the plan's `stages` "
                  "carry each stage's `spec`, `options` and effective `train` settings, its `selector` the "
-                 "selector's spec."),
+                 "selector's spec, its `dataset_options` the dataset's validated options."),
         "plan_saved": ("spurcore.runner:plan_saved", "the plan of the pipeline a run directory saved."),
         "open_run": ("spurcore.runner:open_run",
                      "a finished run read back with the plugin manager that ran it; `.load_model(stage, epoch)` "

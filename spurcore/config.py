@@ -89,12 +89,21 @@ def _holdout(instance: Any, attribute: attrs.Attribute, value: float) -> None:
         raise FieldError(attribute.name, f"must be in [0, 1), got {value}")
 
 
+def _train_subset(instance: Any, attribute: attrs.Attribute, value: float) -> None:
+    if not 0 < value <= 1:
+        raise FieldError(attribute.name, f"must be in (0, 1], got {value}")
+
+
 @attrs.frozen(kw_only=True)
 class DatasetConfig(ComponentConfig):
-    """The dataset, and `holdout`: the fraction of every training group moved to a split of its
-    own, `holdout` (seeded by the pipeline's seed; `spurcore.data.hold_out`), for methods that
-    fit on data the model did not train on. 0 keeps the training split whole."""
+    """The dataset; `train_subset`: the fraction of the training split kept, a uniform draw
+    seeded by the pipeline's seed (`spurcore.data.train_subset_positions`), the rest unused,
+    for estimates that train many models on random subsets (memorization scores); 1 keeps
+    it whole. `holdout`: the fraction of every training group (of those kept) moved to a split
+    of its own, `holdout` (seeded by the pipeline's seed; `spurcore.data.hold_out`), for
+    methods that fit on data the model did not train on. 0 keeps the training split whole."""
 
+    train_subset: float = attrs.field(default=1.0, validator=_train_subset)
     holdout: float = attrs.field(default=0.0, validator=_holdout)
 
 

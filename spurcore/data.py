@@ -190,6 +190,26 @@ def subset(split: SplitData, positions: np.ndarray, name: str) -> SplitData:
                      a=None if split.a is None else split.a[positions], train_inputs=_rows(split.train_inputs, positions))
 
 
+def train_subset_positions(n: int, fraction: float, seed: int) -> np.ndarray:
+    """The sorted positions of the training examples `[dataset] train_subset = fraction` keeps
+    out of `n`: `max(1, round(fraction * n))` of them, the first of a permutation drawn by
+    `numpy.random.default_rng(seed)` (uniform, whatever the groups), so that anyone can tell
+    which examples a run trained on from its seed alone."""
+    if fraction == 1:
+        return np.arange(n)
+    keep = max(1, round(fraction * n))
+    return np.sort(np.random.default_rng(seed % 2**63).permutation(n)[:keep])
+
+
+def keep_train_subset(data: SpuriousData, fraction: float, seed: int) -> SpuriousData:
+    """`data` with its training split cut to `train_subset_positions` (positions renumbered)."""
+    if fraction == 1:
+        return data
+    train = data.splits["train"]
+    kept = subset(train, train_subset_positions(len(train), fraction, seed), "train")
+    return attrs.evolve(data, splits={**data.splits, "train": kept})
+
+
 HOLDOUT = "holdout"
 
 

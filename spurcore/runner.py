@@ -25,7 +25,7 @@ from torch import nn
 
 from spurcore import atomic, config as cfg, distributed, portable, runlock
 from spurcore.context import Candidate, RunContext, StageContext
-from spurcore.data import SpuriousData, hold_out, iterate_batches
+from spurcore.data import SpuriousData, hold_out, iterate_batches, keep_train_subset
 from spurcore.device import Device, set_deterministic
 from spurcore.embeddings import cached
 from spurcore.errors import SpurcoreError
@@ -200,12 +200,14 @@ def epoch_seed(seed: int, stage: int, epoch: int) -> int:
 
 
 def build_data(plan: Plan, plugins: PluginManager) -> SpuriousData:
-    """The dataset, with `[dataset] holdout` of the training split moved to a split of its own."""
+    """The dataset, its training split cut to `[dataset] train_subset`, then `holdout` of what
+    is left moved to a split of its own."""
     spec = plugins.get("datasets", plan.config.dataset.name)
     data = spec.build(plan.dataset_options)
     if not isinstance(data, SpuriousData):
         raise RunError(f"dataset {spec.name!r} built {type(data).__name__}, not spurcore.data.SpuriousData")
-    return hold_out(data, plan.config.dataset.holdout, plan.config.seed)
+    kept = keep_train_subset(data, plan.config.dataset.train_subset, plan.config.seed)
+    return hold_out(kept, plan.config.dataset.holdout, plan.config.seed)
 
 
 def build_base_model(plan: Plan, data: SpuriousData, plugins: PluginManager) -> SpurModel:

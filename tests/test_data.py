@@ -291,3 +291,37 @@ def test_holdout_moves_a_seeded_share_of_every_training_group_to_a_split_of_its_
 def test_holdout_must_leave_a_training_split(spur_tiny_config):
     with pytest.raises(ConfigError, match=r"dataset\.holdout: must be in \[0, 1\), got 1\.0"):
         spur_tiny_config(dataset={"name": "tiny", "holdout": 1.0})
+
+
+def test_train_subset_keeps_a_seeded_uniform_share_of_the_training_split_and_nothing_else(spur_tiny_config, spur_plugins,
+                                                                                          tmp_path):
+    from spurcore.api import open_run, train_subset_positions
+    from spurcore.runner import build_data, plan, run_pipeline
+
+    full = build_data(plan(spur_tiny_config(), spur_plugins), spur_plugins)
+    kept = train_subset_positions(200, 0.7, 5)
+    assert len(kept) == 140 and kept.tolist() == sorted(set(kept.tolist())) and kept.max() < 200
+    assert train_subset_positions(200, 0.7, 5).tolist() == kept.tolist()
+    assert train_subset_positions(200, 0.7, 6).tolist() != kept.tolist()
+    assert train_subset_positions(200, 1.0, 5).tolist() == list(range(200))
+    assert len(train_subset_positions(3, 0.01, 0)) == 1  # never an empty training split
+
+    config = spur_tiny_config(seed=5, dataset={"name": "tiny", "train_subset": 0.7, "holdout": 0.25})
+    data = build_data(plan(config, spur_plugins), spur_plugins)
+    train, holdout = data.splits["train"], data.splits["holdout"]
+    assert len(train) + len(holdout) == 140  # holdout takes its share of the kept examples
+    rows = {tuple(r) for r in full.splits["train"].inputs[torch.from_numpy(kept)].numpy()}
+    assert {tuple(r) for r in train.inputs.numpy()} | {tuple(r) for r in holdout.inputs.numpy()} == rows
+    assert data.splits["val"] is full.splits["val"] or torch.equal(data.splits["val"].inputs, full.splits["val"].inputs)
+
+    summary = run_pipeline(spur_tiny_config(seed=5, dataset={"name": "tiny", "train_subset": 0.7}), tmp_path / "run",
+                           spur_plugins, log=lambda m: None)
+    assert summary["stages"][0]["train_eval"]["of"] == 140
+    reopened = open_run(tmp_path / "run", spur_plugins).data.splits["train"]
+    assert np.array_equal(reopened.y, full.splits["train"].y[kept])
+
+
+@pytest.mark.parametrize("value", [0.0, 1.5, -0.1])
+def test_train_subset_must_keep_some_and_at_most_every_example(spur_tiny_config, value):
+    with pytest.raises(ConfigError, match=rf"dataset\.train_subset: must be in \(0, 1\], got {value}"):
+        spur_tiny_config(dataset={"name": "tiny", "train_subset": value})

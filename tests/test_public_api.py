@@ -242,7 +242,8 @@ def test_generated_plugins_import_only_the_api(kind, tmp_path):
 
 
 KNOWN = {"spurcore_tracer": ROOT / "plugins" / "spurcore-tracer" / "spurcore_tracer",
-         "spurcore_sweep": ROOT / "plugins" / "spurcore-sweep" / "spurcore_sweep"}
+         "spurcore_sweep": ROOT / "plugins" / "spurcore-sweep" / "spurcore_sweep",
+         "spurcore_devtools": ROOT / "plugins" / "spurcore-devtools" / "spurcore_devtools"}
 
 
 @pytest.mark.parametrize("source, why", [
@@ -260,6 +261,7 @@ KNOWN = {"spurcore_tracer": ROOT / "plugins" / "spurcore-tracer" / "spurcore_tra
     ("from spurcore_sweep import trials", "trials not in spurcore_sweep.__all__ (private to that plugin)"),
     ("from spurcore_sweep.trials import Trial",
      "spurcore_sweep.trials is a submodule of another plugin that spurcore_sweep.__all__ does not list"),
+    ("from spurcore_devtools import scaffold", "spurcore_devtools declares no __all__, so none of its names is public"),
 ])
 def test_an_import_past_the_api_is_caught_with_its_file_and_line(source, why):
     path = Path("plugins/spurcore-mine/spurcore_mine/method.py")

@@ -9,7 +9,10 @@
 * `commands`: the two commands.
 
 Public to other plugins (`__all__`): `trial_at(run_dir)`, the sweep a run belongs to and its
-`Trial` (method, settings, seed), which experiment trackers tag their runs with.
+`Trial` (method, settings, seed), which experiment trackers tag their runs with. Other
+applications run their own trials through the same machinery (`spur memorization` trains its
+K models this way): `Trial`s in a `Sweep`, run by `execute` on a registered launcher, recorded
+by `write_manifest`, with the command-line options `launcher_options` and `parse_seeds`.
 """
 
 from __future__ import annotations
@@ -18,10 +21,16 @@ from spurcore import hookimpl
 from spurcore.api import LauncherSpec, lazy_exports
 
 __version__ = "0.1.0"
-__all__ = ["Trial", "trial_at"]
+__all__ = ["Sweep", "Trial", "execute", "launcher_options", "parse_seeds", "toml_value", "trial_at", "write_manifest"]
 __getattr__, __dir__ = lazy_exports(__name__, {
+    "Sweep": "spurcore_sweep.trials:Sweep",
     "Trial": "spurcore_sweep.trials:Trial",
+    "execute": "spurcore_sweep.launchers:execute",
+    "launcher_options": "spurcore_sweep.commands:launcher_options",
+    "parse_seeds": "spurcore_sweep.commands:parse_seeds",
+    "toml_value": "spurcore_sweep.trials:toml_value",
     "trial_at": "spurcore_sweep.trials:trial_at",
+    "write_manifest": "spurcore_sweep.trials:write_manifest",
 })
 
 

@@ -9,11 +9,27 @@ import click
 from spurcore.api import plugin_manager
 
 
-def _seeds(text: str) -> list[int]:
+def parse_seeds(text: str) -> list[int]:
+    """`--seeds 0,1,2` -> [0, 1, 2], or a usage error."""
     try:
         return [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise click.BadParameter(f"{text!r}: expected integers separated by commas, e.g. 0,1,2") from None
+
+
+def launcher_options(command):
+    """`--launcher`, `--jobs`, `--threads` and `--address`: where and how many trials run at a
+    time, for every command that runs trials (`spur sweep`, `spur memorization`)."""
+    for option in reversed((
+        click.option("--launcher", default="local", show_default=True, metavar="NAME",
+                     help="Where trials run: a registered launcher (spur list launchers): local, ray, ..."),
+        click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Trials at a time."),
+        click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Torch threads of every trial, whatever the machine and --jobs: CPU results depend on it."),
+        click.option("--address", help="The launcher's scheduler address (Ray: the cluster; default: a local instance)."),
+    )):
+        command = option(command)
+    return command
 
 
 @click.command("sweep")
@@ -28,12 +44,7 @@ def _seeds(text: str) -> list[int]:
               help="Also run these mitigations against the pipeline (A+B: a chain of stages; all: every "
                    "installed one; all,A+B: both).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Sweep directory.")
-@click.option("--launcher", default="local", show_default=True, metavar="NAME",
-              help="Where trials run: a registered launcher (spur list launchers): local, ray, ...")
-@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Trials at a time.")
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Torch threads of every trial, whatever the machine and --jobs: CPU results depend on it.")
-@click.option("--address", help="The launcher's scheduler address (Ray: the cluster; default: a local instance).")
+@launcher_options
 @click.pass_context
 def sweep_cmd(ctx: click.Context, pipeline: Path, grid: tuple[str, ...], random_draws: int | None, seeds: str,
               methods: str, out: Path, launcher: str, jobs: int, threads: int, address: str | None) -> None:
@@ -52,7 +63,7 @@ def sweep_cmd(ctx: click.Context, pipeline: Path, grid: tuple[str, ...], random_
         names = [*found, *others]
         for name, error in left_out.items():
             click.echo(f"--methods all: leaving out {name}: {error}", err=True)
-    plan = trials.plan_sweep(pipeline, out, manager, grid=settings, seeds=_seeds(seeds), methods=names,
+    plan = trials.plan_sweep(pipeline, out, manager, grid=settings, seeds=parse_seeds(seeds), methods=names,
                              random_draws=random_draws, plugin_args=ctx.find_root().obj["plugin_args"],
                              threads=threads)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,187 @@
+"""The K models of `spur memorization`: planned as trials of the sweep machinery (so a process
+pool or Ray runs them, and a relaunch skips the finished ones), then read back as predictions.
+
+Every model runs `pipeline.toml` in the output folder: the user's pipeline cut to its first
+training stage, with `[dataset] train_subset` set, the chosen epochs, no per-epoch evaluation
+of the training split (the scores read the whole split once, at the end) and only the selected
+checkpoint kept. Model k of procedure seed s runs with pipeline seed `s * 1000 + k`, which
+draws its subset (`train_subset_positions`), its initialization and its data order.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+import tomli_w
+
+from spurcore.api import (ConfigError, PluginManager, SpuriousData, SpurcoreError, atomic, load_pipeline, open_run,
+                          pipeline_from_dict, plan, predict, to_dict, train_subset_positions)
+from spurcore_sweep import Sweep, Trial, write_manifest
+
+MAX_MODELS = 1000  # model seeds are seed * MAX_MODELS + k
+PIPELINE = "pipeline.toml"
+SETTINGS = "memorization.json"
+
+
+class MemorizationError(SpurcoreError):
+    pass
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    """What a launch asks for; `epochs` None keeps the pipeline's own; `final_epoch` scores
+    every model's last epoch (selector `last-epoch`) instead of the one the pipeline selects."""
+
+    models: int
+    subset: float
+    epochs: int | None
+    seeds: tuple[int, ...]
+    final_epoch: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if not 2 <= self.models <= MAX_MODELS:
+            raise ConfigError(f"--models {self.models}: must be between 2 and {MAX_MODELS}")
+        if not 0 < self.subset < 1:
+            raise ConfigError(f"--subset {self.subset}: must be in (0, 1): every model leaves some examples out")
+        if not self.seeds:
+            raise ConfigError("--seeds: name at least one seed")
+
+
+def model_seed(seed: int, k: int) -> int:
+    return seed * MAX_MODELS + k
+
+
+def model_path(seed: int, k: int) -> str:
+    return f"seed{seed}/model{k:03d}"
+
+
+def resolve_pipeline(pipeline: Path, plugins: PluginManager, settings: Settings) -> dict[str, Any]:
+    """The pipeline every model runs, as plain data, checked against the installed plugins."""
+    config = load_pipeline(pipeline)
+    planned = plan(config, plugins)
+    first = next((stage for stage in planned.stages if stage.spec.kind == "train"), None)
+    if first is None:
+        raise MemorizationError(f"{pipeline}: no training stage; spur memorization trains the first one")
+    if config.dataset.holdout or config.dataset.train_subset != 1:
+        raise MemorizationError(f"{pipeline}: dataset.holdout and dataset.train_subset must be left at 0 and 1: "
+                                f"spur memorization chooses which training examples each model sees")
+    data = {k: v for k, v in to_dict(config).items() if v is not None}
+    stage = to_dict(first.config)
+    train = dict(stage["train"])
+    if settings.epochs is not None:
+        train["epochs"] = settings.epochs
+    train["keep_checkpoints"] = "selected"
+    selector = plugins.get("selectors", "last-epoch") if settings.final_epoch else planned.selector
+    if "train" not in selector.splits:  # the scores evaluate the whole training split once, at the end
+        train["train_eval"] = "none"
+    stage["train"] = train
+    data["stages"] = [stage]
+    if settings.final_epoch:
+        data["selector"] = "last-epoch"
+    data["dataset"]["train_subset"] = settings.subset
+    config = pipeline_from_dict(data)
+    plan(config, plugins)
+    return {k: v for k, v in to_dict(config).items() if v is not None}
+
+
+def first_difference(saved: Any, new: Any, key: str = "") -> str | None:
+    """The first key (dotted) at which two plain-data trees differ, or None."""
+    if isinstance(saved, dict) and isinstance(new, dict):
+        for name in sorted(set(saved) | set(new)):
+            found = first_difference(saved.get(name), new.get(name), f"{key}.{name}" if key else name)
+            if found:
+                return found
+        return None
+    if isinstance(saved, list) and isinstance(new, list) and len(saved) == len(new):
+        return next((d for i, (s, n) in enumerate(zip(saved, new)) if (d := first_difference(s, n, f"{key}.{i}"))), None)
+    return None if saved == new else key or "(the whole pipeline)"
+
+
+def prepare(out: Path, pipeline: Path, plugins: PluginManager, settings: Settings, *,
+            plugin_args: Sequence[str] = (), threads: int = 1) -> Sweep:
+    """The sweep of every model of every seed, after saving (or, on a relaunch, checking) the
+    resolved pipeline and the settings in `out`."""
+    resolved = resolve_pipeline(pipeline, plugins, settings)
+    saved_path = out / PIPELINE
+    if saved_path.exists():
+        import tomllib
+
+        saved = tomllib.loads(saved_path.read_text())
+        differs = first_difference(saved, resolved)
+        if differs:
+            raise MemorizationError(f"{out}: its models ran another pipeline ({saved_path}, key {differs} differs); "
+                                    f"use a new --out, or the same pipeline, --subset and --epochs")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(saved_path, tomli_w.dumps(resolved))
+    epochs = resolved["stages"][0]["train"].get("epochs", resolved["train"]["epochs"])
+    atomic.write_json(out / SETTINGS, {"pipeline": str(pipeline), "models": settings.models, "subset": settings.subset,
+                                       "epochs": epochs, "selector": resolved["selector"],
+                                       "seeds": list(settings.seeds), "model_seed": f"seed * {MAX_MODELS} + k"})
+    trials = tuple(Trial(method="memorization", settings={"model": k}, seed=model_seed(s, k), path=model_path(s, k),
+                         overrides=(f"seed={model_seed(s, k)}",))
+                   for s in settings.seeds for k in range(settings.models))
+    sweep = Sweep(pipeline=saved_path.resolve(), out=out.resolve(), trials=trials, plugin_args=tuple(plugin_args),
+                  threads=threads)
+    write_manifest(sweep, {})
+    return sweep
+
+
+def full_data(out: Path, plugins: PluginManager) -> SpuriousData:
+    """The dataset with its whole training split: what every model is scored on."""
+    planned = plan(load_pipeline(out / PIPELINE, ["dataset.train_subset=1.0"]), plugins)
+    return plugins.get("datasets", planned.config.dataset.name).build(planned.dataset_options)
+
+
+PREDICTIONS = "predictions"
+
+
+def predictions(out: Path, seed: int, k: int, data: SpuriousData, plugins: PluginManager) -> dict[str, np.ndarray]:
+    """Model k's predicted classes on the whole training split and on test, and the training
+    positions it trained on; read from `seedS/predictions/modelK.npz` when a launch wrote it."""
+    path = out / f"seed{seed}" / PREDICTIONS / f"model{k:03d}.npz"
+    if path.exists():
+        with np.load(path) as saved:
+            return dict(saved)
+    run = open_run(out / model_path(seed, k), plugins, device=_device(out))
+    n = len(data.splits["train"])
+    trained = train_subset_positions(n, float(run.config.dataset.train_subset), run.config.seed)
+    if not np.array_equal(run.data.splits["train"].y, data.splits["train"].y[trained]):
+        raise MemorizationError(f"{run.path}: its training split is not the subset its seed draws; was it trained "
+                                f"by another version of spurcore?")
+    model = run.load_model(0, "selected")
+    found = {"trained": trained, "epoch": np.array(run.stage(0).selected)}
+    for split in ("train", "test"):
+        found[split] = predict(model, data.splits[split], run.device).argmax(1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic.atomic_open(path, "wb") as handle:
+        np.savez(handle, **found)
+    return found
+
+
+def _device(out: Path) -> str:
+    import tomllib
+
+    return tomllib.loads((out / PIPELINE).read_text()).get("device", "cpu")
+
+
+def collect(out: Path, seed: int, models: int, data: SpuriousData, plugins: PluginManager,
+            progress: Callable[[Any], Any] = lambda it: it) -> dict[str, np.ndarray]:
+    """Every model's predictions for one seed, stacked: `correct_train`, `trained` (models x
+    training examples, boolean), `correct_test` (models x test examples), `epochs`."""
+    n = len(data.splits["train"])
+    rows = [predictions(out, seed, k, data, plugins) for k in progress(range(models))]
+    trained = np.zeros((models, n), dtype=bool)
+    for k, row in enumerate(rows):
+        trained[k, row["trained"]] = True
+    return {"correct_train": np.stack([r["train"] == data.splits["train"].y for r in rows]), "trained": trained,
+            "correct_test": np.stack([r["test"] == data.splits["test"].y for r in rows]),
+            "epochs": np.array([int(r["epoch"]) for r in rows])}
+
+
+def read_settings(out: Path) -> dict[str, Any]:
+    return json.loads((out / SETTINGS).read_text())
