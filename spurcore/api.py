@@ -195,7 +195,8 @@ REFERENCE: tuple[tuple[str, str, dict[str, tuple[str, str | None]]], ...] = (
                      "rebuilds any stage's model."),
         "FinishedRun": ("spurcore.finished:FinishedRun",
                         "what `open_run` returns: `path`, `out`, `config`, `data`, `device`, `stages`, "
-                        "`stage(i)`, `resolve_epoch(stage, epoch)`, `load_model(stage, epoch)`."),
+                        "`stage(i)`, `resolve_epoch(stage, epoch)`, `load_model(stage, epoch)`, "
+                        "`initial_model()` (the weights it started from)."),
         "RunError": ("spurcore.runner:RunError", "the pipeline cannot run as configured."),
     }),
 )

@@ -111,6 +111,12 @@ class FinishedRun:
                                    f"(it has {', '.join(map(str, found.epochs))}; or \"last\", \"selected\")")
         return epoch
 
+    def initial_model(self) -> SpurModel:
+        """The model this run started from before its first stage (its `[init]` model, or a fresh
+        backbone and head seeded by its seed), on the run's device: what a method that retrains
+        "from the same initialization" as this run restarts from."""
+        return self._runner.run.initial_model()
+
     def load_model(self, stage: int | str = -1, epoch: int | str = "selected") -> SpurModel:
         """The model of `stage` at `epoch` (see `resolve_epoch`), rebuilt with the layers its
         stages inserted, on the run's device, in eval mode."""

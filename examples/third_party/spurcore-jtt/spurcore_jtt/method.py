@@ -45,13 +45,22 @@ class JTT:
         run.log(f"stage {stage.key}: JTT up-weights {len(self.errors)} of {len(train)} training examples "
                 f"x{1 + self.options.upweight}")
         if self.options.restart == "initial":
-            fresh = run.initial_model()
+            fresh = self._initialization(run, stage)
             if fresh.state_dict().keys() != stage.model.state_dict().keys():
                 raise JTTError(
                     f"stage {stage.key}: an earlier stage changed the model's structure, so JTT cannot "
                     f"restart from the initial model; set restart = \"continue\""
                 )
             stage.model = fresh
+
+    def _initialization(self, run, stage):
+        """The weights the identification model was trained from: the paper retrains from the
+        same initialization. When the identification model is the `[init]` run's (JTT first, or
+        `identification_epoch` > 0), that run's starting weights count, not its trained model,
+        which is what `run.initial_model()` gives in such a pipeline."""
+        if stage.index == 0 or self.options.identification_epoch > 0:
+            return open_run(run.config.init.run, run.plugins, device=str(run.device.device)).initial_model()
+        return run.initial_model()
 
     def _identification_model(self, run, stage):
         epoch = self.options.identification_epoch

@@ -103,3 +103,21 @@ def test_identification_epoch_takes_the_errors_of_that_epoch_of_the_init_run(spu
     assert record["identification_epoch"] == 1 and record["errors"] == wrong.tolist() and len(wrong) > 0
     with pytest.raises(spurcore_jtt.JTTError, match="identification_epoch = 1 names an epoch of the \\[init\\] run"):
         run_pipeline(spur_tiny_config(stages=[IDENTIFY, *stages]), tmp_path / "no-init", spur_plugins, log=lambda m: None)
+
+
+def test_started_from_an_init_run_it_retrains_from_that_runs_initialization(spur_plugins, spur_register_plugin,
+                                                                            spur_tiny_config, tmp_path):
+    """A sweep starts JTT from the ERM run ([init]): the final model must restart from the weights
+    that ERM run started from, as in the paper, not continue from the ERM model it identified with."""
+    spur_register_plugin(spurcore_jtt, "jtt")
+    watch = spur_register_plugin(Watch(), "watch")
+    run_pipeline(spur_tiny_config(train={"epochs": 2, "batch_size": 32, "lr": 0.01}), tmp_path / "erm", spur_plugins,
+                 log=lambda m: None)
+    stages = [{"method": "jtt", "options": {"upweight": 3}, "train": {"epochs": 1}}]
+    run_pipeline(spur_tiny_config(stages=stages, init={"run": str(tmp_path / "erm")}), tmp_path / "jtt", spur_plugins,
+                 log=lambda m: None)
+    erm = open_run(tmp_path / "erm", spur_plugins)
+    started = erm.initial_model().state_dict()
+    trained = erm.load_model(0).state_dict()
+    assert all(torch.equal(watch.first[k], started[k].cpu()) for k in started)
+    assert not all(torch.equal(watch.first[k], trained[k].cpu()) for k in trained)
