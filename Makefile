@@ -26,9 +26,10 @@ test: install
 # ERM and every installed mitigation on waterdigits, 2 seeds, two runs at a time; launched
 # again, it skips finished runs. Then one table (report.md) and one figure (wga.png).
 DEMO_OUT ?= runs/demo
+DEMO_SEEDS ?= 0,1
 demo: install
-	-$(BIN)/spur sweep examples/erm.toml --methods all --seeds 0,1 --grid prunedtwin.train.epochs=1 \
-		--grid jtt.train.epochs=2 --jobs 2 --out $(DEMO_OUT)
+	-$(BIN)/spur sweep examples/erm.toml --methods all --seeds $(DEMO_SEEDS) --grid prunedtwin.train.epochs=1 --jobs 2 \
+		--out $(DEMO_OUT)
 	$(BIN)/spur report $(DEMO_OUT) --selector val-worst-class
 
 bench: install
