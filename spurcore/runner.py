@@ -702,9 +702,6 @@ def check_model(plan: Plan, data: SpuriousData, model: SpurModel, device: Device
             raise RunError(f"stages[{stage.index}].train.channels_last: a memory layout for images (channels, "
                            f"height, width); dataset {data.name!r} has inputs of shape "
                            f"{data.input_shape or 'not declared'}: set channels_last = false")
-        if stage.spec.kind == "train" and stage.train.compile and not hasattr(nn.Module, "compile"):
-            raise RunError(f"stages[{stage.index}].train.compile: torch {torch.__version__} has no "
-                           f"nn.Module.compile (torch >= 2.2 does): set compile = false")
     if tuple(logits.shape) != (len(batch), data.n_classes):
         raise RunError(f"backbone {name!r} gives outputs of shape {tuple(logits.shape)} for {len(batch)} examples of "
                        f"dataset {data.name!r}; expected ({len(batch)}, {data.n_classes})")
