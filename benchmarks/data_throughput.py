@@ -1,12 +1,15 @@
 """Images per second through our loader against a plain torchvision loader.
 
-Ours: the `waterbirds` dataset of spurcore-datasets (metadata checks, the training transform)
-read by the kernel's `iterate_batches` in a random order, exactly as a training epoch reads
-it: by default from the decoded-image cache (`cache = "decoded"`: uint8 pixels from a memmap,
-the augmentation's crops and flips on uint8 tensors, conversion and normalization once per
-batch), or with `--ours files` decoding every JPEG. Plain: `torchvision.datasets.ImageFolder`
-over the same class folders with the same transform, in a `DataLoader(shuffle=True)` with the
-same batch size and workers, decoding every JPEG. The two alternate (ABBA) after a warm-up.
+A round is one epoch of each. Ours: the `waterbirds` dataset of spurcore-datasets (metadata
+checks, the training transform), built once, read by the kernel's `iterate_batches` in a
+random order, exactly as a training epoch reads it (its workers kept from one epoch to the
+next): by default from the decoded-image cache (`cache = "decoded"`: uint8 pixels from a
+memmap, the augmentation's crops and flips on uint8 tensors, conversion and normalization
+once per batch), or with `--ours files` decoding every JPEG. Plain:
+`torchvision.datasets.ImageFolder` over the same class folders with the same transform, in a
+`DataLoader(shuffle=True)` with the same batch size and workers, decoding every JPEG, its
+workers started every epoch (the DataLoader's default, and what the DFR code and the seeds'
+code do), or kept with `--plain-workers kept`. The two alternate (ABBA) after a warm-up.
 Prints JSON: "ratio", the median over rounds of ours / plain in images per second, with its
 quartiles and every round's ratio (`rounds.spread`); with the cache, also what building it
 cost (seconds per 1,000 images, from a fresh folder, with the same workers) and its size on
@@ -15,8 +18,8 @@ disk. Goal with the cache: a ratio of at least 3.
 It writes a Waterbirds-shaped folder of JPEGs at Waterbirds' typical size (500 x 375) to a
 temporary folder, or to --root, where a later run finds and reuses them.
 
-    python benchmarks/data_throughput.py [--root DIR] [--images 1200] [--workers 2] [--rounds 6]
-        [--ours cached|files]
+    python benchmarks/data_throughput.py [--root DIR] [--images 1200] [--workers 2] [--rounds 20]
+        [--ours cached|files] [--plain-workers per-epoch|kept]
 """
 
 from __future__ import annotations
@@ -56,22 +59,32 @@ def build_cache(root: Path, size: int, cache_dir: Path, workers: int) -> dict:
             "cache_train_mib": round(train / 2**20, 1), "cache_kib_per_image": round(train / len(stores["train"]) / 1024, 1)}
 
 
-def ours(root: Path, size: int, batch: int, workers: int, cache_dir: Path | None) -> tuple[int, float]:
-    start = time.perf_counter()
+def our_split(root: Path, size: int, cache_dir: Path | None):
+    """The training split as a run holds it: built once, read once per epoch."""
     chosen = options(root, size, cache_dir)
-    train = to_data(FORMATS["waterbirds"].read(chosen), chosen).splits["train"]
+    return to_data(FORMATS["waterbirds"].read(chosen), chosen).splits["train"]
+
+
+def ours(train, batch: int, workers: int) -> tuple[int, float]:
+    """One epoch through the runner's batch iterator; its workers are kept from the last one."""
+    start = time.perf_counter()
     seen = 0
     for b in iterate_batches(train, torch.randperm(len(train)), batch, num_workers=workers, augment=True):
         seen += len(b)
     return seen, time.perf_counter() - start
 
 
-def plain(root: Path, size: int, batch: int, workers: int) -> tuple[int, float]:
+def plain_loader(root: Path, size: int, batch: int, workers: int, keep_workers: bool):
     import torchvision
 
-    start = time.perf_counter()
     dataset = torchvision.datasets.ImageFolder(str(root / FOLDER / "train"), transform=train_transform(size, "standard"))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers,
+                                       persistent_workers=keep_workers)
+
+
+def plain(loader) -> tuple[int, float]:
+    """One epoch of the plain loader, as a training loop reads it."""
+    start = time.perf_counter()
     seen = 0
     for x, _ in loader:
         seen += len(x)
@@ -85,8 +98,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--ours", choices=("cached", "files"), default="cached")
+    parser.add_argument("--plain-workers", choices=("per-epoch", "kept"), default="per-epoch",
+                        help="the plain DataLoader's workers: started every epoch (its default), or kept "
+                             "(persistent_workers=True, as ours are)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -102,13 +118,15 @@ def main() -> None:
                 return took
             return one
 
-        run_ours = timed("ours", lambda: ours(root, args.size, args.batch, args.workers, cache_dir))
-        run_plain = timed("plain", lambda: plain(root, args.size, args.batch, args.workers))
+        train = our_split(root, args.size, cache_dir)
+        loader = plain_loader(root, args.size, args.batch, args.workers, args.plain_workers == "kept")
+        run_ours = timed("ours", lambda: ours(train, args.batch, args.workers))
+        run_plain = timed("plain", lambda: plain(loader))
         run_ours(0), run_plain(0)  # warm the page cache and imports
         ours_s, plain_s = alternate(args.rounds, run_ours, run_plain)
     print(json.dumps({
         **spread([p / o for o, p in zip(ours_s, plain_s)]),
-        "ours": args.ours,
+        "ours": args.ours, "plain_workers": args.plain_workers,
         "ours_images_per_s": round(images["ours"] * args.rounds / sum(ours_s), 1),
         "plain_images_per_s": round(images["plain"] * args.rounds / sum(plain_s), 1),
         **built,

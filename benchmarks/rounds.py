@@ -1,6 +1,9 @@
 """Timing rounds for the benchmarks: two contenders alternated (ABBA) in one process, so slow
 drift of a shared machine hits both alike, and the spread of the per-round ratios reported
-with the median, so a reader sees how far one run of the script can be trusted.
+with the median, so a reader sees how far one run of the script can be trusted. Where the
+contenders are made of short steps (a training step), `interleave` alternates them step by
+step, which leaves a round's ratio to the steps themselves rather than to what the machine
+did during one contender's half of the round.
 
 Imported by the scripts beside it (`python benchmarks/x.py` puts this folder on the path).
 """
@@ -28,6 +31,26 @@ def alternate(rounds: int, first: Callable[[int], float], second: Callable[[int]
             b.append(second(r))
             a.append(first(r))
         print(f"round {r + 1}/{rounds}: {a[-1]:.4f} s and {b[-1]:.4f} s", file=sys.stderr)
+    return a, b
+
+
+def interleave(rounds: int, steps: int, first: Callable[[int], float], second: Callable[[int], float]) -> tuple[list[float], list[float]]:
+    """Per round, the summed seconds of `first(k)` and `second(k)` for k in range(steps), the
+    two called in turn at every step, the one going first swapped from step to step and from
+    round to round; each round is printed to stderr as it ends."""
+    a, b = [], []
+    for r in range(rounds):
+        sa = sb = 0.0
+        for k in range(steps):
+            if (k + r) % 2 == 0:
+                sa += first(k)
+                sb += second(k)
+            else:
+                sb += second(k)
+                sa += first(k)
+        a.append(sa)
+        b.append(sb)
+        print(f"round {r + 1}/{rounds}: {sa:.4f} s and {sb:.4f} s", file=sys.stderr)
     return a, b
 
 

@@ -244,11 +244,13 @@ def iterate_batches(
     """Yield batches of `split` in `order` (from `split.train_inputs` when `augment` and present).
 
     In-memory splits are sliced directly (no per-example collation); dataset-backed splits
-    go through a DataLoader over the same order (with `num_workers` worker processes,
-    `prefetch_factor` batches each, and pinned memory for CUDA), so batch composition is
-    identical either way. A dataset with a `batch_transform` (see `batch_transform_of`)
-    yields raw items (uint8 images) and has that transform applied to each whole batch,
-    on `device` when one is given (the batch's `x` then already lies there), else here.
+    go through a DataLoader over the same order (with `num_workers` worker processes, kept
+    alive from one pass over the dataset to the next, `prefetch_factor` batches each, and
+    pinned memory for CUDA), so batch composition is identical either way; so are the random
+    augmentations, whatever `num_workers` (`_item_seed`). A dataset with a `batch_transform`
+    (see `batch_transform_of`) yields raw items (uint8 images) and has that transform applied
+    to each whole batch, on `device` when one is given (the batch's `x` then already lies
+    there), else here.
     """
     order = torch.as_tensor(order, dtype=torch.long)
     y = torch.tensor(split.y)
@@ -260,14 +262,9 @@ def iterate_batches(
             yield Batch(idx, inputs[idx], y[idx], a[idx])
         return
     finish = batch_transform_of(inputs)
-    loader = torch.utils.data.DataLoader(
-        inputs,
-        batch_sampler=[c.tolist() for c in chunks],
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-        prefetch_factor=prefetch_factor if num_workers else None,
-        persistent_workers=False,  # one loader per pass: workers are seeded anew each epoch, so resume is exact
-    )
+    base = int(torch.randint(0, 2**62, (), dtype=torch.int64)) if augment else 0
+    loader, sampler = _loader(inputs, num_workers, pin_memory, prefetch_factor)
+    sampler.batches = [[(i, _item_seed(base, i)) for i in c.tolist()] for c in chunks]
     try:
         for idx, x in zip(chunks, loader):
             if finish is not None:
@@ -275,6 +272,87 @@ def iterate_batches(
             yield Batch(idx, x, y[idx], a[idx])
     except DataError as error:
         raise DataError(_worker_message(str(error))) from None
+    finally:
+        sampler.busy = False
+
+
+def _item_seed(base: int, i: int) -> int:
+    """The seed of example i's random augmentation in one pass: a function of the pass's base
+    seed (drawn from the global torch RNG, which the runner seeds) and of i alone, so that the
+    augmentation is the same with any number of workers and on a resumed run."""
+    return (base ^ (i * 0x9E3779B97F4A7C15)) % 2**63
+
+
+class _Batches(torch.utils.data.Sampler):
+    """The batch sampler of a kept DataLoader: the batches of the current pass, set per pass."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[tuple[int, int]]] = []
+        self.busy = True  # a pass is reading it; a second pass meanwhile gets a loader of its own
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class _Seeded(torch.utils.data.Dataset):
+    """Item (i, seed): item i of `dataset`, drawn with the torch RNG seeded to `seed` (in a
+    worker the RNG is the worker's own; in this process it is put back afterwards)."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        i, seed = key
+        if torch.utils.data.get_worker_info() is not None:
+            torch.default_generator.manual_seed(seed)
+            return self.dataset[i]
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed)
+            return self.dataset[i]
+
+
+LOADER_ATTRIBUTE = "_spurcore_loader"
+
+
+def release_workers(data: SpuriousData) -> None:
+    """Stop the worker processes `iterate_batches` keeps for the splits of `data` (the runner
+    calls this when a run ends); a later pass starts new ones."""
+    for split in data.splits.values():
+        for inputs in (split.inputs, split.train_inputs):
+            if LOADER_ATTRIBUTE in getattr(inputs, "__dict__", {}):
+                delattr(inputs, LOADER_ATTRIBUTE)
+
+
+def _loader(dataset: Any, num_workers: int, pin_memory: bool,
+            prefetch_factor: int | None) -> tuple[torch.utils.data.DataLoader, _Batches]:
+    """The DataLoader of `dataset` with these settings, kept on the dataset so that its workers
+    persist from one pass to the next (`persistent_workers`); a new one when the settings
+    change or the dataset cannot hold it. The loader draws nothing from the global RNG (its
+    own generator seeds its workers), and each item's augmentation is seeded by `_item_seed`:
+    so keeping the workers alive changes no result, and a resumed run repeats the
+    uninterrupted one."""
+    settings = (num_workers, pin_memory, prefetch_factor if num_workers else None)
+    kept = getattr(dataset, LOADER_ATTRIBUTE, None)
+    if kept is not None and kept[0] == settings and not kept[2].busy:
+        kept[2].busy = True
+        return kept[1], kept[2]
+    sampler = _Batches()
+    loader = torch.utils.data.DataLoader(
+        _Seeded(dataset), batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
+        prefetch_factor=settings[2], persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(0))
+    if kept is None or not kept[2].busy:
+        try:
+            setattr(dataset, LOADER_ATTRIBUTE, (settings, loader, sampler))
+        except AttributeError:  # a dataset with __slots__: a loader per pass
+            pass
+    return loader, sampler
 
 
 def batch_transform_of(inputs: Any) -> Any:

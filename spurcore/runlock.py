@@ -59,4 +59,8 @@ def locked(folder: str | Path) -> Iterator[None]:
         os.fsync(fd)
         yield
     finally:
-        os.close(fd)  # closing the descriptor releases the flock
+        # unlocked explicitly: a process forked meanwhile (a data-loader worker) shares the
+        # descriptor, and closing ours alone would leave the lock held until it exits
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

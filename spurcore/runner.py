@@ -25,7 +25,7 @@ from torch import nn
 
 from spurcore import atomic, config as cfg, distributed, portable, runlock
 from spurcore.context import Candidate, RunContext, StageContext
-from spurcore.data import SpuriousData, hold_out, iterate_batches, keep_train_subset
+from spurcore.data import SpuriousData, hold_out, iterate_batches, keep_train_subset, release_workers
 from spurcore.device import Device, set_deterministic
 from spurcore.embeddings import cached
 from spurcore.errors import SpurcoreError
@@ -657,6 +657,8 @@ def run_pipeline(config: cfg.PipelineConfig, out_path: Any, plugins: PluginManag
                 if not resumed and not out.has_checkpoints() and distributed.writes_files():
                     out.clear()  # nothing finished: leave the folder as this run found it
                 raise
+            finally:
+                release_workers(data)  # the loaders' kept workers end with the run, not later
 
 
 def _folder_state(out: RunDir, resume: bool | str, resolved: dict[str, Any]) -> bool:

@@ -3,6 +3,8 @@ run's device, and the `[train]` speed options checked before a run starts."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -67,3 +69,49 @@ def test_channels_last_on_inputs_that_are_not_images_stops_the_run_before_it_wri
     with pytest.raises(RunError, match=r"stages\[0\]\.train\.channels_last: a memory layout for images"):
         run_pipeline(config, tmp_path / "run", spur_plugins, log=lambda m: None)
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+class RandomItems(torch.utils.data.Dataset):
+    """Item i: (i, a draw from the torch RNG, the id of the process that drew it)."""
+
+    def __len__(self) -> int:
+        return 12
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.tensor([float(i), float(torch.rand(())), float(os.getpid())], dtype=torch.float64)
+
+
+def augmented_pass(split: SplitData, workers: int, seed: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every item of one augmented pass from global seed `seed`, and the global RNG's next draw."""
+    torch.manual_seed(seed)
+    order = torch.tensor([3, 7, 0, 11, 5, 1, 9, 2, 10, 4, 8, 6])
+    x = torch.cat([b.x for b in iterate_batches(split, order, 4, augment=True, num_workers=workers)])
+    assert x[:, 0].tolist() == order.tolist()
+    return x, torch.rand(())
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_augmentation_draws_are_the_same_with_any_number_of_workers_and_the_workers_are_kept(workers):
+    split = SplitData(name="train", inputs=torch.zeros(12, 1), y=[0, 1] * 6, train_inputs=RandomItems())
+    here, after_here = augmented_pass(split, 0)
+    there, after_there = augmented_pass(split, workers)
+    assert torch.equal(here[:, 1], there[:, 1]) and torch.equal(after_here, after_there)
+    assert set(here[:, 2].tolist()) == {os.getpid()} and os.getpid() not in there[:, 2].tolist()
+    again, _ = augmented_pass(split, workers)
+    assert torch.equal(again[:, 1], there[:, 1])  # the same global seed, the same draws
+    assert set(again[:, 2].tolist()) == set(there[:, 2].tolist())  # by the same worker processes
+    other, _ = augmented_pass(split, workers, seed=6)
+    assert not torch.equal(other[:, 1], there[:, 1])
+
+
+def test_two_passes_over_one_dataset_at_once_each_get_their_own_batches():
+    split = SplitData(name="train", inputs=RandomItems(), y=[0, 1] * 6)
+    first = iterate_batches(split, torch.arange(12), 4, num_workers=1)
+    second = iterate_batches(split, torch.arange(11, -1, -1), 4, num_workers=1)
+    got = {"first": [next(first)], "second": [next(second)]}
+    got["first"] += list(first)
+    got["second"] += list(second)
+    assert torch.cat([b.x[:, 0] for b in got["first"]]).tolist() == list(range(12))
+    assert torch.cat([b.x[:, 0] for b in got["second"]]).tolist() == list(range(11, -1, -1))
+    for name, batches in got.items():
+        assert all(torch.equal(b.x[:, 0].long(), b.index) for b in batches), name

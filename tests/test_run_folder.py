@@ -46,6 +46,24 @@ def test_resume_while_the_run_still_runs_is_refused(tmp_path, spur_plugins, spur
         quiet(spur_tiny_config(), tmp_path / "run", spur_plugins, resume=True)
 
 
+def test_a_process_forked_while_the_lock_is_held_does_not_keep_it(tmp_path):
+    """A data-loader worker forked during a run shares the lock's descriptor; the lock is
+    released when the run ends all the same, while the worker lives on."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    release = context.Event()
+    with locked(tmp_path / "run"):
+        child = context.Process(target=release.wait, args=(30,))
+        child.start()
+    try:
+        with locked(tmp_path / "run"):
+            assert child.is_alive()
+    finally:
+        release.set()
+        child.join()
+
+
 def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path, spur_plugins, spur_tiny_config):
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; from spurcore.runlock import locked\n"

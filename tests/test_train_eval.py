@@ -15,6 +15,7 @@ import torch
 from spurcore import hookimpl
 from spurcore.config import ConfigError
 from spurcore.data import SpuriousData
+from spurcore.testing import StopAtEpoch
 from spurcore.rundir import RunDir
 from spurcore.runner import RunError, open_run, run_pipeline
 from spurcore.specs import DatasetSpec, SelectorSpec
@@ -49,16 +50,6 @@ class EvalRecorder:
     def spurcore_evaluation_batch(self, stage, epoch, split, batch, logits):
         assert len(logits) == len(batch)
         self.seen[(stage.index, epoch, split)] += batch.index.tolist()
-
-
-class Interrupt:
-    def __init__(self, at_epoch):
-        self.at_epoch = at_epoch
-
-    @hookimpl
-    def spurcore_epoch_start(self, epoch):
-        if epoch == self.at_epoch:
-            raise KeyboardInterrupt
 
 
 class LazyInputs(torch.utils.data.Dataset):
@@ -144,7 +135,7 @@ def test_a_subset_keeps_up_to_n_of_every_group_the_same_in_every_epoch_stage_and
 
     spur_plugins.unregister(recorder)
     resumed = spur_register_plugin(EvalRecorder())
-    stopper = spur_register_plugin(Interrupt(at_epoch=2))
+    stopper = spur_register_plugin(StopAtEpoch(2))
     with pytest.raises(KeyboardInterrupt):
         quiet(config, tmp_path / "cut", spur_plugins)
     spur_plugins.unregister(stopper)

@@ -12,7 +12,9 @@ with `spur_`:
 * `spur_register_plugin(plugin, name=None)`: registers a plugin on `spur_plugins` for one test only;
 * `spur_tiny_config(**keys)`: a validated tiny pipeline; `spur_tiny_data`, `spur_tiny_backbone`: the pieces;
 * `spur_cli(*args)`: runs the `spur` command line with `spur_plugins`, returns click's result;
-* `mitigation_conformance(method, plugin=...)`: the mitigation contract as a test class.
+* `mitigation_conformance(method, plugin=...)`: the mitigation contract as a test class;
+* `StopAtEpoch(epoch)`: a plugin that stops a run at the start of that epoch, as a Ctrl-C
+  would, for tests of `--resume`.
 
     def test_my_method(spur_plugins, spur_register_plugin, spur_tiny_config, tmp_path):
         spur_register_plugin(my_plugin)
@@ -29,6 +31,7 @@ from typing import Any
 
 import pytest
 
+from spurcore import hookimpl
 from spurcore.config import pipeline_from_dict
 from spurcore.data import SpuriousData
 from spurcore.model import Backbone
@@ -37,9 +40,21 @@ from spurcore.testing.conformance import kit_manager, mitigation_conformance
 from spurcore.testing.tiny import MLPOptions, TinyOptions, TinyPlugin, TinyRefit, make_mlp, make_tiny
 
 __all__ = [
-    "MLPOptions", "TinyOptions", "TinyPlugin", "TinyRefit", "kit_manager", "make_mlp", "make_tiny",
+    "MLPOptions", "StopAtEpoch", "TinyOptions", "TinyPlugin", "TinyRefit", "kit_manager", "make_mlp", "make_tiny",
     "mitigation_conformance", "tiny_pipeline",
 ]
+
+
+class StopAtEpoch:
+    """Stops a run at the start of `epoch` with a KeyboardInterrupt, as a Ctrl-C would."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @hookimpl
+    def spurcore_epoch_start(self, epoch: int) -> None:
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
 
 
 @pytest.fixture

@@ -224,3 +224,36 @@ def test_an_unreadable_image_stops_the_build_naming_it_and_leaves_no_cache(tmp_p
         cache.open_or_build(tmp_path / "c", "train", [table.items[i] for i in table.splits["train"]], 37, workers)
     assert str(error.value).startswith(f"{bad}: unreadable image") and "Traceback" not in str(error.value)
     assert not any(p for p in (tmp_path / "c").iterdir())
+
+
+def test_kept_workers_change_no_result_and_a_resumed_run_repeats_the_whole_one(tmp_path):
+    """Augmented training from the cache with kept workers: the weights are the same with 0 or
+    2 workers, and a run stopped after its first epoch and resumed ends with the same weights."""
+    miniature.waterbirds(tmp_path / "data")
+
+    def config(workers):
+        return pipeline_from_dict({
+            "selector": "val-wga", "seed": 0, "device": "cpu",
+            "backbone": {"name": "small-cnn", "options": {"width": 4}},
+            "dataset": {"name": "waterbirds", "options": {"root": str(tmp_path / "data"), "image_size": 16,
+                                                          "cache": "decoded", "cache_dir": str(tmp_path / "c")}},
+            "train": {"epochs": 3, "batch_size": 8, "eval_batch_size": 16, "num_workers": workers, "lr": 0.01},
+            "stages": [{"method": "erm"}]})
+
+    def weights(run):
+        return torch.load(next((tmp_path / run).rglob("epoch_003.pt")), weights_only=True)["model"]
+
+    plugins = manager()
+    run_pipeline(config(0), tmp_path / "here", plugins, log=lambda m: None)
+    whole = run_pipeline(config(2), tmp_path / "workers", plugins, log=lambda m: None)
+    from spurcore.testing import StopAtEpoch
+
+    stop = StopAtEpoch(2)
+    plugins.register(stop, "stop")
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(config(2), tmp_path / "cut", plugins, log=lambda m: None)
+    plugins.unregister(stop)
+    assert RunDir(tmp_path / "cut").epochs("0-erm") == [1]
+    assert run_pipeline(config(2), tmp_path / "cut", plugins, resume=True, log=lambda m: None) == whole
+    for key, value in weights("here").items():
+        assert torch.equal(value, weights("workers")[key]) and torch.equal(value, weights("cut")[key]), key
