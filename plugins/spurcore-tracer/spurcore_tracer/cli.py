@@ -52,6 +52,10 @@ OPTION_FLAGS = (
                  help="Epoch offsets to rewind [5,10,20,30,40], '' to skip."),
     click.Option(["--no-control", "control"], flag_value=False, default=None, help="Skip the random non-critical control."),
     click.Option(["--exclude", "exclude"], callback=_list(str), help="Module paths not to trace, e.g. head."),
+    click.Option(["--memorized", "memorized"], metavar="PATH",
+                 help="A scores.h5 of `spur memorization`: its top-memorized training examples are one more row on train."),
+    click.Option(["--memorized-share", "memorized_share"], type=float,
+                 help="Share of the training examples marked as top-memorized [0.05]."),
     click.Option(["--seed", "seed"], type=int, help="Seed of random interventions and controls [0]."),
 )
 

@@ -45,11 +45,13 @@ def minority_groups(data: SpuriousData, split: str = "train") -> list[int]:
 class Evaluator:
     """Per-group accuracy of one model on the splits that carry attribute labels (train and
     test by default), evaluated through a `Replay` so that a change to a late layer does not
-    recompute the early ones. `base` is the accuracy of the unchanged model."""
+    recompute the early ones. `base` is the accuracy of the unchanged model. `marked`, a boolean
+    mask over the training examples (the top-memorized ones), adds their accuracy on train as
+    one more entry after the groups'."""
 
     def __init__(self, model: nn.Module, data: SpuriousData, splits: tuple[str, ...] = ("train", "test"),
-                 batch_size: int = 512, max_cache_mb: float = 1024.0) -> None:
-        self.model, self.data = model, data
+                 batch_size: int = 512, max_cache_mb: float = 1024.0, marked: np.ndarray | None = None) -> None:
+        self.model, self.data, self.marked = model, data, marked
         self.splits = tuple(s for s in splits if s in data.splits and data.splits[s].has_attributes)
         self.groups = {s: data.groups(s) for s in self.splits}
         self.counts = {s: np.bincount(self.groups[s], minlength=data.n_groups) for s in self.splits}
@@ -59,8 +61,11 @@ class Evaluator:
         self.evaluations = 0
 
     def _accuracy(self, split: str, logits: torch.Tensor) -> np.ndarray:
-        pred = logits.argmax(1).numpy()
-        return group_accuracy(pred, self.data.splits[split].y, self.groups[split], self.data.n_groups)
+        pred, y = logits.argmax(1).numpy(), self.data.splits[split].y
+        accuracy = group_accuracy(pred, y, self.groups[split], self.data.n_groups)
+        if split == "train" and self.marked is not None:
+            accuracy = np.append(accuracy, 100.0 * float((pred[self.marked] == y[self.marked]).mean()))
+        return accuracy
 
     def accuracy(self, changed: Iterable[str]) -> dict[str, np.ndarray]:
         """Per-group accuracy of the model as it is now; `changed`: the module paths that differ

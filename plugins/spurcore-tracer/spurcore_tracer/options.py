@@ -38,6 +38,11 @@ def _non_negative_list(attribute, value):
         raise FieldError(attribute.name, f"must be a non-empty list of numbers >= 0, got {value}")
 
 
+def _share(instance, attribute, value):
+    if not 0 < value <= 1:
+        raise FieldError(attribute.name, f"must be a share in (0, 1], got {value}")
+
+
 def _epoch(instance, attribute, value):
     if not (value in ("last", "selected") or (isinstance(value, int) and value >= 0)):
         raise FieldError(attribute.name, f"must be 'last', 'selected' or an epoch number, got {value!r}")
@@ -65,6 +70,8 @@ class TraceOptions:
     sensitive_threshold: float = attrs.field(default=1.0, validator=non_negative)
     overlap_percents: list[float] = attrs.field(factory=lambda: [0.01, 5.0])
     exclude: list[str] = attrs.field(factory=list)    # module paths (and their children) not traced
+    memorized: str | None = None                      # a `spur memorization` scores.h5: its top-memorized
+    memorized_share: float = attrs.field(default=0.05, validator=_share)  # training examples, one more row on train
     batch_size: int = attrs.field(default=1024, validator=positive)
     max_cache_mb: float = attrs.field(default=1024.0, validator=non_negative)
     seed: int = 0

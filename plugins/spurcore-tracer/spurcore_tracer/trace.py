@@ -5,7 +5,9 @@ loads the model of one stage at one epoch, scores every
 neuron by each criterion, and for every selection (criterion x group x scope x k) applies
 every intervention and measures the change of every group's accuracy on train and test,
 next to a control of as many random non-critical neurons. It then rewinds each layer to
-earlier checkpoints and compares the two criteria's rankings. Everything goes to
+earlier checkpoints and compares the two criteria's rankings. With `memorized` (a `spur
+memorization` scores file) the top-memorized training examples are measured as one more row
+after the groups, on train, and kept out of the minority/majority summary. Everything goes to
 `trace.json` (written atomically) and the figures.
 """
 
@@ -27,6 +29,7 @@ from spurcore.api import SpurcoreError, atomic
 from spurcore_tracer import criteria as crit
 from spurcore_tracer.effects import Evaluator, minority_groups, summarize_changes
 from spurcore_tracer.interventions import intervene
+from spurcore_tracer.marked import Marked, top_memorized
 from spurcore_tracer.neurons import NeuronIndex
 from spurcore_tracer.options import NAME, TraceOptions, TracerError
 from spurcore_tracer.overlap import rank_overlap
@@ -84,13 +87,20 @@ def _resolve(run: Any, options: TraceOptions) -> tuple[Any, int]:
     return stage, epoch
 
 
-def _records(base: dict, change: dict, meta: dict, group_names, minority) -> list[dict]:
+def _entries(names: list[str], minority: set[int], marked: Marked | None, splits) -> dict[str, list[tuple[str, bool, bool]]]:
+    """Per split, the (name, minority, marked) of each entry of the evaluator's accuracies:
+    the groups, then on train the marked examples when there are any."""
+    groups = [(name, g in minority, False) for g, name in enumerate(names)]
+    return {s: groups + ([(marked.label, False, True)] if marked is not None and s == "train" else []) for s in splits}
+
+
+def _records(base: dict, change: dict, meta: dict, entries: dict[str, list[tuple[str, bool, bool]]]) -> list[dict]:
     out = []
     for split, values in change.items():
-        for g, name in enumerate(group_names):
+        for g, (name, minority, marked) in enumerate(entries[split]):
             if np.isnan(base[split][g]):
                 continue
-            out.append({**meta, "split": split, "group": name, "minority": g in minority,
+            out.append({**meta, "split": split, "group": name, "minority": minority, "marked": marked,
                         "acc_before": round(float(base[split][g]), 4),
                         "signed": round(float(values["signed"][g]), 4), "abs": round(float(values["abs"][g]), 4)})
     return out
@@ -119,17 +129,21 @@ def trace_run(run: Any, options: TraceOptions | None = None, *, out: Any = None,
     names = list(data.group_names)
     notes: list[str] = []
     torch.manual_seed(options.seed)
+    train = data.splits["train"]
+    groups = data.groups("train")
+    marked = None if options.memorized is None else top_memorized(
+        options.memorized, options.memorized_share, train.y, groups, names)
 
     model = run.load_model(planned.index, epoch)
     index = NeuronIndex.of(model, options.exclude)
     if index.total == 0:
         raise TracerError(f"{run.path}: the model has no conv or linear layer to trace")
-    evaluator = Evaluator(model, data, ("train", "test"), options.batch_size, options.max_cache_mb)
+    evaluator = Evaluator(model, data, ("train", "test"), options.batch_size, options.max_cache_mb,
+                          marked=None if marked is None else marked.mask)
     if "test" not in evaluator.splits:
         notes.append("test split has no attribute labels: effects are reported on train only")
     minority = set(minority_groups(data, "train"))
-    train = data.splits["train"]
-    groups = data.groups("train")
+    entries = _entries(names, minority, marked, evaluator.splits)
 
     # --- scores ----------------------------------------------------------------------------------
     kw = dict(include_bias=options.include_bias, reduction=options.reduction, batch_size=options.batch_size)
@@ -232,19 +246,20 @@ def trace_run(run: Any, options: TraceOptions | None = None, *, out: Any = None,
             for evaluation in runs:
                 changes.append(evaluation())
                 bar.update(1)
-            effects += _records(evaluator.base, summarize_changes(changes), meta, names, minority)
+            effects += _records(evaluator.base, summarize_changes(changes), meta, entries)
         rewinding = []
         by_offset: dict[int, dict[str, dict[str, np.ndarray]]] = {}
         for meta, rewind in rewind_jobs:
             change = rewind()
             bar.update(1)
-            rewinding += _records(evaluator.base, summarize_changes([change]), meta, names, minority)
+            rewinding += _records(evaluator.base, summarize_changes([change]), meta, entries)
             for split, values in change.items():
                 by_offset.setdefault(meta["offset"], {}).setdefault(split, {})[meta["layer"]] = values
     finally:
         bar.close()
     sensitive = {
-        split: {str(offset): dict(zip(names, sensitive_counts(per_split[split], options.sensitive_threshold).tolist()))
+        split: {str(offset): dict(zip([entry[0] for entry in entries[split]],
+                                      sensitive_counts(per_split[split], options.sensitive_threshold).tolist()))
                 for offset, per_split in by_offset.items()}
         for split in evaluator.splits
     }
@@ -264,6 +279,9 @@ def trace_run(run: Any, options: TraceOptions | None = None, *, out: Any = None,
         "dataset": data.name,
         "groups": names,
         "minority_groups": [names[g] for g in sorted(minority)],
+        "marked": None if marked is None else {
+            **marked.chosen, "base_accuracy": round(float(evaluator.base["train"][-1]), 4),
+            "summary": summarize_marked(effects)},
         "group_counts": {s: dict(zip(names, evaluator.counts[s].tolist())) for s in evaluator.splits},
         "base_accuracy": {s: {n: (None if np.isnan(v) else round(float(v), 4)) for n, v in zip(names, evaluator.base[s])}
                           for s in evaluator.splits},
@@ -294,29 +312,40 @@ def trace_run(run: Any, options: TraceOptions | None = None, *, out: Any = None,
 def trace_finished(run: Any, options: TraceOptions | None, out: Path, log: Callable[[str], None] | None) -> str:
     """`TracerSpec.trace` of the memorization tracer (what `spur trace` runs): the whole study
     into `out`, with a progress bar and notes unless `log` is None (`--quiet`); returns one line
-    per global selection (mean |change| of minority and majority groups) and what was written."""
+    per global selection (mean |change| of minority and majority groups, and on train of the
+    top-memorized examples when they are marked) and what was written."""
     result = trace_run(run, options, out=out, progress=log is not None, log=log or (lambda message: None))
+    marked = result["marked"]
+    marked_rows = {} if marked is None else {_key(row): row for row in marked["summary"]}
     lines = []
     for row in result["summary"]:
         if row["scope"] != "global":
             continue
         sigma = "" if row["sigma"] is None else f" sigma={row['sigma']}"
-        lines.append(f"{row['criterion']:<14} {row['intervention']:<8}{sigma:<13} {row['split']:<5} "
-                     f"|change| minority {row['minority_abs']:6.2f}  majority {row['majority_abs']:6.2f} points")
+        line = (f"{row['criterion']:<14} {row['intervention']:<8}{sigma:<13} {row['split']:<5} "
+                f"|change| minority {row['minority_abs']:6.2f}  majority {row['majority_abs']:6.2f}")
+        if _key(row) in marked_rows:
+            line += f"  {marked['label']} {marked_rows[_key(row)]['abs']:6.2f}"
+        lines.append(line + " points")
     lines.append(f"wrote {Path(out) / 'trace.json'} and {', '.join(result.get('figures', []))} "
                  f"({result['cost']['evaluations']} evaluations, {result['cost']['seconds']} s)")
     return "\n".join(lines)
 
 
+def _key(e: dict) -> tuple:
+    return e["criterion"], e["intervention"], e["sigma"], e["scope"], e["split"]
+
+
 def summarize(effects: list[dict]) -> list[dict]:
     """Mean absolute change of minority and of majority groups, per (criterion, intervention,
     sigma, scope, split), over k and groups. With the per-group gradient a group counts with the
-    neurons selected for it (the paper's Delta(j) with I_j); other criteria select once for all."""
+    neurons selected for it (the paper's Delta(j) with I_j); other criteria select once for all.
+    The marked examples are no group and count on neither side (`summarize_marked`)."""
     table: dict[tuple, dict[str, list[float]]] = {}
     for e in effects:
-        if e["selected_for"] is not None and e["selected_for"] != e["group"]:
+        if e["marked"] or (e["selected_for"] is not None and e["selected_for"] != e["group"]):
             continue
-        key = (e["criterion"], e["intervention"], e["sigma"], e["scope"], e["split"])
+        key = _key(e)
         table.setdefault(key, {"minority": [], "majority": [], "minority_signed": [], "majority_signed": []})
         side = "minority" if e["minority"] else "majority"
         table[key][side].append(e["abs"])
@@ -328,3 +357,16 @@ def summarize(effects: list[dict]) -> list[dict]:
                      "minority_abs": mean(v["minority"]), "majority_abs": mean(v["majority"]),
                      "minority_signed": mean(v["minority_signed"]), "majority_signed": mean(v["majority_signed"])})
     return rows
+
+
+def summarize_marked(effects: list[dict]) -> list[dict]:
+    """Mean absolute and signed change of the marked examples per (criterion, intervention,
+    sigma, scope, split), over k (and layers); with the per-group gradient, over every group's
+    selection too, since the marked examples have no selection of their own."""
+    table: dict[tuple, list[tuple[float, float]]] = {}
+    for e in effects:
+        if e["marked"]:
+            table.setdefault(_key(e), []).append((e["abs"], e["signed"]))
+    return [{"criterion": criterion, "intervention": kind, "sigma": sigma, "scope": scope, "split": split,
+             "abs": round(float(np.mean([a for a, _ in v])), 3), "signed": round(float(np.mean([s for _, s in v])), 3)}
+            for (criterion, kind, sigma, scope, split), v in table.items()]

@@ -1,10 +1,12 @@
-"""The whole trace on a tiny finished run: the command, trace.json, the figures, the errors."""
+"""The whole trace on a tiny finished run: the command, trace.json, the figures, the errors, and
+the top-memorized examples of a `spur memorization` scores file as one more row on train."""
 
 from __future__ import annotations
 
 import json
 
 import attrs
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -13,9 +15,10 @@ from click.testing import CliRunner
 import spurcore_tracer
 from spurcore import hookimpl
 from spurcore.api import FinishedRun, TracerSpec, cli, open_run, run_pipeline
-from spurcore_tracer import NeuronIndex, TraceOptions, TracerError, intervene, trace
+from spurcore_tracer import NeuronIndex, TraceOptions, TracerError, intervene, trace, trace_run
 from spurcore_tracer.criteria import group_gradient_scores, split_logits
 from spurcore_tracer.effects import minority_groups
+from spurcore_tracer.marked import top_memorized
 from spurcore_tracer.replay import Replay
 from spurcore_tracer.rewinding import rewind_plan
 
@@ -53,7 +56,7 @@ def test_the_command_writes_trace_json_and_figures(tracer_plugins, finished_run,
     assert data["minority_groups"] == ["neg/on", "pos/off"]
     assert set(data["base_accuracy"]) == {"train", "test"}
     keys = {"criterion", "selected_for", "scope", "layer", "k", "k_effective", "intervention", "sigma", "repeats",
-            "neurons", "split", "group", "minority", "acc_before", "signed", "abs"}
+            "neurons", "split", "group", "minority", "marked", "acc_before", "signed", "abs"}
     assert all(set(e) == keys for e in data["effects"])
     combos = {(e["criterion"], e["scope"], e["k"], e["intervention"], e["sigma"], e["split"]) for e in data["effects"]}
     for criterion in ("gradient", "magnitude", "loss-gradient"):
@@ -241,3 +244,168 @@ def test_rewind_plan_uses_what_exists():
 def test_the_tracer_is_registered(tracer_plugins):
     spec = tracer_plugins.get("tracers", "memorization")
     assert spec.options is TraceOptions
+
+
+# --- the top-memorized examples of a `spur memorization` scores file -------------------------
+
+
+def write_scores(path, y, memorization, index=None):
+    """A scores.h5 by hand, in the layout docs/methods/memorization-scores.md documents (the
+    arrays of `train/` the tracer reads, and one it does not)."""
+    with h5py.File(path, "w") as handle:
+        train = handle.create_group("train")
+        train.create_dataset("index", data=np.arange(len(y)) if index is None else index)
+        train.create_dataset("y", data=y)
+        train.create_dataset("memorization", data=memorization)
+        train.create_dataset("models_in", data=np.zeros(len(y), dtype=int))
+    return path
+
+
+def test_the_top_memorized_are_the_highest_defined_scores_ties_to_the_lower_position(tmp_path):
+    y = np.array([0, 1, 0, 1, 0, 1, 0, 1, 0, 1])
+    path = write_scores(tmp_path / "scores.h5", y, np.array([0.1, np.nan, 0.9, 0.5, 0.5, np.nan, 0.5, -0.2, 1.0, 0.0]))
+    marked = top_memorized(path, 0.3, y, y, ["even", "odd"])
+    # 3 of 10: 1.0 (position 8), 0.9 (2), and of the three at 0.5 (3, 4, 6) the lowest position
+    assert np.flatnonzero(marked.mask).tolist() == [2, 3, 8] and marked.label == "top-memorized 30%"
+    assert marked.chosen == {"label": "top-memorized 30%", "file": str(path), "share": 0.3, "count": 3, "of": 10,
+                             "defined": 8, "threshold": 0.5, "ties_left_out": 2,
+                             "examples_by_group": {"even": 2, "odd": 1}}
+    assert np.flatnonzero(top_memorized(path, 0.01, y, y, ["even", "odd"]).mask).tolist() == [8]  # at least one
+    two = write_scores(tmp_path / "two.h5", y, np.where(np.arange(10) < 2, 0.3, np.nan))
+    assert top_memorized(two, 0.5, y, y, ["even", "odd"]).chosen["count"] == 2  # at most those with a score
+    with pytest.raises(ValueError, match=r"memorized_share: must be a share in \(0, 1\], got 0"):
+        TraceOptions(memorized=str(path), memorized_share=0)
+
+
+TRACED = ("--criterion", "gradient,magnitude", "--k", "1,2", "--intervention", "zero,noise", "--sigma", "0.02",
+          "--per-layer-k", "3", "--rewind", "5", "--quiet")
+
+
+def test_the_top_memorized_examples_are_one_more_row_on_train(tracer_plugins, spur_cli, finished_run, tmp_path):
+    runner = open_run(finished_run, tracer_plugins)
+    data, names = runner.data, runner.data.group_names
+    split, groups = data.splits["train"], data.groups("train")
+    rng = np.random.default_rng(3)
+    scores = rng.uniform(-0.3, 0.9, len(split.y))
+    scores[rng.choice(len(split.y), 12, replace=False)] = np.nan
+    path = write_scores(tmp_path / "scores.h5", split.y, scores)
+    top = np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")[:10]  # 5% of 200, no ties
+
+    result = spur_cli("trace", finished_run, *TRACED, "--out", tmp_path / "marked", "--memorized", path,
+                      "--memorized-share", "0.05")
+    assert result.exit_code == 0, result.output
+    found = json.loads((tmp_path / "marked" / "trace.json").read_text())
+    plain = trace(finished_run, TraceOptions(criteria=["gradient", "magnitude"], k=[1, 2], interventions=["zero", "noise"],
+                                             sigma=[0.02], per_layer_k=[3], rewind_offsets=[5], figures=False),
+                  out=tmp_path / "plain", plugins=tracer_plugins, progress=False, log=lambda m: None)
+    marked = found["marked"]
+    assert {k: marked[k] for k in ("label", "file", "share", "count", "of", "defined", "ties_left_out")} == {
+        "label": "top-memorized 5%", "file": str(path), "share": 0.05, "count": 10, "of": 200, "defined": 188,
+        "ties_left_out": 0}
+    assert marked["threshold"] == pytest.approx(scores[top[-1]])
+    assert marked["examples_by_group"] == dict(zip(names, np.bincount(groups[top], minlength=4).tolist()))
+
+    # measured like a group, on train only, on every selection, per-layer zeroing and rewinding
+    records = [e for e in found["effects"] if e["marked"]]
+    assert {(e["split"], e["group"], e["minority"]) for e in records} == {("train", "top-memorized 5%", False)}
+    assert len(records) == sum(e["group"] == names[0] and e["split"] == "train" for e in found["effects"])
+    assert {e["intervention"] for e in records} == {"zero", "noise", "control"}
+    assert [e for e in found["rewinding"]["records"] if e["marked"]] and \
+        {e["split"] for e in found["rewinding"]["records"] if e["marked"]} == {"train"}
+    assert "top-memorized 5%" in found["rewinding"]["sensitive_layers"]["train"]["5"]
+    assert set(found["rewinding"]["sensitive_layers"]["test"]["5"]) == set(names)
+
+    # its accuracy is the model's on exactly those examples, before and after an intervention
+    model = runner.load_model(0, 7)
+    index = NeuronIndex.of(model)
+
+    def accuracy():
+        return 100 * float((split_logits(model, split).argmax(1).numpy() == split.y)[top].mean())
+
+    base = accuracy()
+    assert marked["base_accuracy"] == pytest.approx(base, abs=1e-3)
+    assert all(e["acc_before"] == pytest.approx(base, abs=1e-3) for e in records)
+    record = next(e for e in records if (e["criterion"], e["scope"], e["intervention"], e["k"]) == ("magnitude", "global", "zero", 1))
+    with intervene(index, [index.global_index(n) for n in index.neurons(range(index.total)) if str(n) in record["neurons"]],
+                   "zero"):
+        assert record["signed"] == pytest.approx(accuracy() - base, abs=1e-3)
+    zero = next(r for r in marked["summary"] if (r["criterion"], r["intervention"], r["scope"]) == ("gradient", "zero", "global"))
+    assert zero["abs"] == pytest.approx(np.mean([e["abs"] for e in records if (e["criterion"], e["intervention"], e["scope"])
+                                                 == ("gradient", "zero", "global")]), abs=1e-3)
+
+    # nothing else moves: the groups' records and the minority/majority summary are those of a trace without it
+    assert found["summary"] == plain["summary"] and plain["marked"] is None
+    assert [e for e in found["effects"] if not e["marked"]] == plain["effects"]
+    assert [e for e in found["rewinding"]["records"] if not e["marked"]] == plain["rewinding"]["records"]
+    lines = result.output.splitlines()[:-1]
+    assert lines and all(("  top-memorized 5% " in line) == (" train " in line) for line in lines)
+    for name in ("group_bars_train.png", "group_bars_test.png", "layer_heatmap.png", "sensitive_layers.png"):
+        assert (tmp_path / "marked" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_figures_draw_the_top_memorized_examples_apart(tracer_plugins, spur_cli, finished_run, tmp_path,
+                                                          monkeypatch):
+    from spurcore_tracer import figures
+
+    y = open_run(finished_run, tracer_plugins).data.splits["train"].y
+    path = write_scores(tmp_path / "scores.h5", y, np.linspace(-1, 1, len(y)))
+    assert spur_cli("trace", finished_run, *TRACED, "--out", tmp_path / "t", "--memorized", path, "-o",
+                    "figures=false").exit_code == 0
+    result = json.loads((tmp_path / "t" / "trace.json").read_text())
+    drawn = {}
+
+    def keep(fig, where):
+        drawn[where.name] = fig
+        return where.name
+
+    monkeypatch.setattr(figures, "_save", keep)
+    assert "group_bars_train.png" in figures.draw_all(result, tmp_path)
+    label = "top-memorized 5%\n(n=10)"
+
+    def ticks(ax, axis="x"):
+        return [t.get_text() for t in getattr(ax, f"get_{axis}ticklabels")()]
+
+    train = drawn["group_bars_train.png"].axes[0]
+    assert ticks(train)[-1] == label and ticks(train)[:4] == ["neg/off", "neg/on *", "pos/off *", "pos/on"]
+    hatched = [p for p in train.patches if p.get_hatch()]
+    assert len(hatched) == 3 and all(p.get_x() > 3.5 for p in hatched)  # k = 1, 2 and the control, past the groups
+    assert train.get_legend().get_texts()[-1].get_text() == "hatched: top-memorized 5%"
+    caption = "the 10 training examples with the highest memorization score (>= 0.91) in scores.h5; not a group"
+    for name in ("group_bars_train.png", "layer_heatmap.png", "sensitive_layers.png"):
+        assert caption in " ".join(t.get_text() for t in drawn[name].texts), name
+    test = drawn["group_bars_test.png"]
+    assert label not in ticks(test.axes[0]) and caption not in " ".join(t.get_text() for t in test.texts)
+    assert ticks(drawn["layer_heatmap.png"].axes[0], "y")[-1] == label
+    rewound = drawn["sensitive_layers.png"].axes
+    assert ticks(rewound[0])[-1] == label and label not in ticks(rewound[1])
+
+
+def test_a_scores_file_that_is_not_the_runs_is_refused_naming_it(tracer_plugins, finished_run, tmp_path):
+    run = open_run(finished_run, tracer_plugins)
+    y = run.data.splits["train"].y
+    scores = np.linspace(-1, 1, len(y))
+
+    def refused(path, message):
+        with pytest.raises(TracerError) as error:
+            trace_run(run, TraceOptions(memorized=str(path), figures=False), out=tmp_path / "never", progress=False,
+                      log=lambda m: None)
+        assert str(error.value).startswith(f"{path}: {message}")
+        assert not (tmp_path / "never").exists()
+
+    refused(tmp_path / "missing.h5", "no such scores file; `spur memorization PIPELINE.toml --out DIR` writes one")
+    (tmp_path / "text.h5").write_text("not HDF5")
+    refused(tmp_path / "text.h5", "not a scores file of `spur memorization` (")
+    with h5py.File(tmp_path / "other.h5", "w") as handle:
+        handle.create_dataset("train/y", data=y)
+    refused(tmp_path / "other.h5", "not a scores file of `spur memorization` (no train/index)")
+    refused(write_scores(tmp_path / "shuffled.h5", y, scores, index=np.arange(len(y))[::-1]),
+            "not a scores file of `spur memorization` (train/index, y and memorization are not one entry per position")
+    elsewhere = "scores of another dataset, or of another part of it (a run with [dataset] train_subset or holdout)"
+    refused(write_scores(tmp_path / "short.h5", y[:150], scores[:150]),
+            f"scores for 150 training examples, but the run's training split has 200: {elsewhere}")
+    flipped = y.copy()
+    flipped[[4, 9]] = 1 - flipped[[4, 9]]
+    refused(write_scores(tmp_path / "labels.h5", flipped, scores),
+            f"its training labels differ from the run's at 2 of 200 positions (the first: 4): {elsewhere}")
+    refused(write_scores(tmp_path / "undefined.h5", y, np.full(len(y), np.nan)),
+            "no training example has a defined memorization score")
