@@ -15,10 +15,11 @@ from spurcore.config import load_pipeline
 from spurcore.plugins import PluginManager
 from spurcore.runner import open_run, plan
 
-EXAMPLES = sorted((Path(__file__).parents[1] / "examples").glob("*.toml"))
+EXAMPLES = sorted([*(Path(__file__).parents[1] / "examples").glob("*.toml"),
+                   *(Path(__file__).parents[1] / "examples" / "memorization").glob("*.toml")])
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_example_pipeline_is_valid(path):
     config = load_pipeline(path)
     planned = plan(config, PluginManager())
