@@ -13,7 +13,9 @@ scores are those `spur memorization` wrote; for the kept ones each FairDropout m
 again, switched to inference mode "keep" (`spurcore_fairdropout.set_inference_mode`) and
 predicts the training split. Writes JSON (per group and for ERM's most memorized examples:
 mean score, its standard error, accuracy trained on / held out, under each of the three) and
-a figure; prints a markdown table.
+a figure; prints a markdown table. The most memorized examples are chosen by ERM's scores on
+its other seeds when the ERM folder has them (`most_memorized`), so that the choice does not
+favour a drop.
 
     python benchmarks/memorization_fairdropout.py runs/mem-regime runs/mem-regime-fd --seed 0 \
         [--top 0.05] [--out docs/results/memorization_fairdropout.json] [--figure FILE.png]
@@ -51,6 +53,26 @@ def kept_estimate(fd_dir: Path, seed: int, models: int, trained: np.ndarray, plu
     return memorization(np.stack(correct), trained)
 
 
+def most_memorized(erm_dir: Path, seed: int, seeds: list[int], share: float, same: Estimate) -> tuple[np.ndarray, str]:
+    """The top `share` of the training examples by ERM's score, averaged over ERM's *other*
+    seeds where the folder has them: examples chosen by the same models' scores would carry
+    those models' noise upwards, so their ERM score would overstate any drop under
+    FairDropout (regression to the mean). Falls back to the same seed, and says so."""
+    others = [s for s in seeds if s != seed and (erm_dir / f"seed{s}" / "scores.h5").exists()]
+    if others:
+        stack = np.stack([read_scores(erm_dir / f"seed{s}" / "scores.h5")["memorization"] for s in others])
+        defined = (~np.isnan(stack)).sum(0)
+        scores = np.where(defined > 0, np.nansum(stack, axis=0) / np.maximum(defined, 1), np.nan)
+        how = f"ERM's mean score over seeds {', '.join(map(str, others))} (models independent of seed {seed}'s)"
+    else:
+        scores = same.memorization
+        how = f"ERM's score on seed {seed} itself: biased upwards on ERM's side by the choice"
+    ranked = np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")
+    top = np.zeros(len(scores), dtype=bool)
+    top[ranked[:max(1, round(share * np.isfinite(scores).sum()))]] = True
+    return top, how
+
+
 def describe(estimate: Estimate, mask: np.ndarray) -> dict:
     scores = estimate.memorization[mask]
     defined = ~np.isnan(scores)
@@ -60,6 +82,14 @@ def describe(estimate: Estimate, mask: np.ndarray) -> dict:
         values = getattr(estimate, key)[mask]
         out[key] = float(np.nanmean(values))
     return out
+
+
+def paired(estimate: Estimate, erm: Estimate, mask: np.ndarray) -> dict:
+    """The mean over `mask`'s examples of (score here - ERM's score), where both are defined,
+    with its standard error: the scores are of the same examples, so the difference is paired."""
+    diff = (estimate.memorization - erm.memorization)[mask]
+    diff = diff[~np.isnan(diff)]
+    return {"examples": int(diff.size), "mean": float(diff.mean()), "sem": float(diff.std(ddof=1) / np.sqrt(diff.size))}
 
 
 def main() -> None:
@@ -90,17 +120,16 @@ def main() -> None:
     }
     data = full_data(args.erm, plugins)
     names = list(data.group_names)
-    scores = estimates["ERM"].memorization
-    ranked = np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")
-    top = np.zeros(len(scores), dtype=bool)
-    top[ranked[:max(1, round(args.top * np.isfinite(scores).sum()))]] = True
+    top, chosen_by = most_memorized(args.erm, args.seed, erm_settings["seeds"], args.top, estimates["ERM"])
     sets = {name: erm["group"] == g for g, name in enumerate(names)}
     sets[f"ERM's top {args.top:.0%}"] = top
     result = {"erm": str(args.erm), "fairdropout": str(args.fairdropout), "seed": args.seed, "models": models,
-              "subset": erm_settings["subset"], "epochs": erm_settings["epochs"],
+              "subset": erm_settings["subset"], "epochs": erm_settings["epochs"], "top_chosen_by": chosen_by,
               "top_composition": {name: int((top & (erm["group"] == g)).sum()) for g, name in enumerate(names)},
               "rows": {label: {reading: describe(estimates[reading], mask) for reading in READINGS}
-                       for label, mask in sets.items()}}
+                       for label, mask in sets.items()},
+              "paired_difference": {label: {reading: paired(estimates[reading], estimates["ERM"], mask)
+                                            for reading in READINGS[1:]} for label, mask in sets.items()}}
     lines = ["| examples | n | " + " | ".join(f"{r}: mean score" for r in READINGS) + " | "
              + " | ".join(f"{r}: acc. in / out (%)" for r in READINGS) + " |",
              "|---|---:|" + "---:|" * (2 * len(READINGS))]
@@ -110,13 +139,18 @@ def main() -> None:
                      + " | ".join(f"{row[r]['mean']:.3f} ± {row[r]['sem']:.3f}" for r in READINGS) + " | "
                      + " | ".join(f"{100 * row[r]['accuracy_in']:.1f} / {100 * row[r]['accuracy_out']:.1f}"
                                   for r in READINGS) + " |")
+    lines += ["", "| examples | " + " | ".join(f"{r} - ERM (paired)" for r in READINGS[1:]) + " |",
+              "|---|" + "---:|" * (len(READINGS) - 1)]
+    for label, row in result["paired_difference"].items():
+        lines.append(f"| {label} | " + " | ".join(f"{row[r]['mean']:+.3f} ± {row[r]['sem']:.3f}" for r in READINGS[1:])
+                     + " |")
     result["table"] = "\n".join(lines)
     if args.out:
         atomic.write_json(args.out, result)
     if args.figure:
         figure(args.figure, result)
     print(result["table"])
-    print(json.dumps(result["top_composition"]))
+    print(f"top {args.top:.0%} chosen by {chosen_by}: {json.dumps(result['top_composition'])}")
 
 
 def figure(path: Path, result: dict) -> None:
