@@ -13,7 +13,7 @@ varying by 0.09 and two runs 0.04 apart. After one warm-up, R rounds. Prints JSO
 median over rounds of runner / plain seconds, with its quartiles, interquartile range and every
 round's ratio (`rounds.spread`), the summed seconds, and the load average.
 
-    python benchmarks/overhead.py [--rounds 12] [--epochs 2] [--scale 1.0]
+    python benchmarks/overhead.py [--rounds 8] [--epochs 2] [--scale 1.0]
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ class Interleaved:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--scale", type=float, default=1.0)
     args = parser.parse_args()
