@@ -8,8 +8,8 @@ summary, the report and the figures. The two are interleaved step by step in one
 benchmark plugin's `spurcore_batch_end` runs one step of the plain loop after each of the
 runner's steps, and its `spurcore_epoch_end` the plain loop's evaluation, each timed; the
 runner's time is the run's wall time less the plain loop's. So whatever the machine does hits
-both alike, at the scale of one step: alternating whole runs (an earlier version) left rounds
-varying by 0.09 and two runs 0.04 apart. After one warm-up, R rounds. Prints JSON: "ratio", the
+both alike, at the scale of one step: alternating whole runs (an earlier version) left one
+round's ratio anywhere from 0.93 to 1.27 on a quiet machine. After one warm-up, R rounds. Prints JSON: "ratio", the
 median over rounds of runner / plain seconds, with its quartiles, interquartile range and every
 round's ratio (`rounds.spread`), the summed seconds, and the load average.
 
