@@ -34,16 +34,15 @@ from tqdm import tqdm
 from spurcore.api import PluginManager, atomic, open_run, predict
 from spurcore_fairdropout import set_inference_mode
 from spurcore_memorization.estimate import Estimate, memorization
-from spurcore_memorization.outputs import read_scores
+from spurcore_memorization.outputs import describe, read_scores
 from spurcore_memorization.procedure import full_data, model_path, read_settings
 
 READINGS = ("ERM", "FairDropout, dropped", "FairDropout, kept")
 
 
-def kept_estimate(fd_dir: Path, seed: int, models: int, trained: np.ndarray, plugins: PluginManager) -> Estimate:
-    """The scores of the FairDropout models read with their memorizing units kept."""
-    data = full_data(fd_dir, plugins)
-    train = data.splits["train"]
+def kept_estimate(fd_dir: Path, seed: int, models: int, trained: np.ndarray, train, plugins: PluginManager) -> Estimate:
+    """The scores of the FairDropout models read with their memorizing units kept; `train`:
+    the whole training split they are scored on."""
     correct = []
     for k in tqdm(range(models), desc="FairDropout models, units kept", leave=False):
         run = open_run(fd_dir / model_path(seed, k), plugins, device="cpu")
@@ -71,17 +70,6 @@ def most_memorized(erm_dir: Path, seed: int, seeds: list[int], share: float, sam
     top = np.zeros(len(scores), dtype=bool)
     top[ranked[:max(1, round(share * np.isfinite(scores).sum()))]] = True
     return top, how
-
-
-def describe(estimate: Estimate, mask: np.ndarray) -> dict:
-    scores = estimate.memorization[mask]
-    defined = ~np.isnan(scores)
-    out = {"examples": int(mask.sum()), "defined": int(defined.sum()), "mean": float(scores[defined].mean()),
-           "sem": float(scores[defined].std(ddof=1) / np.sqrt(defined.sum()))}
-    for key in ("accuracy_in", "accuracy_out"):
-        values = getattr(estimate, key)[mask]
-        out[key] = float(np.nanmean(values))
-    return out
 
 
 def paired(estimate: Estimate, erm: Estimate, mask: np.ndarray) -> dict:
@@ -113,12 +101,13 @@ def main() -> None:
     dropped = read_scores(args.fairdropout / f"seed{args.seed}" / "scores.h5")
     if not (np.array_equal(erm["trained"], dropped["trained"]) and np.array_equal(erm["y"], dropped["y"])):
         raise SystemExit(f"seed {args.seed}: the two folders' models did not train on the same subsets")
+    data = full_data(args.erm, plugins)
     estimates = {
         "ERM": memorization(erm["correct"], erm["trained"]),
         "FairDropout, dropped": memorization(dropped["correct"], dropped["trained"]),
-        "FairDropout, kept": kept_estimate(args.fairdropout, args.seed, models, erm["trained"], plugins),
+        "FairDropout, kept": kept_estimate(args.fairdropout, args.seed, models, erm["trained"], data.splits["train"],
+                                           plugins),
     }
-    data = full_data(args.erm, plugins)
     names = list(data.group_names)
     top, chosen_by = most_memorized(args.erm, args.seed, erm_settings["seeds"], args.top, estimates["ERM"])
     sets = {name: erm["group"] == g for g, name in enumerate(names)}
@@ -126,7 +115,7 @@ def main() -> None:
     result = {"erm": str(args.erm), "fairdropout": str(args.fairdropout), "seed": args.seed, "models": models,
               "subset": erm_settings["subset"], "epochs": erm_settings["epochs"], "top_chosen_by": chosen_by,
               "top_composition": {name: int((top & (erm["group"] == g)).sum()) for g, name in enumerate(names)},
-              "rows": {label: {reading: describe(estimates[reading], mask) for reading in READINGS}
+              "rows": {label: {reading: describe(estimates[reading].memorization, estimates[reading], mask) for reading in READINGS}
                        for label, mask in sets.items()},
               "paired_difference": {label: {reading: paired(estimates[reading], estimates["ERM"], mask)
                                             for reading in READINGS[1:]} for label, mask in sets.items()}}
