@@ -124,6 +124,22 @@ def test_small_cnn_blocks_and_pooling_set_depth_and_feature_width():
         build_small_cnn(SmallCNNOptions(width=4, blocks=6, pool_last=True), Data())
 
 
+def test_small_cnn_expand_widens_the_features_with_a_last_1x1_block():
+    class Data:
+        name, input_shape = "toy", (3, 32, 32)
+
+    wide = build_small_cnn(SmallCNNOptions(width=8, blocks=3, expand=96), Data())
+    assert wide.feature_dim == 96 and wide.layout.blocks == ("block1", "block2", "block3", "expand")
+    conv = wide.module.expand[0]
+    assert (conv.in_channels, conv.out_channels, conv.kernel_size) == (32, 96, (1, 1))
+    captured = []
+    wide.module.expand.register_forward_hook(lambda module, args, out: captured.append(out.shape))
+    assert wide.module(torch.zeros(2, 3, 32, 32)).shape == (2, 96)
+    assert captured == [(2, 96, 8, 8)]  # widened where the last block ends, before the pooling
+    with pytest.raises(Exception, match="expand"):
+        SmallCNNOptions(expand=-1)
+
+
 def test_small_cnn_default_architecture_is_unchanged():
     """The parameters (names, shapes and seeded initial values) of the original three-block
     network, so earlier runs' checkpoints and numbers stay valid."""

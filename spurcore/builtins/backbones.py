@@ -33,17 +33,21 @@ class SmallCNNOptions:
     pooling. The defaults (3 blocks, last unpooled) see the whole of a 28-pixel digit; larger
     images need more blocks or pooling before a feature spans the object (at 32-48 px, 4 blocks
     with `pool_last` learn a bird's shape where 3 blocks learn only the background texture).
+    `expand = N`: a last 1 x 1 conv block (`expand`, conv-BN-ReLU) widening the features to N
+    channels before the pooling, as ResNet-50's bottlenecks widen to 2,048; it gives a cheap
+    network ResNet-50's feature width (the scale benchmarks use `expand = 2048`). 0: none.
     `pretrained = "digits"`: start from weights pretrained on the ten-digit task of
     `spurcore.builtins.digits_pretraining` (built once, offline, and cached)."""
 
     width: int = attrs.field(default=32, validator=positive)
     blocks: int = attrs.field(default=3, validator=positive)
     pool_last: bool = False
+    expand: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     pretrained: str = attrs.field(default="", validator=_pretrained_source)
 
     @property
     def feature_dim(self) -> int:
-        return self.width * 2 ** (self.blocks - 1)
+        return self.expand or self.width * 2 ** (self.blocks - 1)
 
 
 @attrs.frozen(kw_only=True)
@@ -63,7 +67,7 @@ def _torchvision(arch: str) -> Any:
 def spurcore_register_backbones():
     return [
         BackboneSpec(name="small-cnn", build=lazy("spurcore.builtins.networks:build_small_cnn"), options=SmallCNNOptions,
-                     description="conv blocks with BN and max pooling (3 by default, width x 2^(blocks-1) features); seconds per epoch on a CPU; pretrained = \"digits\" starts from offline digit pretraining"),
+                     description="conv blocks with BN and max pooling (3 by default, width x 2^(blocks-1) features, or `expand` after a 1x1 widening block); seconds per epoch on a CPU; pretrained = \"digits\" starts from offline digit pretraining"),
         BackboneSpec(name="resnet18", build=_torchvision("resnet18"), options=ResNetOptions,
                      description="torchvision ResNet-18, 512 features"),
         BackboneSpec(name="resnet50", build=_torchvision("resnet50"), options=ResNetOptions,

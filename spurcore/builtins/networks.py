@@ -19,9 +19,11 @@ class BackboneError(SpurcoreError):
 
 
 class SmallCNN(nn.Module):
-    """`blocks` conv blocks (`block1`, `block2`, ...) and global average pooling."""
+    """`blocks` conv blocks (`block1`, `block2`, ...), optionally a 1 x 1 block widening to
+    `expand` channels (`expand`), and global average pooling."""
 
-    def __init__(self, in_channels: int = 3, width: int = 32, blocks: int = 3, pool_last: bool = False) -> None:
+    def __init__(self, in_channels: int = 3, width: int = 32, blocks: int = 3, pool_last: bool = False,
+                 expand: int = 0) -> None:
         super().__init__()
         channels = in_channels
         for i in range(blocks):
@@ -31,12 +33,15 @@ class SmallCNN(nn.Module):
                 layers.append(nn.MaxPool2d(2))
             self.add_module(f"block{i + 1}", nn.Sequential(*layers))
             channels = out
-        self.blocks = blocks
+        if expand:
+            self.expand = nn.Sequential(nn.Conv2d(channels, expand, 1, bias=False), nn.BatchNorm2d(expand),
+                                        nn.ReLU(inplace=True))
+        self.block_names = [f"block{i + 1}" for i in range(blocks)] + (["expand"] if expand else [])
         self.pool = nn.AdaptiveAvgPool2d(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for i in range(self.blocks):
-            x = getattr(self, f"block{i + 1}")(x)
+        for name in self.block_names:
+            x = getattr(self, name)(x)
         return self.pool(x).flatten(1)
 
 
@@ -50,12 +55,12 @@ def build_small_cnn(options: SmallCNNOptions, data) -> Backbone:
                 f"small-cnn: {options.blocks} blocks pool {pools} times, which needs images of at least "
                 f"{2**pools} pixels; dataset {data.name!r} has {side}. Use fewer blocks or larger images"
             )
-    net = SmallCNN(channels, options.width, options.blocks, options.pool_last)
+    net = SmallCNN(channels, options.width, options.blocks, options.pool_last, options.expand)
     if options.pretrained:
         from spurcore.builtins import digits_pretraining
 
         net.load_state_dict(digits_pretraining.pretrained_state(net, options, data))
-    return Backbone(net, options.feature_dim, layout=Layout(blocks=[f"block{i + 1}" for i in range(options.blocks)]))
+    return Backbone(net, options.feature_dim, layout=Layout(blocks=net.block_names))
 
 
 def build_torchvision(options: ResNetOptions, data, *, arch: str) -> Backbone:
