@@ -455,7 +455,8 @@ class Runner:
         origin = own if trained_here or source is None else Path(source.run) / "embeddings"
         found = cached(model, run.data, run.device, cfg.to_dict(self.plan.config.dataset),
                        write_to=origin, look_in=(own,), batch_size=stage.train.eval_batch_size)
-        run.log(f"stage {stage.key}: embeddings {'reused from' if found.reused else 'extracted to'} {found.path}")
+        run.log(f"stage {stage.key}: embeddings {'reused from' if found.reused else 'extracted to'} {found.path} "
+                f"({found.describe()})")
         embeddings = found.embeddings
         head = self.hook.spurcore_posthoc_head(run=run, stage=stage, model=model, embeddings=embeddings)
         expected = (model.feature_dim, run.data.n_classes)

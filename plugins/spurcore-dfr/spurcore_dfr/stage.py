@@ -27,6 +27,9 @@ def l1_penalty(version: str) -> dict[str, object]:
 L1_PENALTY = l1_penalty(sklearn.__version__)
 
 
+CHUNK_BYTES = 2**25  # rows of features reduced at a time when standardizing
+
+
 @attrs.frozen
 class Standardizer:
     """Per-feature mean and std; a zero std reads as 1, as in scikit-learn's StandardScaler."""
@@ -36,9 +39,14 @@ class Standardizer:
 
     @classmethod
     def of(cls, x: np.ndarray) -> Standardizer:
-        std = x.std(0)
+        """The statistics of `x`, accumulated in float64 over chunks of rows: `x` may be the
+        memory-mapped training features of a large dataset, which are never copied whole."""
+        rows = max(1, CHUNK_BYTES // (8 * x.shape[1]))
+        chunks = [slice(start, start + rows) for start in range(0, len(x), rows)]
+        mean = sum(x[c].sum(0, dtype=np.float64) for c in chunks) / len(x)
+        std = np.sqrt(sum(((x[c] - mean) ** 2).sum(0) for c in chunks) / len(x))
         std[std == 0] = 1.0
-        return cls(x.mean(0), std)
+        return cls(mean, std)
 
 
 @attrs.frozen

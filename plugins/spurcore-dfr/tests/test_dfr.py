@@ -226,3 +226,14 @@ def test_dfr_on_train_variant_fits_on_train(tmp_path, dfr_plugins, spur_tiny_dat
     run_pipeline(tiny(stages=[stages[0], {"method": "dfr", "options": {"retrains": 3}}]), tmp_path / "v", dfr_plugins)
     on_val = open_run(tmp_path / "v", dfr_plugins).load_model()
     assert not torch.allclose(model.head.weight, on_val.head.weight)
+
+
+def test_standardizer_reduces_in_chunks_to_the_whole_arrays_statistics(monkeypatch):
+    from spurcore_dfr import stage
+
+    x = np.random.default_rng(0).normal(3.0, 2.0, size=(1001, 5)).astype(np.float32)
+    x[:, 4] = 7.0  # a constant feature: std reads as 1
+    monkeypatch.setattr(stage, "CHUNK_BYTES", 8 * 5 * 64)  # 64 rows at a time: 16 chunks
+    scale = stage.Standardizer.of(x)
+    assert np.allclose(scale.mean, x.astype(np.float64).mean(0), atol=1e-9)
+    assert np.allclose(scale.std[:4], x[:, :4].astype(np.float64).std(0), atol=1e-9) and scale.std[4] == 1.0

@@ -33,18 +33,19 @@ def sfit(delta: np.ndarray) -> float:
     return float(np.abs(delta).sum())
 
 
-def predictions(head: torch.nn.Module, features: np.ndarray) -> np.ndarray:
+def predictions(head: torch.nn.Module, features: np.ndarray, rows: int = 65536) -> np.ndarray:
+    """The head's predicted class of every row of `features`, `rows` at a time."""
     with torch.no_grad():
         weight, bias = head.weight.detach().cpu(), head.bias.detach().cpu()
-        return (torch.from_numpy(features) @ weight.T + bias).argmax(1).numpy()
+        return np.concatenate([(torch.from_numpy(np.asarray(features[i:i + rows], dtype=np.float32)) @ weight.T + bias)
+                               .argmax(1).numpy() for i in range(0, len(features), rows)])
 
 
 def retrain_head(head: torch.nn.Module, features: np.ndarray, y: np.ndarray, zeroed: np.ndarray,
                  options: NeuronTuneOptions) -> torch.nn.Linear:
     """Retrain a copy of `head` on features with `zeroed` dimensions set to 0, sampling classes
-    equally (with replacement, as many draws per epoch as examples)."""
-    x = torch.from_numpy(features).float().clone()
-    x[:, zeroed] = 0
+    equally (with replacement, as many draws per epoch as examples). Each batch's rows are
+    gathered from `features` as it is drawn, so memory-mapped features are never copied whole."""
     targets = torch.tensor(y)
     new = linear_head(head.weight.detach().cpu(), head.bias.detach().cpu())
     optimizer = torch.optim.Adam(new.parameters(), lr=options.lr, weight_decay=options.weight_decay)
@@ -53,7 +54,9 @@ def retrain_head(head: torch.nn.Module, features: np.ndarray, y: np.ndarray, zer
     for _ in range(options.epochs):
         order = torch.multinomial(weights, len(y), replacement=True, generator=generator)
         for idx in torch.split(order, options.batch_size):
-            loss = F.cross_entropy(new(x[idx]), targets[idx])
+            x = torch.from_numpy(np.asarray(features[idx.numpy()], dtype=np.float32))
+            x[:, zeroed] = 0
+            loss = F.cross_entropy(new(x), targets[idx])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
