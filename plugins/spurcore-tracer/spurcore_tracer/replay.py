@@ -53,6 +53,15 @@ class Replay:
         data = self.splits[split]
         return iterate_batches(data, torch.arange(len(data)), self.batch_size)
 
+    def _inputs(self, split: str, replayed: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """(example indices, inputs on the device) of every batch; a replayed evaluation reads
+        no input (the recorded outputs stand in for it), so it loads and decodes none."""
+        if replayed:
+            yield from ((index, None) for index in torch.split(torch.arange(len(self.splits[split])), self.batch_size))
+            return
+        for batch in self._batches(split):
+            yield batch.index, to_device(batch.x, self.device)
+
     @torch.no_grad()
     def _record(self, max_mb: float) -> None:
         self.order: list[str] = []
@@ -172,10 +181,9 @@ class Replay:
                 logits = []
                 context = self._replaying(point, split, step) if point else contextlib.nullcontext()
                 with context:
-                    for i, batch in enumerate(self._batches(split)):
+                    for i, (index, x) in enumerate(self._inputs(split, replayed=point is not None)):
                         step["i"] = i
-                        x = None if point else to_device(batch.x, self.device)
-                        logits.append(self.model(x, index=batch.index.to(self.device)).float().cpu())
+                        logits.append(self.model(x, index=index.to(self.device)).float().cpu())
                 out[split] = torch.cat(logits)
         finally:
             self.model.train(training)

@@ -128,6 +128,39 @@ def test_replay_equals_a_full_forward_under_an_intervention():
     assert replay.point_for(["head"]) == "embed" and replay.point_for(["embed.0"]) is None
 
 
+def test_a_replayed_evaluation_reads_no_input():
+    """Replaying from a recorded block needs the batches' indices only: a dataset-backed split
+    (images decoded per item) is read once, when the outputs are recorded, not per evaluation."""
+    from spurcore.testing import MLPOptions, TinyOptions, make_mlp, make_tiny
+    from spurcore.api import SplitData, build_model
+
+    class Counted(torch.utils.data.Dataset):
+        def __init__(self, x):
+            self.x, self.reads = x, 0
+
+        def __len__(self):
+            return len(self.x)
+
+        def __getitem__(self, i):
+            self.reads += 1
+            return self.x[i]
+
+    data = make_tiny(TinyOptions())
+    train = data.splits["train"]
+    inputs = Counted(train.inputs)
+    split = SplitData(name="train", inputs=inputs, y=train.y, a=train.a)
+    torch.manual_seed(0)
+    model = build_model(make_mlp(MLPOptions(hidden=8), data), 2).eval()
+    replay = Replay(model, {"train": split}, batch_size=64)
+    recorded = inputs.reads
+    index = NeuronIndex.of(model)
+    with intervene(index, [9], "zero"):
+        fast = replay.logits(["head"])["train"]
+        full = split_logits(model, split, 64)
+    assert inputs.reads == recorded + len(split)  # split_logits read them, the replay did not
+    assert torch.allclose(fast, full, atol=1e-6)
+
+
 def test_per_group_gradient_uses_each_groups_lowest_confidence_examples(tracer_plugins, finished_run):
     runner = open_run(finished_run, tracer_plugins)
     model, data = runner.load_model(0, 7), runner.data
