@@ -133,10 +133,11 @@ def _prepare_cache(ctx: click.Context, name: str, root: Path, workers: int | Non
         table = without_unreadable(table)
     stores = cached_splits(table, options, workers)
     size = sum(store.path.stat().st_size for store in stores.values())
+    images = sum(len(store) for store in stores.values())
     folder = next(iter(stores.values())).path.parent
     counts = ", ".join(f"{split} {len(store)}" for split, store in stores.items())
-    click.echo(f"{name}: decoded-image cache in {folder} ({counts} images; {size / 2**20:.1f} MiB); "
-               f"runs with dataset.options.cache = \"decoded\" read it")
+    click.echo(f"{name}: decoded-image cache in {folder} ({counts} images; {size / 2**20:.1f} MiB, "
+               f"{size / images / 1024:.1f} KiB per image); runs with dataset.options.cache = \"decoded\" read it")
 
 
 def write_table(table: Table, out: Path) -> Path:

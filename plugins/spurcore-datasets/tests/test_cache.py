@@ -175,6 +175,8 @@ def test_prepare_cache_builds_ahead_and_a_run_reads_it_without_rebuilding(tmp_pa
                   "-o", "image_size=16", "-o", f"cache_dir={json.dumps(str(tmp_path / 'c'))}")
     assert result.exit_code == 0, result.output
     assert "decoded-image cache in" in result.output and "train 16, val 8, test 8 images" in result.output
+    stored = sum(p.stat().st_size for p in (tmp_path / "c").glob("*/*.u8"))
+    assert f"{stored / 32 / 1024:.1f} KiB per image" in result.output
     indexes = {p: p.stat().st_mtime_ns for p in (tmp_path / "c").glob("*/*.json")}
     assert len(indexes) == 3
     config = {"selector": "val-wga", "seed": 0, "device": "cpu", "backbone": {"name": "small-cnn", "options": {"width": 4}},
