@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import tomli_w
 import torch
 from spurcore.testing import TinyPlugin, tiny_pipeline
 
@@ -17,6 +16,7 @@ from spurcore import atomic, distributed
 from spurcore.config import pipeline_from_dict
 from spurcore.plugins import PluginManager
 from spurcore.runner import run_pipeline
+from spurcore.tomlwriter import dumps as toml_dumps
 
 
 @pytest.mark.parametrize("n, batch, world", [(200, 32, 2), (65, 32, 2), (10, 4, 3), (7, 7, 4)])
@@ -56,7 +56,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     data = tiny_pipeline(dataset={"name": "tiny", "options": {"n_train": 201}}, train={"epochs": 1, "batch_size": 32, "lr": 0.01, "optimizer": "adam"},
                          stages=[{"method": "fairdropout", "options": {"placement": ["features"]}}])
     pipeline = tmp_path / "ddp.toml"
-    pipeline.write_text(tomli_w.dumps(data))
+    pipeline.write_text(toml_dumps(data))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SPURCORE_PLUGINS": "fairdropout"}
     two = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
