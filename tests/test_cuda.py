@@ -67,9 +67,12 @@ def test_loader_settings_give_pinned_batches(gpu):
 class Probe:
     """What a run's training steps look like from inside: where the batch and the weights are,
     their memory layout, the dtype of the logits (float16 under AMP) and of the loss, whether
-    the model is compiled, and whether each batch reached `Device.move` from pinned memory."""
+    the model is compiled, and whether each batch reached `Device.move` from pinned memory.
+    `logits`: hook the head to see its output's dtype (left out where the model is compiled, so
+    that what is tested is the runner's compile alone)."""
 
-    def __init__(self) -> None:
+    def __init__(self, logits: bool = True) -> None:
+        self.watch_logits = logits
         self.training = False
         self.steps: list[dict] = []
         self.logits: list[torch.dtype] = []
@@ -77,8 +80,9 @@ class Probe:
 
     @hookimpl
     def spurcore_stage_start(self, stage):
-        stage.model.head.register_forward_hook(lambda module, args, out: self.logits.append(out.dtype)
-                                               if self.training else None)
+        if self.watch_logits:
+            stage.model.head.register_forward_hook(lambda module, args, out: self.logits.append(out.dtype)
+                                                   if self.training else None)
 
     @hookimpl
     def spurcore_epoch_start(self):
@@ -106,7 +110,7 @@ def run_on_gpu(tmp_path, monkeypatch, **train) -> tuple[Probe, dict]:
     DataLoader), on the GPU with AMP, one worker."""
     miniature = pytest.importorskip("spurcore_datasets.miniature")
     miniature.waterbirds(tmp_path / "data")
-    probe = Probe()
+    probe = Probe(logits=not train.get("compile"))
     move = Device.move
 
     def watched(self, batch, channels_last=False):
