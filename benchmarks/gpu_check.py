@@ -99,7 +99,7 @@ def cuda_tests(out: Path) -> dict:
         name = f"{case.get('classname', '').rpartition('.')[2]}::{case.get('name')}"
         problem = case.find("failure") if case.find("failure") is not None else case.find("error")
         if problem is not None:
-            result["failed"][name] = (problem.get("message") or "").splitlines()[0] if problem.get("message") else "failed"
+            result["failed"][name] = (problem.get("message") or "failed").splitlines()[0]
         elif case.find("skipped") is not None:
             result["skipped"][name] = re.sub(r"^Skipped: ", "", case.find("skipped").get("message") or "")
         else:
@@ -158,16 +158,21 @@ def methods(folder: Path, settings: argparse.Namespace, out: Path, train_subset:
     for trial in sweep.trials:
         record = records[trial.path]
         row = {"status": record["status"], **timed.get(str((sweep.out / trial.path).resolve()), {})}
-        missing = re.match(r"ModuleNotFoundError: No module named '([^']+)'", record.get("error", ""))
-        if missing:
-            row["status"] = f"skipped: needs {missing[1]}, which this Python lacks"
+        if skipped_for_module(record.get("error", "")):
+            row["status"] = skipped_for_module(record["error"])
         elif "error" in record:
             row["error"] = record["error"]
         if trial.after:
             row["starts_from"] = trial.after
         rows[trial.method] = row
-    return {"methods": rows, "left_out": left_out, "plugins_failed": dict(manager.failed),
-            "train_subset": train_subset}
+    return {"methods": rows, "left_out": {name: skipped_for_module(why) or why for name, why in left_out.items()},
+            "plugins_failed": dict(manager.failed), "train_subset": train_subset}
+
+
+def skipped_for_module(error: str) -> str | None:
+    """The row status of a method whose error says a module is not installed ("skipped: needs M, ..."), else None."""
+    missing = re.search(r"No module named '([^']+)'", error)
+    return f"skipped: needs {missing[1]}, which this Python lacks" if missing else None
 
 
 # --- the table ----------------------------------------------------------------------------
@@ -190,7 +195,11 @@ def table(result: dict) -> str:
         lines.append("| " + " | ".join("—" if c is None else str(c) for c in cells) + " |")
 
     for name, measured in (epoch.get("variants") or {}).items():
-        note = "SubpopBench-style loop" if name == "plain" else "runner"
+        if "error" in measured:
+            row(f"epoch: {name}", None, None, None, None, f"failed: {measured['error']}")
+            continue
+        note = "SubpopBench-style loop" if name == "plain" else "runner" + (", compilation included" if
+                                                                             name.endswith("compile") else "")
         row(f"epoch: {name}", measured["images"], measured["epoch_s"], measured["gpu_memory_mib"],
             measured.get("ratio_to_plain"), note)
     for name, measured in (result.get("methods") or {}).get("methods", {}).items():
@@ -208,7 +217,7 @@ def table(result: dict) -> str:
                                                                               "earlier method"))
         row(f"method: {name}", images, seconds, measured.get("gpu_memory_mib"), ratio, note)
     for name, why in (result.get("methods") or {}).get("left_out", {}).items():
-        row(f"method: {name}", None, None, None, None, f"left out: {why}")
+        row(f"method: {name}", None, None, None, None, why if why.startswith("skipped") else f"left out: {why}")
     return "\n".join(lines)
 
 
@@ -268,9 +277,10 @@ def main() -> None:
     result["total_s"] = round(sum(v for v in steps.seconds.values() if v), 1)
     (args.out / "gpu_check.json").write_text(json.dumps(result, indent=2) + "\n")
     print(summary(result), table(result), footer(result), sep="\n\n")
-    failed_methods = [n for n, r in ((result.get("methods") or {}).get("methods") or {}).items()
-                      if r["status"] != "done" and not r["status"].startswith("skipped")]
-    if steps.errors or (result["tests"] or {}).get("failed") or failed_methods:
+    failed = [n for n, r in ((result.get("methods") or {}).get("methods") or {}).items()
+              if r["status"] != "done" and not r["status"].startswith("skipped")]
+    failed += [n for n, r in ((result.get("gpu_epoch") or {}).get("variants") or {}).items() if "error" in r]
+    if steps.errors or (result["tests"] or {}).get("failed") or failed:
         sys.exit(1)
 
 

@@ -20,8 +20,9 @@ optimizer step, synchronized), the peak GPU memory, and its ratio to the plain l
     python benchmarks/gpu_epoch.py --root /data/wb-synthetic --out gpu_epoch.json   # on a GPU machine
     python benchmarks/gpu_epoch.py --arch small-cnn --images 64 --size 32 --batch 32 --device cpu  # a smoke test
 
-Prints the JSON it writes to --out. `benchmarks/gpu_check.sh` runs it (`measure`) as one step of
-the GPU check, and times every method's epoch with its `StageClock`.
+Prints the JSON it writes to --out; a variant that fails is recorded with its error (the
+others still run) and the exit status is 1. `benchmarks/gpu_check.sh` runs it (`measure`) as
+one step of the GPU check, and times every method's epoch with its `StageClock`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import argparse
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -255,17 +257,22 @@ def measure(folder: Path, args, cache_dir: Path) -> dict:
         result["cache_images"] = len(table.items)
     for variant in variants:
         print(f"{variant} ...", file=sys.stderr)
-        if variant == "plain":
-            measured = plain(folder, args, device)
-        else:
-            train = {"channels_last": variant.endswith("channels-last"), "compile": variant.endswith("compile")}
-            measured = runner(folder, args, cache_dir if variant.startswith("cached") else None, **train)
+        try:
+            if variant == "plain":
+                measured = plain(folder, args, device)
+            else:
+                train = {"channels_last": variant.endswith("channels-last"), "compile": variant.endswith("compile")}
+                measured = runner(folder, args, cache_dir if variant.startswith("cached") else None, **train)
+        except Exception as error:  # noqa: BLE001 - recorded (compile needs a C compiler, say); the others still run
+            traceback.print_exc()
+            result["variants"][variant] = {"error": f"{type(error).__name__}: {error}"}
+            continue
         measured["images_per_s"] = round(measured["images"] / measured["epoch_s"], 1)
         measured["epoch_s"] = round(measured["epoch_s"], 3)
         result["variants"][variant] = measured
-    if "plain" in result["variants"]:
-        reference = result["variants"]["plain"]["images_per_s"]
-        for measured in result["variants"].values():
+    reference = result["variants"].get("plain", {}).get("images_per_s")
+    for measured in result["variants"].values():
+        if reference and "images_per_s" in measured:
             measured["ratio_to_plain"] = round(measured["images_per_s"] / reference, 3)
     return result
 
@@ -275,6 +282,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         result = measure(data_folder(args.root or Path(tmp), args), args, args.cache_dir or Path(tmp) / "cache")
     emit(result, args.out)
+    if any("error" in measured for measured in result["variants"].values()):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -94,6 +94,37 @@ def test_every_method_runs_one_epoch_as_a_sweep_builds_it(tiny):
     assert all(t["record"]["status"] == "done" for t in config["trials"])
 
 
+def test_a_variant_that_fails_is_recorded_with_its_error_and_the_others_still_run(tiny, monkeypatch):
+    done, out, result = tiny
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import gpu_check
+    import gpu_epoch
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("no C compiler for the compiled kernels")
+
+    monkeypatch.setattr(gpu_epoch, "runner", no_compiler)
+    settings = gpu_epoch.parse([*gpu_check.TINY, "--device", "cpu", "--variants", "plain,cached-compile"])
+    measured = gpu_epoch.measure(out / "data" / "waterbird_complete95_forest2water2", settings, out / "cache")
+    assert measured["variants"]["cached-compile"] == {"error": "RuntimeError: no C compiler for the compiled kernels"}
+    assert measured["variants"]["plain"]["images"] == TRAIN and measured["variants"]["plain"]["ratio_to_plain"] == 1.0
+    assert "| epoch: cached-compile | — | — | — | — | — | failed: RuntimeError: no C compiler" in gpu_check.table(
+        {"gpu_epoch": measured})
+
+
+def test_a_method_whose_module_this_python_lacks_is_skipped_naming_it(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import gpu_check
+
+    for error in ("ModuleNotFoundError: No module named 'mlflow'",
+                  "PluginError: mitigation 'x': its factory 'spurcore_x.stage:X' cannot be imported: "
+                  "ModuleNotFoundError: No module named 'ray'"):
+        assert gpu_check.skipped_for_module(error).startswith("skipped: needs ")
+    assert gpu_check.skipped_for_module("ModuleNotFoundError: No module named 'ray.util'") == (
+        "skipped: needs ray.util, which this Python lacks")
+    assert gpu_check.skipped_for_module("RuntimeError: CUDA out of memory") is None
+
+
 def test_an_unknown_gpu_epoch_variant_is_refused_before_anything_runs(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_epoch.py"), "--variants", "plain,fast",
                            "--root", str(tmp_path)], capture_output=True, text=True, timeout=120)
