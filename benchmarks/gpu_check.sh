@@ -15,9 +15,10 @@
 # --no-install skips step 2 (an installed repository, as in the test suite's CPU run of --tiny).
 # Target: 8 minutes on one H100-class GPU, install included.
 set -euo pipefail
+started=$(date +%s.%N)
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-args=()
+args=(--started "$started")
 install=1
 for arg in "$@"; do
     if [[ $arg == --no-install ]]; then install=0; else args+=("$arg"); fi

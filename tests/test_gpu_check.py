@@ -46,6 +46,7 @@ def test_the_tiny_check_passes_and_prints_one_table_of_every_variant_and_method(
     assert result["tiny"] and result["errors"] == {} and set(result["seconds"]) == {"install", "tests", "data",
                                                                                      "gpu_epoch", "methods"}
     assert result["seconds"]["install"] is None  # --no-install
+    assert result["total_s"] >= sum(v for v in result["seconds"].values() if v)  # from the script's start
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine the CUDA tests run instead of skipping")
