@@ -165,6 +165,11 @@ REFERENCE: tuple[tuple[str, str, dict[str, tuple[str, str | None]]], ...] = (
                            "`KEY=VALUE` (a TOML value) as (path, value), as `-o` reads it."),
         "pipeline_from_dict": ("spurcore.config:pipeline_from_dict", "a validated pipeline from plain data."),
         "load_pipeline": ("spurcore.config:load_pipeline", "a validated pipeline from a TOML file."),
+        "toml_dumps": ("spurcore.tomlwriter:dumps",
+                       "plain data (a pipeline's tables) as a TOML document, as `config.toml` is written; "
+                       "the standard library only."),
+        "toml_literal": ("spurcore.tomlwriter:literal",
+                         "one value as a TOML literal, for `KEY=VALUE` overrides."),
     }),
     ("Errors", "", {
         "SpurcoreError": ("spurcore.errors:SpurcoreError",

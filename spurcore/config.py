@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import attrs
-import tomli_w
 
+from spurcore import tomlwriter
 from spurcore.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -356,7 +356,7 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def dumps(config: PipelineConfig) -> str:
-    return tomli_w.dumps({k: v for k, v in to_dict(config).items() if v is not None})
+    return tomlwriter.dumps({k: v for k, v in to_dict(config).items() if v is not None})
 
 
 def _plain(data: Any) -> Any:

@@ -8,7 +8,6 @@ import tomllib
 import attrs
 import numpy as np
 import pytest
-import tomli_w
 from click.testing import CliRunner
 from spurcore.testing import TinyOptions, kit_manager, make_tiny, tiny_pipeline
 
@@ -18,6 +17,7 @@ from spurcore.cli import cli
 from spurcore.config import load_pipeline, pipeline_from_dict
 from spurcore.plugins import PluginManager
 from spurcore.specs import KINDS, MitigationSpec, SelectorSpec
+from spurcore.tomlwriter import dumps as toml_dumps
 
 TABLE_HEAD = ("| group | train n | train acc % | val n | val acc % | test n | test acc % "
               "| memorization gap (train - test, pts) |")
@@ -29,7 +29,7 @@ def invoke(manager, *args):
 
 
 def write_pipeline(path, **overrides):
-    path.write_text(tomli_w.dumps(tiny_pipeline(**overrides)))
+    path.write_text(toml_dumps(tiny_pipeline(**overrides)))
     return path
 
 

@@ -8,7 +8,6 @@ import tomllib
 from pathlib import Path
 
 import pytest
-import tomli_w
 from hypothesis import given, settings, strategies as st
 
 from spurcore.config import (
@@ -23,6 +22,7 @@ from spurcore.config import (
     pipeline_from_dict,
 )
 from spurcore.errors import ConfigError
+from spurcore.tomlwriter import dumps as toml_dumps
 
 ERM_TOML = Path(__file__).resolve().parents[1] / "examples" / "erm.toml"
 ERM_DATA = tomllib.loads(ERM_TOML.read_text())
@@ -30,7 +30,7 @@ ERM_DATA = tomllib.loads(ERM_TOML.read_text())
 
 def write(tmp_path: Path, data: dict, name: str = "pipeline.toml") -> Path:
     path = tmp_path / name
-    path.write_text(tomli_w.dumps(data))
+    path.write_text(toml_dumps(data))
     return path
 
 

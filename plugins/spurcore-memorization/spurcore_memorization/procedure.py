@@ -17,10 +17,9 @@ from typing import Any
 
 import attrs
 import numpy as np
-import tomli_w
 
 from spurcore.api import (ConfigError, PluginManager, SpuriousData, SpurcoreError, atomic, load_pipeline, open_run,
-                          pipeline_from_dict, plan, predict, to_dict, train_subset_positions)
+                          pipeline_from_dict, plan, predict, to_dict, toml_dumps, train_subset_positions)
 from spurcore_sweep import Sweep, Trial, write_manifest
 
 MAX_MODELS = 1000  # model seeds are seed * MAX_MODELS + k
@@ -117,7 +116,7 @@ def prepare(out: Path, pipeline: Path, plugins: PluginManager, settings: Setting
             raise MemorizationError(f"{out}: its models ran another pipeline ({saved_path}, key {differs} differs); "
                                     f"use a new --out, or the same pipeline, --subset and --epochs")
     out.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(saved_path, tomli_w.dumps(resolved))
+    atomic.write_text(saved_path, toml_dumps(resolved))
     epochs = resolved["stages"][0]["train"].get("epochs", resolved["train"]["epochs"])
     atomic.write_json(out / SETTINGS, {"pipeline": str(pipeline), "models": settings.models, "subset": settings.subset,
                                        "epochs": epochs, "selector": resolved["selector"],

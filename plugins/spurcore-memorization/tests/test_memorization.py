@@ -11,14 +11,13 @@ import attrs
 import h5py
 import numpy as np
 import pytest
-import tomli_w
 import torch
 from spurcore.testing import TinyPlugin, tiny_pipeline
 
 import spurcore_memorization
 import spurcore_sweep
 from spurcore.api import (DatasetSpec, PluginManager, SplitData, SpuriousData, cli, hookimpl, load_pipeline,
-                          train_subset_positions)
+                          toml_dumps, train_subset_positions)
 from spurcore_memorization import Settings, memorization, memorization_scores, read_scores
 from spurcore_memorization.procedure import MemorizationError
 
@@ -107,7 +106,7 @@ def pipeline(tmp_path: Path) -> Path:
     data = tiny_pipeline(dataset={"name": "flipped"}, backbone={"name": "mlp", "options": {"hidden": 64}},
                          train={"epochs": 40, "batch_size": 16, "lr": 0.01, "weight_decay": 0.0},
                          selector="val-worst-class")
-    path.write_text(tomli_w.dumps(data))
+    path.write_text(toml_dumps(data))
     return path
 
 
@@ -175,7 +174,7 @@ class Interrupt:
 
 def test_a_resumed_computation_gives_the_same_scores(tmp_path):
     path = tmp_path / "tiny.toml"
-    path.write_text(tomli_w.dumps(tiny_pipeline()))
+    path.write_text(toml_dumps(tiny_pipeline()))
     settings = Settings(models=4, subset=0.7, epochs=3, seeds=(0,))
     memorization_scores(path, tmp_path / "whole", manager(), settings, echo=lambda line: None)
     pm = manager()
@@ -222,14 +221,14 @@ def test_the_command_refuses_bad_settings_before_training(tmp_path, args, messag
 
 def test_the_command_refuses_a_pipeline_that_sets_its_own_subset(tmp_path):
     path = tmp_path / "p.toml"
-    path.write_text(tomli_w.dumps(tiny_pipeline(dataset={"name": "tiny", "holdout": 0.2})))
+    path.write_text(toml_dumps(tiny_pipeline(dataset={"name": "tiny", "holdout": 0.2})))
     result = invoke(manager(), "memorization", path, "--out", tmp_path / "out")
     assert result.exit_code == 1 and "dataset.holdout and dataset.train_subset must be left at 0 and 1" in result.output
 
 
 def test_the_command_runs_with_its_small_default_and_prints_the_table(tmp_path):
     path = tmp_path / "p.toml"
-    path.write_text(tomli_w.dumps(tiny_pipeline()))
+    path.write_text(toml_dumps(tiny_pipeline()))
     result = invoke(manager(), "memorization", path, "--out", tmp_path / "out", "--models", "3", "--epochs", "1")
     assert result.exit_code == 0, result.output
     assert "[3/3] seed0/model002: done" in result.output and "| **minority** |" in result.output
@@ -239,7 +238,7 @@ def test_the_command_runs_with_its_small_default_and_prints_the_table(tmp_path):
 
 def test_the_pipeline_epochs_and_the_final_epoch_are_kept_as_asked(tmp_path):
     path = tmp_path / "p.toml"
-    path.write_text(tomli_w.dumps(tiny_pipeline()))
+    path.write_text(toml_dumps(tiny_pipeline()))
     result = invoke(manager(), "memorization", path, "--out", tmp_path / "out", "--models", "2", "--pipeline-epochs",
                     "--final-epoch")
     assert result.exit_code == 0, result.output

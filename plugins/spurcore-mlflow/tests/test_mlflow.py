@@ -6,12 +6,11 @@ import json
 import shutil
 
 import pytest
-import tomli_w
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
 import spurcore_mlflow
-from spurcore.api import ConfigError, PluginManager, cli, run_pipeline
+from spurcore.api import ConfigError, PluginManager, cli, run_pipeline, toml_dumps
 from spurcore.testing import TinyPlugin, tiny_pipeline
 from spurcore_tracking.testing import Interrupt, interrupted, recorded
 
@@ -115,7 +114,7 @@ def test_a_run_whose_mlflow_run_is_gone_gets_a_new_one_with_its_whole_history(ml
 
 def test_a_sweep_is_one_experiment_with_a_tagged_run_per_trial(runs):
     pipeline = runs.parent / "tiny.toml"
-    pipeline.write_text(tomli_w.dumps(tiny_pipeline(train={"epochs": 2, "batch_size": 50, "lr": 0.01},
+    pipeline.write_text(toml_dumps(tiny_pipeline(train={"epochs": 2, "batch_size": 50, "lr": 0.01},
                                                     settings={"mlflow": {}})))
     sweep = runs / "lrs"
     sweep.mkdir()
@@ -149,7 +148,7 @@ def test_a_sweep_is_one_experiment_with_a_tagged_run_per_trial(runs):
 
 def test_trials_in_two_processes_create_one_store_and_one_experiment(tmp_path):
     pipeline = tmp_path / "tiny.toml"
-    pipeline.write_text(tomli_w.dumps(tiny_pipeline(train={"epochs": 1, "batch_size": 50, "lr": 0.01},
+    pipeline.write_text(toml_dumps(tiny_pipeline(train={"epochs": 1, "batch_size": 50, "lr": 0.01},
                                                     settings={"mlflow": {}})))
     sweep = tmp_path / "pair"  # no store yet: both trials start at once and would both create it
     manager = PluginManager(block=["progress"])

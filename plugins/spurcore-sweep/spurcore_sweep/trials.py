@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import tomli_w
 
-from spurcore.api import ConfigError, PluginError, PluginManager, SpurcoreError, atomic, load_pipeline, parse_override
+from spurcore.api import (ConfigError, PluginError, PluginManager, SpurcoreError, atomic, load_pipeline, parse_override,
+                          toml_literal)
 
 MANIFEST = "sweep.json"
 
@@ -68,9 +68,7 @@ def _split_values(raw: str) -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
-def toml_value(value: Any) -> str:
-    """A value written as a TOML literal, for an override."""
-    return tomli_w.dumps({"v": value}).split("=", 1)[1].strip()
+toml_value = toml_literal  # a value written as a TOML literal, for an override (public: in __all__)
 
 
 def expand(grid: Mapping[str, Sequence[Any]], space: Mapping[str, Sequence[Any]], random_draws: int | None,

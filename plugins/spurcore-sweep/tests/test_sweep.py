@@ -17,12 +17,12 @@ from pathlib import Path
 
 import attrs
 import pytest
-import tomli_w
 import torch.nn.functional as F
 from click.testing import CliRunner
 from spurcore.testing import TinyPlugin, TinyRefit, kit_manager, tiny_pipeline
 
-from spurcore.api import ConfigError, MitigationSpec, PluginManager, SelectorSpec, cli, hookimpl, load_pipeline, runlock
+from spurcore.api import (ConfigError, MitigationSpec, PluginManager, SelectorSpec, cli, hookimpl, load_pipeline, runlock,
+                          toml_dumps)
 import spurcore_sweep
 from spurcore_sweep.trials import all_methods, expand, parse_grid, plan_sweep
 
@@ -44,7 +44,7 @@ def invoke(pm, *args, plugin_args=()):
 
 def pipeline(tmp_path, **overrides):
     path = tmp_path / "tiny.toml"
-    path.write_text(tomli_w.dumps(tiny_pipeline(train={"epochs": 2, "batch_size": 50, "lr": 0.01}, **overrides)))
+    path.write_text(toml_dumps(tiny_pipeline(train={"epochs": 2, "batch_size": 50, "lr": 0.01}, **overrides)))
     return path
 
 
@@ -573,7 +573,7 @@ def holder(run):
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds processes through /proc")
 def test_killing_the_sweep_ends_its_pool_workers(tmp_path):
     path = tmp_path / "slow.toml"  # trials of minutes: 1000 epochs of 20000 examples
-    path.write_text(tomli_w.dumps(tiny_pipeline(dataset={"name": "tiny", "options": {"n_train": 20000}},
+    path.write_text(toml_dumps(tiny_pipeline(dataset={"name": "tiny", "options": {"n_train": 20000}},
                                                 train={"epochs": 1000, "batch_size": 50, "lr": 0.01})))
     out = tmp_path / "sweep"
     runs = [out / "erm" / "default" / f"seed{seed}" for seed in (0, 1)]
