@@ -224,8 +224,14 @@ class ActivationObserver:
             self.recording.detach()
 
     @hookimpl
-    def spurcore_run_end(self):
+    def spurcore_run_end(self, run):
+        recording = self.recording
         self.close()
+        rows = recording.writer.rows if recording is not None else 0
+        if rows:
+            size = Path(recording.path).stat().st_size
+            run.log(f"activations: {rows} rows in {recording.path} ({size / 2**20:.1f} MiB, "
+                    f"{size / rows / 1024:.1f} KiB per row on disk)")
 
     @hookimpl
     def spurcore_run_error(self):

@@ -30,7 +30,11 @@ def metrics_lines(path):
 
 
 def test_observer_records_every_evaluated_example_and_changes_nothing(act_plugins, spur_tiny_config, tmp_path, spur_plugins):
-    logged = run_pipeline(spur_tiny_config(settings=settings()), tmp_path / "logged", act_plugins, log=lambda m: None)
+    lines = []
+    logged = run_pipeline(spur_tiny_config(settings=settings()), tmp_path / "logged", act_plugins, log=lines.append)
+    size = (tmp_path / "logged" / "activations.h5").stat().st_size
+    assert f"activations: {len(ActivationFile(tmp_path / 'logged' / 'activations.h5'))} rows in " \
+           f"{tmp_path / 'logged' / 'activations.h5'} ({size / 2**20:.1f} MiB, " in "\n".join(lines)
     act_plugins.unregister(spurcore_activations)
     plain = run_pipeline(spur_tiny_config(), tmp_path / "plain", act_plugins, log=lambda m: None)
     assert logged == plain
