@@ -34,24 +34,26 @@ def alternate(rounds: int, first: Callable[[int], float], second: Callable[[int]
     return a, b
 
 
-def interleave(rounds: int, steps: int, first: Callable[[int], float], second: Callable[[int], float]) -> tuple[list[float], list[float]]:
-    """Per round, the summed seconds of `first(k)` and `second(k)` for k in range(steps), the
-    two called in turn at every step, the one going first swapped from step to step and from
-    round to round; each round is printed to stderr as it ends."""
-    a, b = [], []
+def interleave(rounds: int, steps: int, *contenders: Callable[[int], float]) -> tuple[list[float], ...]:
+    """Per round, the summed seconds of each contender's `step(k)` for k in range(steps), all
+    called in turn at every step, the order rotated by one from step to step and from round to
+    round (two contenders: the one going first swapped), so that each goes first, second, ...
+    alike; one list of per-round seconds per contender. Each round is printed to stderr as it
+    ends."""
+    n = len(contenders)
+    if n < 2:
+        raise ValueError("interleave needs at least two contenders")
+    totals: tuple[list[float], ...] = tuple([] for _ in contenders)
     for r in range(rounds):
-        sa = sb = 0.0
+        sums = [0.0] * n
         for k in range(steps):
-            if (k + r) % 2 == 0:
-                sa += first(k)
-                sb += second(k)
-            else:
-                sb += second(k)
-                sa += first(k)
-        a.append(sa)
-        b.append(sb)
-        print(f"round {r + 1}/{rounds}: {sa:.4f} s and {sb:.4f} s", file=sys.stderr)
-    return a, b
+            shift = (k + r) % n
+            for j in (*range(shift, n), *range(shift)):
+                sums[j] += contenders[j](k)
+        for total, s in zip(totals, sums):
+            total.append(s)
+        print(f"round {r + 1}/{rounds}: " + " and ".join(f"{s:.4f} s" for s in sums), file=sys.stderr)
+    return totals
 
 
 def spread(ratios: list[float]) -> dict:
