@@ -1,12 +1,13 @@
-"""What a command costs: its wall time and CPU time, the peak memory of its whole process tree (data
-loader workers and trial processes included), and the disk it leaves behind.
+"""What a command costs: its wall time and CPU time, the peak memory of its whole process tree
+(data-loader workers and trial processes included), and the disk it leaves behind.
 
 Memory is sampled from /proc every `interval` seconds over the command's process and all its
 descendants. `peak_rss_mib` is their resident memory with every page counted once: the sum of
 their proportional set sizes (`Pss`: a page shared by k processes, such as the libraries a
 data-loader worker inherits, counts 1/k in each). A peak shorter than the interval can fall
-between two samples; `ru_maxrss` cannot stand in, since a forked child starts with its parent's
-high-water mark. `peak_rss_sum_mib` adds their resident set sizes as they are (`VmRSS`: shared pages
+between two samples (reading a large process's page tables takes milliseconds, so sampling much
+more often than twice a second loads the machine it measures); `ru_maxrss` cannot stand in,
+since a forked child starts with its parent's high-water mark. `peak_rss_sum_mib` adds their resident set sizes as they are (`VmRSS`: shared pages
 counted in every process, an upper bound), and `peak_anon_mib` the anonymous part of the
 proportional sizes (`Pss_Anon`: what the processes hold themselves, leaving out file pages such
 as a memory-mapped image or feature cache, which the kernel can drop at will). Linux only.
@@ -91,7 +92,7 @@ def folder_bytes(paths: Sequence[Path]) -> int:
 
 
 def measure(command: Sequence[str], *, watch: Sequence[Path] = (), log: Path | None = None,
-            env: dict[str, str] | None = None, interval: float = 0.1) -> Cost:
+            env: dict[str, str] | None = None, interval: float = 0.5) -> Cost:
     """Run `command` (its output to `log`), sampling the memory of its process tree."""
     before = folder_bytes(watch)
     handle = open(log, "wb") if log else subprocess.DEVNULL

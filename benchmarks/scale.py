@@ -108,8 +108,7 @@ class Scale:
         spur, root = self.spur, str(self.root)
         return {
             "data-check": lambda: ([spur, "data", "check", "celeba", "--root", root], []),
-            "cache-build": lambda: ([spur, "data", "prepare", "celeba", "--cache", "--root", root,
-                                     "-o", f"image_size={IMAGE_SIZE}", "-o", f'cache_dir="{self.cache}"'], [self.cache]),
+            "cache-build": self.cache_build,
             "erm": lambda: self.run("erm", [{"method": "erm"}]),
             "dfr": lambda: self.posthoc("dfr", "dfr"),
             "dfr-class": lambda: self.posthoc("dfr-class", "dfr-class"),
@@ -130,6 +129,11 @@ class Scale:
             "memorization": self.memorization,
             "report": self.report,
         }
+
+    def cache_build(self) -> tuple[list[str], list[Path]]:
+        shutil.rmtree(self.cache, ignore_errors=True)  # built afresh, not found
+        return [self.spur, "data", "prepare", "celeba", "--cache", "--root", str(self.root),
+                "-o", f"image_size={IMAGE_SIZE}", "-o", f'cache_dir="{self.cache}"'], [self.cache]
 
     def tracer(self) -> tuple[list[str], list[Path]]:
         out = self.work / "tracer"
