@@ -289,3 +289,51 @@ def test_dumps_round_trip_property(lr, epochs, seed, name):
                 stages=[{"method": "erm", "name": name}])
     config = pipeline_from_dict(data)
     assert pipeline_from_dict(tomllib.loads(dumps(config))) == config
+
+
+# --- encodings and numbers that cannot train (issue 25) -------------------------------------------
+
+
+def test_a_utf8_byte_order_mark_is_read_past(tmp_path):
+    """Issue 25, item 9: an editor's BOM gave `not valid TOML: Invalid statement (at line 1, column 1)`."""
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + ERM_TOML.read_bytes())
+    assert load_pipeline(path) == load_pipeline(ERM_TOML)
+
+
+def test_a_byte_that_is_not_utf8_is_named_with_its_file_line_and_column(tmp_path):
+    """Issue 25, item 9: a Latin-1 byte in a comment raised UnicodeDecodeError."""
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(ERM_TOML.read_bytes() + "# café au lait\n".encode("latin-1"))
+    line = ERM_TOML.read_bytes().count(b"\n") + 1
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))} line {line}, column 6: byte 0xe9 is not UTF-8"):
+        load_pipeline(path)
+    path.write_bytes(b"\xef\xbb\xbf" + "seed = 0 # é\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"line 1, column 12: byte 0xe9"):
+        load_pipeline(path)
+
+
+@pytest.mark.parametrize("override", ["train.lr=inf", "train.lr=nan", "train.lr=-inf", "train.weight_decay=inf",
+                                      "train.momentum=nan", "stages.0.train.lr=nan"])
+def test_numbers_that_are_not_finite_are_refused_naming_the_key(override):
+    """Issue 25, item 3: `-o train.lr=inf` trained to NaN and exited 0; `lr = nan` ended in the
+    optimizer's traceback."""
+    key = override.split("=")[0].replace("stages.0", "stages[0]")
+    with pytest.raises(ConfigError, match=rf"{re.escape(key)}: expected a finite number, got"):
+        from spurcore.plugins import PluginManager
+        from spurcore.runner import plan
+
+        plan(pipeline_from_dict(ERM_DATA, [override], source="erm.toml"), PluginManager(entry_points=False))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("dataset.options.scale=inf", "dataset.options.scale: expected a finite number, got inf"),
+    ("train.momentum=1.0", "train.momentum: must be in [0, 1), got 1.0"),
+    ("train.momentum=-0.1", "train.momentum: must be in [0, 1), got -0.1"),
+])
+def test_plugin_options_and_momentum_out_of_range_are_refused_at_planning(override, message):
+    from spurcore.plugins import PluginManager
+    from spurcore.runner import plan
+
+    with pytest.raises(ConfigError, match=re.escape(f"erm.toml: {message}")):
+        plan(pipeline_from_dict(ERM_DATA, [override], source="erm.toml"), PluginManager(entry_points=False))
