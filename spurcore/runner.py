@@ -628,6 +628,8 @@ def run_pipeline(config: cfg.PipelineConfig, out_path: Any, plugins: PluginManag
     out = RunDir(out_path)
     resolved = cfg.to_dict(config)
     _folder_state(out, resume, resolved)
+    if distributed.writes_files():
+        atomic.check_writable(out.path)
     device = Device.from_config(config.device, config.amp)
     set_deterministic(config.deterministic)
     portable.apply_to_torch()

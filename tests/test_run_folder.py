@@ -19,6 +19,8 @@ from spurcore.rundir import RunDir
 from spurcore.runlock import LOCK_FILE, RunLockedError, locked
 from spurcore.runner import RunError, run_pipeline
 from spurcore.specs import MitigationSpec, ObserverSpec
+from spurcore.testing import tiny_pipeline
+from spurcore.tomlwriter import dumps as toml_dumps
 
 
 def quiet(config, out, plugins, **kwargs):
@@ -278,3 +280,62 @@ def test_the_starting_model_is_tried_without_changing_the_run(tmp_path, spur_plu
     first = quiet(spur_tiny_config(), tmp_path / "a", spur_plugins)
     torch.manual_seed(123)  # whatever the global state, the run seeds itself
     assert quiet(spur_tiny_config(), tmp_path / "b", spur_plugins) == first
+
+
+# --- nothing misleading: diverged training, a foreign [init] model, read-only and full disks (issue 25)
+
+
+def test_a_read_only_run_folder_is_one_sentence(tmp_path, spur_plugins, spur_tiny_config, spur_cli, spur_read_only):
+    """Issue 25, item 5: `--resume` of a read-only run, and a new run below a read-only folder,
+    ended in a PermissionError traceback."""
+    pipeline = tmp_path / "pipeline.toml"
+    pipeline.write_text(toml_dumps(tiny_pipeline(train={"epochs": 1})))
+    assert spur_cli("run", pipeline, "--out", tmp_path / "shared" / "run", "--quiet").exit_code == 0
+    (tmp_path / "shared" / "run" / "summary.json").unlink()
+    before = written(tmp_path / "shared")
+    spur_read_only(tmp_path / "shared")
+    for args in (["--out", tmp_path / "shared" / "run", "--resume"], ["--out", tmp_path / "shared" / "new"]):
+        result = spur_cli("run", pipeline, *args, "--quiet")
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and "cannot write" in lines[0] and "read-only to this user" in lines[0], lines
+        assert str(tmp_path / "shared") in lines[0]
+    assert written(tmp_path / "shared") == before
+
+
+def test_a_full_disk_is_one_sentence_naming_the_file_and_the_run_resumes(tmp_path, spur_plugins, spur_tiny_config,
+                                                                          spur_cli, spur_register_plugin, monkeypatch):
+    """Issue 25, item 7: the disk fills while epoch 2's checkpoint is written (every write of the
+    run goes to /dev/full from then on, which answers ENOSPC as a full disk does): one line
+    naming the checkpoint, not torch's `RuntimeError: [enforce fail at inline_container.cc]`;
+    once there is space, --resume finishes the run."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full to stand in for a full disk")
+    full = {"now": False}
+    real_open = os.open
+
+    def open_on_a_full_disk(path, flags, mode=0o777, **kwargs):
+        if full["now"] and atomic.is_temporary(path):
+            return real_open("/dev/full", os.O_WRONLY)
+        return real_open(path, flags, mode, **kwargs)
+
+    class FillsUp:
+        @hookimpl
+        def spurcore_epoch_start(self, epoch):
+            full["now"] = epoch == 2
+
+    monkeypatch.setattr(os, "open", open_on_a_full_disk)
+    spur_register_plugin(FillsUp(), "fills-up")
+    pipeline = tmp_path / "pipeline.toml"
+    pipeline.write_text(toml_dumps(tiny_pipeline()))
+    result = spur_cli("run", pipeline, "--out", tmp_path / "run", "--quiet")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    checkpoint = tmp_path / "run" / "checkpoints" / "0-erm" / "epoch_002.pt"
+    assert result.output == (f"Error: {checkpoint}: cannot write (No space left on device): the disk is full: free "
+                             f"space (or write to another disk) and run the command again; a run keeps its finished "
+                             f"epochs and continues from the last one with --resume\n")
+    assert RunDir(tmp_path / "run").epochs("0-erm") == [1]
+    full["now"] = False
+    spur_plugins.unregister(spur_plugins.pm.get_plugin("fills-up"))
+    assert spur_cli("run", pipeline, "--out", tmp_path / "run", "--resume", "--quiet").exit_code == 0
+    assert RunDir(tmp_path / "run").epochs("0-erm") == [1, 2, 3]
