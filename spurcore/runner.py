@@ -25,7 +25,7 @@ from torch import nn
 
 from spurcore import atomic, config as cfg, distributed, portable, runlock
 from spurcore.context import Candidate, RunContext, StageContext
-from spurcore.data import SpuriousData, hold_out, iterate_batches, keep_train_subset, release_workers
+from spurcore.data import SpuriousData, content_digest, hold_out, iterate_batches, keep_train_subset, release_workers
 from spurcore.device import Device, set_deterministic
 from spurcore.embeddings import cached
 from spurcore.errors import SpurcoreError
@@ -237,6 +237,13 @@ class Runner:
                               plugins=Registry(plugins), initial_model=self._initial_model, resumed=resume, log=log)
         self.histories: dict[str, list[dict[str, Any]]] = {}
         self.train_evaluations: dict[str, TrainEvaluation | None] = {}
+        self._digest: str | None = None
+
+    def _content_digest(self) -> str:
+        """The run's data as derived caches key on it (`content_digest`), computed once per run."""
+        if self._digest is None:
+            self._digest = content_digest(self.run.data)
+        return self._digest
 
     def _initial_model(self) -> SpurModel:
         with kept_rng_state():  # building seeds every RNG; the run's own streams go on untouched
@@ -453,8 +460,10 @@ class Runner:
         source = self.plan.config.init
         own = run.out.path / "embeddings"
         origin = own if trained_here or source is None else Path(source.run) / "embeddings"
-        found = cached(model, run.data, run.device, cfg.to_dict(self.plan.config.dataset),
-                       write_to=origin, look_in=(own,), batch_size=stage.train.eval_batch_size)
+        found = cached(model, run.data, run.device, cfg.to_dict(self.plan.config.dataset), write_to=origin,
+                       look_in=(own,), batch_size=stage.train.eval_batch_size, content=self._content_digest())
+        for note in found.notes:
+            run.log(f"stage {stage.key}: {note}")
         run.log(f"stage {stage.key}: embeddings {'reused from' if found.reused else 'extracted to'} {found.path} "
                 f"({found.describe()})")
         embeddings = found.embeddings
