@@ -38,6 +38,9 @@ from spurcore.rundir import RunDir
 from spurcore.specs import MitigationSpec, ObserverSpec, SelectorSpec
 
 
+FINITE_CHECK_STEPS = 32  # how often training reads back whether its loss is still finite (a GPU sync)
+
+
 class RunError(SpurcoreError):
     """The pipeline cannot run as configured; the message says why and what to do."""
 
@@ -385,6 +388,7 @@ class Runner:
                 raise RunError(f"stages[{stage.index}]: method {stage.spec.name!r} returned an empty training order")
             total = torch.zeros((), device=run.device.device)
             seen = torch.zeros((), device=run.device.device)
+            first_bad = torch.full((), -1, device=run.device.device)  # the first step whose loss is not finite
             order, sizes, weights = distributed.shard(torch.as_tensor(order), train.batch_size)
             batches = iterate_batches(split, order, sizes, augment=True, **run.device.loader_options(train.num_workers))
             for step, batch in enumerate(batches):
@@ -404,7 +408,11 @@ class Runner:
                 scaler.update()
                 total += loss.detach() * len(batch) * (weight > 0)
                 seen += len(batch) * (weight > 0)
+                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
+                if step % FINITE_CHECK_STEPS == FINITE_CHECK_STEPS - 1:
+                    self._check_finite(stage, epoch, first_bad)
                 self.hook.spurcore_batch_end(run=run, stage=stage, epoch=epoch, step=step, batch=batch, loss=loss)
+            self._check_finite(stage, epoch, first_bad)
             metrics = self._evaluate(stage, epoch)
             entry = {"epoch": epoch, "train_loss": float(distributed.total(total)) / max(float(distributed.total(seen)), 1),
                      "metrics": metrics}
@@ -423,6 +431,21 @@ class Runner:
             self.hook.spurcore_epoch_end(run=run, stage=stage, epoch=epoch,
                                          metrics={**metrics, "train_loss": entry["train_loss"]})
         return history
+
+    def _check_finite(self, stage: StageContext, epoch: int, first_bad: torch.Tensor) -> None:
+        """Stop the stage once its loss has stopped being a number (`first_bad`: the first such
+        step of this epoch, -1 while none), before the epoch's checkpoint: the folder keeps the
+        epochs before it. Every process of a data-parallel run stops together."""
+        if float(distributed.total((first_bad >= 0).float())) == 0:
+            return
+        step = int(first_bad)
+        where = f"step {step}" if step >= 0 else "a step of another process"
+        kept = self.run.out.epochs(stage.key)
+        resume = (f"the folder keeps the checkpoints of epochs {kept[0]} to {kept[-1]} (spur run --resume continues "
+                  f"from there)" if kept else "no checkpoint of this stage was written")
+        raise RunError(f"stages[{stage.index}] ({stage.key}), epoch {epoch}, {where}: the training loss is not a "
+                       f"finite number; the weights diverged (lower train.lr, check the data for extreme values); "
+                       f"{resume}")
 
     def _train_evaluation(self, stage: StageContext) -> TrainEvaluation | None:
         """The training examples this stage evaluates, drawn once per setting (same seed)."""
@@ -634,6 +657,7 @@ def run_pipeline(config: cfg.PipelineConfig, out_path: Any, plugins: PluginManag
     if resume not in RESUME_MODES:
         raise ValueError(f"resume must be one of {RESUME_MODES}, got {resume!r}")
     planned = plan(config, plugins)
+    check_init(planned, plugins)
     out = RunDir(out_path)
     resolved = cfg.to_dict(config)
     _folder_state(out, resume, resolved)
@@ -688,6 +712,31 @@ def _folder_state(out: RunDir, resume: bool | str, resolved: dict[str, Any]) -> 
         raise RunError(f"{out.path} is not empty and holds no run ({', '.join(out.other_files()[:3])}); "
                        f"choose another --out")
     return False
+
+
+def check_init(plan: Plan, plugins: PluginManager) -> None:
+    """A pipeline that starts from another run's model (`[init]`) must name the backbone and
+    the dataset that run trained with (names and options, defaults filled in): weights of
+    another width would otherwise load where they fit, and this run's config.toml would
+    describe a model it does not hold. Reads only that run's config.toml."""
+    init = plan.config.init
+    if init is None:
+        return
+    if not RunDir(init.run).config.exists():
+        raise RunError(f"init.run: {init.run}: not a run directory (no config.toml)")
+    saved = plan_saved(init.run, plugins)
+
+    def described(planned: Plan, kind: str) -> dict[str, Any]:
+        options = getattr(planned, f"{kind}_options")
+        return {"name": getattr(planned.config, kind).name, "options": {} if options is None else cfg.to_dict(options)}
+
+    for kind in ("backbone", "dataset"):
+        difference = first_difference(described(saved, kind), described(plan, kind), kind)
+        if difference is not None:
+            key, was, now = difference
+            raise RunError(f"init.run: {init.run} was trained with {key} = {was!r}, and this pipeline says {now!r}: "
+                           f"the model it starts from must be the one it describes; make [{kind}] match that run's "
+                           f"config.toml, or start from a run trained with these settings")
 
 
 def check_model(plan: Plan, data: SpuriousData, model: SpurModel, device: Device) -> None:
