@@ -333,6 +333,22 @@ def test_a_scores_file_of_the_wrong_types_or_damaged_is_named(tmp_path, tracer_p
     assert result.output.startswith(f"Error: {path}: not a scores file")
 
 
+def test_tracing_a_read_only_run_is_one_sentence_before_any_work(tracer_plugins, spur_cli, finished_run, tmp_path,
+                                                                   spur_read_only):
+    """Issue 25, item 5: `spur trace` on a run folder that cannot be written (its default
+    output is inside it) ended in a PermissionError traceback after the work was done."""
+    import shutil
+
+    run = tmp_path / "shared"
+    shutil.copytree(finished_run, run)
+    spur_read_only(run)
+    result = spur_cli("trace", run, "--quiet")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.startswith(f"Error: {run / 'trace' / 'memorization'}: cannot write (")
+    assert "read-only" in result.output and len(result.output.strip().splitlines()) == 1
+    assert spur_cli("trace", run, *TRACED, "--out", tmp_path / "elsewhere").exit_code == 0
+
+
 TRACED = ("--criterion", "gradient,magnitude", "--k", "1,2", "--intervention", "zero,noise", "--sigma", "0.02",
           "--per-layer-k", "3", "--rewind", "5", "--quiet")
 
