@@ -162,6 +162,11 @@ class InitConfig:
     epoch: int = -1  # -1: the epoch that stage's selector chose
 
 
+def _device(instance: Any, attribute: attrs.Attribute, value: str) -> None:
+    if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", value):
+        raise FieldError(attribute.name, f'must be "auto", "cpu", "cuda" or "cuda:N", got {value!r}')
+
+
 @attrs.frozen(kw_only=True)
 class PipelineConfig:
     """A whole pipeline: what `spur run` reads and saves, resolved, as `config.toml`."""
@@ -178,7 +183,7 @@ class PipelineConfig:
     init: InitConfig | None = None
     settings: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     seed: int = 0
-    device: str = "auto"
+    device: str = attrs.field(default="auto", validator=_device)  # whether CUDA is there is checked when a run starts
     amp: bool = True
     deterministic: bool = True  # torch's deterministic algorithms (spurcore.device.set_deterministic)
     # the file the pipeline was read from, for messages; not part of the pipeline (never saved)

@@ -81,8 +81,16 @@ def _options(spec: Any, values: dict[str, Any], where: str) -> Any:
 def plan(config: cfg.PipelineConfig, plugins: PluginManager | Registry) -> Plan:
     """Resolve every name and validate every option, or raise naming the file and the key
     (`plugins`: a manager, or a hook's `run.plugins`)."""
-    try:
+    with naming_the_file(config):
         return _plan(config, manager_of(plugins))
+
+
+@contextlib.contextmanager
+def naming_the_file(config: cfg.PipelineConfig) -> Iterator[None]:
+    """An error (SpurcoreError) of the block, about what the pipeline asks for, names the
+    pipeline's file first (`config.source`), unless it does already."""
+    try:
+        yield
     except SpurcoreError as error:
         if not config.source or str(error).startswith(config.source):
             raise
@@ -657,23 +665,24 @@ def run_pipeline(config: cfg.PipelineConfig, out_path: Any, plugins: PluginManag
     if resume not in RESUME_MODES:
         raise ValueError(f"resume must be one of {RESUME_MODES}, got {resume!r}")
     planned = plan(config, plugins)
-    check_init(planned, plugins)
     out = RunDir(out_path)
     resolved = cfg.to_dict(config)
     _folder_state(out, resume, resolved)
     if distributed.writes_files():
         atomic.check_writable(out.path)
-    device = Device.from_config(config.device, config.amp)
-    set_deterministic(config.deterministic)
-    portable.apply_to_torch()
-    distributed.setup(device.device)
-    data = build_data(planned, plugins)
-    check_labels(planned, data)
-    model = build_base_model(planned, data, plugins).to(device.device)
-    check_model(planned, data, model, device)
+    with naming_the_file(config):
+        check_init(planned, plugins)
+        device = _named("device", Device.from_config, config.device, config.amp)
+        set_deterministic(config.deterministic)
+        portable.apply_to_torch()
+        distributed.setup(device.device)
+        data = build_data(planned, plugins)
+        check_labels(planned, data)
+        model = build_base_model(planned, data, plugins).to(device.device)
+        check_model(planned, data, model, device)
     with observing(planned, plugins):
         runner = Runner(planned, out, plugins, device=device, data=data, log=log)
-        with kept_rng_state():
+        with kept_rng_state(), naming_the_file(config):
             models = runner.stage_models(model)
             for stage in planned.stages:
                 if stage.spec.check is not None:
@@ -770,10 +779,10 @@ def check_model(plan: Plan, data: SpuriousData, model: SpurModel, device: Device
                        f"dataset {data.name!r}; expected ({len(batch)}, {data.n_classes})")
 
 
-def _named(where: str, check: Callable[..., None], *args: Any) -> None:
-    """Run a plugin's check; its error is prefixed with the key it concerns."""
+def _named(where: str, check: Callable[..., Any], *args: Any) -> Any:
+    """Run a check (a plugin's); its error is prefixed with the key it concerns."""
     try:
-        check(*args)
+        return check(*args)
     except SpurcoreError as error:
         raise type(error)(f"{where}: {error}") from None
 

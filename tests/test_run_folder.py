@@ -336,7 +336,7 @@ def test_a_pipeline_that_starts_from_a_run_of_another_model_or_dataset_is_refuse
     config.toml said 16."""
     quiet(spur_tiny_config(train={"epochs": 1}), tmp_path / "a", spur_plugins)
     config = spur_tiny_config(init={"run": str(tmp_path / "a")}, stages=[{"method": "tiny-refit"}], **ours)
-    with pytest.raises(RunError, match=rf"^init.run: {tmp_path / 'a'} was trained with {re.escape(key)} = "):
+    with pytest.raises(RunError, match=rf"^<pipeline>: init.run: {tmp_path / 'a'} was trained with {re.escape(key)} = "):
         quiet(config, tmp_path / "b", spur_plugins)
     assert not (tmp_path / "b").exists()
     same = spur_tiny_config(init={"run": str(tmp_path / "a")}, stages=[{"method": "tiny-refit"}],
