@@ -93,6 +93,9 @@ REFERENCE: tuple[tuple[str, str, dict[str, tuple[str, str | None]]], ...] = (
         "train_subset_positions": ("spurcore.data:train_subset_positions",
                                    "the training positions `[dataset] train_subset` keeps for a seed: which "
                                    "examples a run trained on."),
+        "content_digest": ("spurcore.data:content_digest",
+                           "what a dataset holds (labels, and inputs through a dataset's `content_key()`: an "
+                           "image folder's file index), as a digest a cache derived from it keys on."),
     }),
     ("Models and devices", "", {
         "Backbone": ("spurcore.model:Backbone",

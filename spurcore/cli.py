@@ -34,15 +34,23 @@ def _plugin_args(argv: Sequence[str]) -> list[str]:
 
 
 class SpurGroup(click.Group):
-    """Turns every bad-input error into one clear message and its exit code."""
+    """Turns every bad-input error into one clear message and its exit code, and so a write
+    that fails for want of space or permission (in any command, a plugin's included)."""
 
     def invoke(self, ctx: click.Context):
+        from spurcore.atomic import storage_cause, storage_message
+
         try:
             return super().invoke(ctx)
         except SpurcoreError as exc:
             error = click.ClickException(str(exc))
             error.exit_code = exc.exit_code
             raise error from None
+        except Exception as exc:
+            cause = storage_cause(exc)
+            if cause is None:
+                raise
+            raise click.ClickException(storage_message(cause)) from None
 
 
 @click.group(cls=SpurGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -8,6 +8,7 @@ validated the same way, against the attrs class each plugin's spec declares.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import sys
 import types
@@ -112,6 +113,11 @@ def _workers(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
         raise FieldError(attribute.name, f'must be a number of worker processes (>= 0) or "auto", got {value!r}')
 
 
+def _momentum(instance: Any, attribute: attrs.Attribute, value: float) -> None:
+    if not 0 <= value < 1:
+        raise FieldError(attribute.name, f"must be in [0, 1), got {value}")
+
+
 @attrs.frozen(kw_only=True)
 class TrainConfig:
     """How a training stage trains. A stage may override any of these in `[stages.train]`."""
@@ -121,7 +127,7 @@ class TrainConfig:
     eval_batch_size: int = attrs.field(default=512, validator=positive)
     optimizer: Literal["sgd", "adam", "adamw"] = "adam"
     lr: float = attrs.field(default=1e-3, validator=positive)
-    momentum: float = attrs.field(default=0.9, validator=non_negative)
+    momentum: float = attrs.field(default=0.9, validator=_momentum)
     weight_decay: float = attrs.field(default=1e-4, validator=non_negative)
     scheduler: Literal["none", "cosine", "plateau"] = "none"
     num_workers: int | Literal["auto"] = attrs.field(default=0, validator=_workers)  # "auto": one per core
@@ -156,6 +162,11 @@ class InitConfig:
     epoch: int = -1  # -1: the epoch that stage's selector chose
 
 
+def _device(instance: Any, attribute: attrs.Attribute, value: str) -> None:
+    if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", value):
+        raise FieldError(attribute.name, f'must be "auto", "cpu", "cuda" or "cuda:N", got {value!r}')
+
+
 @attrs.frozen(kw_only=True)
 class PipelineConfig:
     """A whole pipeline: what `spur run` reads and saves, resolved, as `config.toml`."""
@@ -172,7 +183,7 @@ class PipelineConfig:
     init: InitConfig | None = None
     settings: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     seed: int = 0
-    device: str = "auto"
+    device: str = attrs.field(default="auto", validator=_device)  # whether CUDA is there is checked when a run starts
     amp: bool = True
     deterministic: bool = True  # torch's deterministic algorithms (spurcore.device.set_deterministic)
     # the file the pipeline was read from, for messages; not part of the pipeline (never saved)
@@ -237,6 +248,8 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {_describe(value)}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -328,13 +341,35 @@ def apply_override(data: dict[str, Any], path: Sequence[str | int], value: Any, 
 def load_pipeline(path: str | Path, overrides: Sequence[str] = ()) -> PipelineConfig:
     """Read, override and validate a pipeline file. Errors name the file and key."""
     path = Path(path)
+    return pipeline_from_dict(read_toml(path, "pipeline file"), overrides, source=str(path))
+
+
+BOM = b"\xef\xbb\xbf"
+
+
+def read_toml(path: str | Path, what: str = "TOML file") -> dict[str, Any]:
+    """The TOML file at `path` as plain data. A UTF-8 byte order mark is read past (editors on
+    Windows write one); any other error names the file, and a byte that is not UTF-8 its line,
+    column and value (TOML files are UTF-8)."""
+    path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        body = path.read_bytes().removeprefix(BOM)
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such pipeline file") from None
+        raise ConfigError(f"{path}: no such {what}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: a folder, not a {what}") from None
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line_start = body.rfind(b"\n", 0, exc.start) + 1
+        line = body.count(b"\n", 0, exc.start) + 1
+        column = len(body[line_start:exc.start].decode("utf-8", errors="replace")) + 1
+        raise ConfigError(f"{path} line {line}, column {column}: byte 0x{body[exc.start]:02x} is not UTF-8 (TOML files "
+                          f"are UTF-8: save it as UTF-8)") from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return pipeline_from_dict(data, overrides, source=str(path))
 
 
 def pipeline_from_dict(data: Mapping[str, Any], overrides: Sequence[str] = (), source: str = "<pipeline>") -> PipelineConfig:

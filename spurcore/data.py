@@ -7,6 +7,7 @@ example is `y * n_attrs + a`, computed here and nowhere else.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -174,6 +175,39 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.index)
+
+
+CONTENT_KEY = "content_key"
+
+
+def content_digest(data: SpuriousData) -> str:
+    """What the data is, as a digest a derived cache (embeddings, predictions) keys on: every
+    split's name, size, class and attribute labels, and its inputs: a tensor's bytes, or a
+    dataset's `content_key()` (an image folder's file index: each file's path, size and
+    modification time) with the positions a `Subset` takes of it. A dataset without
+    `content_key` counts by its type and length alone, so one read from files should define
+    it. Reads every label once (and hashes in-memory inputs): compute it once per build."""
+    digest = hashlib.sha256(f"{data.name}\0{data.class_names}\0{data.attr_names}\0".encode())
+    for name, split in sorted(data.splits.items()):
+        digest.update(f"split {name} {len(split)}\0".encode())
+        digest.update(np.ascontiguousarray(split.y))
+        digest.update(b"no attributes" if split.a is None else np.ascontiguousarray(split.a))
+        _digest_inputs(digest, split.inputs)
+    return digest.hexdigest()
+
+
+def _digest_inputs(digest: Any, inputs: Any) -> None:
+    if isinstance(inputs, torch.Tensor):
+        digest.update(f"tensor {inputs.dtype} {tuple(inputs.shape)}\0".encode())
+        digest.update(inputs.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+        return
+    while isinstance(inputs, torch.utils.data.Subset):
+        digest.update(b"subset\0")
+        digest.update(np.ascontiguousarray(inputs.indices, dtype=np.int64))
+        inputs = inputs.dataset
+    key = getattr(inputs, CONTENT_KEY, None)
+    described = key() if callable(key) else f"{type(inputs).__module__}.{type(inputs).__qualname__} of {len(inputs)}"
+    digest.update(f"dataset {described}\0".encode())
 
 
 def _rows(inputs: Any, positions: np.ndarray) -> Any:

@@ -14,3 +14,8 @@ class ConfigError(SpurcoreError, ValueError):
 
 class DataError(SpurcoreError, ValueError):
     """A dataset that does not meet the contract; the message names the split and row."""
+
+
+class StorageError(SpurcoreError):
+    """A file or folder that cannot be written: read-only to the user, or the disk full; the
+    message names the path and what to do (`spurcore.atomic.storage_message`)."""

@@ -4,7 +4,8 @@ Three kinds of hook, each with one calling style:
 
 * **Registration hooks** (`spurcore_register_*`) return a list of frozen specs from
   `spurcore.specs`. They are called once, when the plugin manager gathers the registry.
-  A name registered by two plugins is an error naming both.
+  A name registered by two plugins is an error naming both, when a pipeline asks for it; a
+  plugin whose registration hook raises is skipped and listed with the plugins that failed.
 * **Lifecycle hooks** are notifications in check / start / end / error form. Every loaded
   plugin receives them; their return values are ignored. Observers (`ObserverSpec`: progress,
   activation logging, experiment tracking) are objects built for one run from its

@@ -1,8 +1,10 @@
 """The plugin manager: discovery, allow- and block-lists, validation, and the registry.
 
 Plugins are found through the `spurcore` entry-point group; the built-ins are registered the
-same way, through the same hooks. A plugin that fails to import is reported by name and
-skipped; it becomes an error only when a pipeline needs it. A function named `spurcore_*`
+same way, through the same hooks. A plugin that fails to import (or exits while importing), or
+whose registration hook raises, is reported by name and skipped; it becomes an error only when
+a pipeline needs it. So does a name two plugins register: the error names the kind, the name and
+both plugins, and every other name works. A function named `spurcore_*`
 that matches no hook is rejected, naming the plugin and the closest hook.
 """
 
@@ -43,6 +45,14 @@ BUILTIN_MODULES = (
 
 class PluginError(SpurcoreError):
     """A plugin is missing, broken, or clashes with another; the message names it."""
+
+
+class _BrokenRegistration(Exception):
+    """A registration hook that failed: `plugin` is isolated, with `message` as its failure."""
+
+    def __init__(self, plugin: str, message: str) -> None:
+        super().__init__(message)
+        self.plugin, self.message = plugin, message
 
 
 @attrs.frozen
@@ -130,6 +140,7 @@ class PluginManager:
         self._versions: dict[str, str] = {}
         self._builtin: set[str] = set()
         self._registry: dict[str, dict[str, Registered]] | None = None
+        self._clashes: dict[str, dict[str, list[str]]] = {}  # kind -> name -> the plugins that register it
         if os.environ.get(TRACE_ENV):
             self.pm.add_hookcall_monitoring(_trace_call, lambda outcome, name, impls, kwargs: None)
         for module in BUILTIN_MODULES:
@@ -176,7 +187,7 @@ class PluginManager:
     def _load(self, name: str, where: str, load: Any, version: str) -> None:
         try:
             plugin = load()
-        except Exception as exc:  # a broken plugin must not take the others down
+        except (Exception, SystemExit) as exc:  # a broken plugin (one that exits at import, too) must not take the others down
             self.failed[name] = f"{type(exc).__name__}: {exc}"
             warnings.warn(f"spurcore plugin {name!r} ({where}) failed to load and is skipped: {self.failed[name]}", stacklevel=2)
             return
@@ -236,30 +247,49 @@ class PluginManager:
     # --- the registry ------------------------------------------------------------------------
 
     def registry(self, kind: str) -> Mapping[str, Registered]:
-        """Every spec of one kind by name; a name registered twice names both plugins."""
+        """Every spec of one kind by name. A name two plugins register is left out (`get` names
+        both); a plugin whose registration hook raises, exits or returns something other than
+        specs is unregistered and listed in `failed`, so the other plugins work on."""
         if kind not in KINDS:
             raise PluginError(f"unknown kind {kind!r}: use one of {', '.join(KINDS)}")
-        if self._registry is None:
-            self._registry = {k: self._gather(k) for k in KINDS}
+        while self._registry is None:
+            try:
+                self._clashes = {}
+                self._registry = {k: self._gather(k) for k in KINDS}
+            except _BrokenRegistration as broken:
+                self._isolate(broken.plugin, broken.message)
         return self._registry[kind]
+
+    def _isolate(self, name: str, message: str) -> None:
+        """Unregister the plugin `name` and list it among those that failed, with `message`."""
+        plugin = self.pm.get_plugin(name)
+        if plugin is not None:
+            self.pm.unregister(plugin)
+        self.failed[name] = message
+        warnings.warn(f"spurcore plugin {name!r} is skipped: {message}", stacklevel=3)
+        self._registry = None
 
     def _gather(self, kind: str) -> dict[str, Registered]:
         caller = getattr(self.pm.hook, f"spurcore_register_{kind}")
         expected = SPEC_TYPES[kind]
         found: dict[str, Registered] = {}
         for impl in caller.get_hookimpls():  # registration order
-            for spec in impl.function() or ():
+            try:
+                specs = list(impl.function() or ())
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 - the plugin is isolated, and named
+                raise _BrokenRegistration(impl.plugin_name, f"spurcore_register_{kind} raised "
+                                                            f"{type(exc).__name__}: {exc}") from None
+            for spec in specs:
                 if not isinstance(spec, expected):
-                    raise PluginError(
-                        f"plugin {impl.plugin_name!r} returned {type(spec).__name__} from "
-                        f"spurcore_register_{kind}; expected {expected.__name__}"
-                    )
-                if spec.name in found:
-                    raise PluginError(
-                        f"{kind[:-1]} {spec.name!r} is registered by two plugins: "
-                        f"{found[spec.name].plugin!r} and {impl.plugin_name!r}"
-                    )
-                found[spec.name] = Registered(spec, impl.plugin_name)
+                    raise _BrokenRegistration(impl.plugin_name, f"plugin {impl.plugin_name!r} returned "
+                                                                f"{type(spec).__name__} from spurcore_register_{kind}; "
+                                                                f"expected {expected.__name__}")
+                if spec.name in self._clashes.get(kind, {}):
+                    self._clashes[kind][spec.name].append(impl.plugin_name)
+                elif spec.name in found:
+                    self._clashes.setdefault(kind, {})[spec.name] = [found.pop(spec.name).plugin, impl.plugin_name]
+                else:
+                    found[spec.name] = Registered(spec, impl.plugin_name)
         return found
 
     def get(self, kind: str, name: str) -> Any:
@@ -267,6 +297,11 @@ class PluginManager:
         entries = self.registry(kind)
         if name in entries:
             return entries[name].spec
+        clash = self._clashes.get(kind, {}).get(name)
+        if clash:
+            raise PluginError(f"{kind[:-1]} {name!r} is registered by {len(clash)} plugins: "
+                              f"{' and '.join(map(repr, clash))}; block all but one (-p no:NAME, or "
+                              f"SPURCORE_PLUGINS) or uninstall one")
         message = f"no {kind[:-1]} named {name!r}"
         close = difflib.get_close_matches(name, list(entries), n=1)
         if close:
@@ -315,11 +350,7 @@ class PluginManager:
 
         methods: dict[str, list[str]] = {}
         stages: dict[str, dict[str, tuple[str, ...] | str]] = {}
-        try:
-            mitigations = self.registry("mitigations")
-        except PluginError:  # a name registered twice: still list the plugins, which is how one finds them
-            mitigations = {}
-        for method, entry in mitigations.items():
+        for method, entry in self.registry("mitigations").items():
             methods.setdefault(entry.plugin, []).append(method)
             if stage_hooks:
                 stages.setdefault(entry.plugin, {})[method] = self._described_stage_hooks(entry.spec)

@@ -117,5 +117,7 @@ class RunDir:
             return json.loads(self.summary.read_text())
         except FileNotFoundError:
             raise RunDirError(f"{self.path}: no summary.json; the run has not finished (spur run --resume continues it)") from None
-        except json.JSONDecodeError as exc:
-            raise RunDirError(f"{self.summary}: not valid JSON ({exc})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise RunDirError(f"{self.summary}: not valid JSON ({exc}): the file is damaged; delete it, and "
+                              f"`spur run --resume` (or relaunching the sweep) writes it again from the finished "
+                              f"stages") from None

@@ -25,7 +25,7 @@ from torch import nn
 
 from spurcore import atomic, config as cfg, distributed, portable, runlock
 from spurcore.context import Candidate, RunContext, StageContext
-from spurcore.data import SpuriousData, hold_out, iterate_batches, keep_train_subset, release_workers
+from spurcore.data import SpuriousData, content_digest, hold_out, iterate_batches, keep_train_subset, release_workers
 from spurcore.device import Device, set_deterministic
 from spurcore.embeddings import cached
 from spurcore.errors import SpurcoreError
@@ -36,6 +36,9 @@ from spurcore.model import SpurModel, build_model
 from spurcore.plugins import PluginError, PluginManager, Registry, manager_of
 from spurcore.rundir import RunDir
 from spurcore.specs import MitigationSpec, ObserverSpec, SelectorSpec
+
+
+FINITE_CHECK_STEPS = 32  # how often training reads back whether its loss is still finite (a GPU sync)
 
 
 class RunError(SpurcoreError):
@@ -78,8 +81,16 @@ def _options(spec: Any, values: dict[str, Any], where: str) -> Any:
 def plan(config: cfg.PipelineConfig, plugins: PluginManager | Registry) -> Plan:
     """Resolve every name and validate every option, or raise naming the file and the key
     (`plugins`: a manager, or a hook's `run.plugins`)."""
-    try:
+    with naming_the_file(config):
         return _plan(config, manager_of(plugins))
+
+
+@contextlib.contextmanager
+def naming_the_file(config: cfg.PipelineConfig) -> Iterator[None]:
+    """An error (SpurcoreError) of the block, about what the pipeline asks for, names the
+    pipeline's file first (`config.source`), unless it does already."""
+    try:
+        yield
     except SpurcoreError as error:
         if not config.source or str(error).startswith(config.source):
             raise
@@ -237,6 +248,13 @@ class Runner:
                               plugins=Registry(plugins), initial_model=self._initial_model, resumed=resume, log=log)
         self.histories: dict[str, list[dict[str, Any]]] = {}
         self.train_evaluations: dict[str, TrainEvaluation | None] = {}
+        self._digest: str | None = None
+
+    def _content_digest(self) -> str:
+        """The run's data as derived caches key on it (`content_digest`), computed once per run."""
+        if self._digest is None:
+            self._digest = content_digest(self.run.data)
+        return self._digest
 
     def _initial_model(self) -> SpurModel:
         with kept_rng_state():  # building seeds every RNG; the run's own streams go on untouched
@@ -378,6 +396,7 @@ class Runner:
                 raise RunError(f"stages[{stage.index}]: method {stage.spec.name!r} returned an empty training order")
             total = torch.zeros((), device=run.device.device)
             seen = torch.zeros((), device=run.device.device)
+            first_bad = torch.full((), -1, device=run.device.device)  # the first step whose loss is not finite
             order, sizes, weights = distributed.shard(torch.as_tensor(order), train.batch_size)
             batches = iterate_batches(split, order, sizes, augment=True, **run.device.loader_options(train.num_workers))
             for step, batch in enumerate(batches):
@@ -397,7 +416,11 @@ class Runner:
                 scaler.update()
                 total += loss.detach() * len(batch) * (weight > 0)
                 seen += len(batch) * (weight > 0)
+                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step, first_bad)
+                if step % FINITE_CHECK_STEPS == FINITE_CHECK_STEPS - 1:
+                    self._check_finite(stage, epoch, first_bad)
                 self.hook.spurcore_batch_end(run=run, stage=stage, epoch=epoch, step=step, batch=batch, loss=loss)
+            self._check_finite(stage, epoch, first_bad)
             metrics = self._evaluate(stage, epoch)
             entry = {"epoch": epoch, "train_loss": float(distributed.total(total)) / max(float(distributed.total(seen)), 1),
                      "metrics": metrics}
@@ -416,6 +439,21 @@ class Runner:
             self.hook.spurcore_epoch_end(run=run, stage=stage, epoch=epoch,
                                          metrics={**metrics, "train_loss": entry["train_loss"]})
         return history
+
+    def _check_finite(self, stage: StageContext, epoch: int, first_bad: torch.Tensor) -> None:
+        """Stop the stage once its loss has stopped being a number (`first_bad`: the first such
+        step of this epoch, -1 while none), before the epoch's checkpoint: the folder keeps the
+        epochs before it. Every process of a data-parallel run stops together."""
+        if float(distributed.total((first_bad >= 0).float())) == 0:
+            return
+        step = int(first_bad)
+        where = f"step {step}" if step >= 0 else "a step of another process"
+        kept = self.run.out.epochs(stage.key)
+        resume = (f"the folder keeps the checkpoints of epochs {kept[0]} to {kept[-1]} (spur run --resume continues "
+                  f"from there)" if kept else "no checkpoint of this stage was written")
+        raise RunError(f"stages[{stage.index}] ({stage.key}), epoch {epoch}, {where}: the training loss is not a "
+                       f"finite number; the weights diverged (lower train.lr, check the data for extreme values); "
+                       f"{resume}")
 
     def _train_evaluation(self, stage: StageContext) -> TrainEvaluation | None:
         """The training examples this stage evaluates, drawn once per setting (same seed)."""
@@ -453,8 +491,10 @@ class Runner:
         source = self.plan.config.init
         own = run.out.path / "embeddings"
         origin = own if trained_here or source is None else Path(source.run) / "embeddings"
-        found = cached(model, run.data, run.device, cfg.to_dict(self.plan.config.dataset),
-                       write_to=origin, look_in=(own,), batch_size=stage.train.eval_batch_size)
+        found = cached(model, run.data, run.device, cfg.to_dict(self.plan.config.dataset), write_to=origin,
+                       look_in=(own,), batch_size=stage.train.eval_batch_size, content=self._content_digest())
+        for note in found.notes:
+            run.log(f"stage {stage.key}: {note}")
         run.log(f"stage {stage.key}: embeddings {'reused from' if found.reused else 'extracted to'} {found.path} "
                 f"({found.describe()})")
         embeddings = found.embeddings
@@ -628,17 +668,21 @@ def run_pipeline(config: cfg.PipelineConfig, out_path: Any, plugins: PluginManag
     out = RunDir(out_path)
     resolved = cfg.to_dict(config)
     _folder_state(out, resume, resolved)
-    device = Device.from_config(config.device, config.amp)
-    set_deterministic(config.deterministic)
-    portable.apply_to_torch()
-    distributed.setup(device.device)
-    data = build_data(planned, plugins)
-    check_labels(planned, data)
-    model = build_base_model(planned, data, plugins).to(device.device)
-    check_model(planned, data, model, device)
+    if distributed.writes_files():
+        atomic.check_writable(out.path)
+    with naming_the_file(config):
+        check_init(planned, plugins)
+        device = _named("device", Device.from_config, config.device, config.amp)
+        set_deterministic(config.deterministic)
+        portable.apply_to_torch()
+        distributed.setup(device.device)
+        data = build_data(planned, plugins)
+        check_labels(planned, data)
+        model = build_base_model(planned, data, plugins).to(device.device)
+        check_model(planned, data, model, device)
     with observing(planned, plugins):
         runner = Runner(planned, out, plugins, device=device, data=data, log=log)
-        with kept_rng_state():
+        with kept_rng_state(), naming_the_file(config):
             models = runner.stage_models(model)
             for stage in planned.stages:
                 if stage.spec.check is not None:
@@ -679,6 +723,31 @@ def _folder_state(out: RunDir, resume: bool | str, resolved: dict[str, Any]) -> 
     return False
 
 
+def check_init(plan: Plan, plugins: PluginManager) -> None:
+    """A pipeline that starts from another run's model (`[init]`) must name the backbone and
+    the dataset that run trained with (names and options, defaults filled in): weights of
+    another width would otherwise load where they fit, and this run's config.toml would
+    describe a model it does not hold. Reads only that run's config.toml."""
+    init = plan.config.init
+    if init is None:
+        return
+    if not RunDir(init.run).config.exists():
+        raise RunError(f"init.run: {init.run}: not a run directory (no config.toml)")
+    saved = plan_saved(init.run, plugins)
+
+    def described(planned: Plan, kind: str) -> dict[str, Any]:
+        options = getattr(planned, f"{kind}_options")
+        return {"name": getattr(planned.config, kind).name, "options": {} if options is None else cfg.to_dict(options)}
+
+    for kind in ("backbone", "dataset"):
+        difference = first_difference(described(saved, kind), described(plan, kind), kind)
+        if difference is not None:
+            key, was, now = difference
+            raise RunError(f"init.run: {init.run} was trained with {key} = {was!r}, and this pipeline says {now!r}: "
+                           f"the model it starts from must be the one it describes; make [{kind}] match that run's "
+                           f"config.toml, or start from a run trained with these settings")
+
+
 def check_model(plan: Plan, data: SpuriousData, model: SpurModel, device: Device) -> None:
     """Run the starting model on two training examples in eval mode (no RNG drawn, nothing
     changed): a dataset the backbone cannot take stops the run here, naming both, before
@@ -710,10 +779,10 @@ def check_model(plan: Plan, data: SpuriousData, model: SpurModel, device: Device
                        f"dataset {data.name!r}; expected ({len(batch)}, {data.n_classes})")
 
 
-def _named(where: str, check: Callable[..., None], *args: Any) -> None:
-    """Run a plugin's check; its error is prefixed with the key it concerns."""
+def _named(where: str, check: Callable[..., Any], *args: Any) -> Any:
+    """Run a check (a plugin's); its error is prefixed with the key it concerns."""
     try:
-        check(*args)
+        return check(*args)
     except SpurcoreError as error:
         raise type(error)(f"{where}: {error}") from None
 

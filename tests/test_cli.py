@@ -387,9 +387,9 @@ def test_seed_and_device_options_are_overrides(spur_plugins, tmp_path):
     saved = load_pipeline(tmp_path / "run" / "config.toml")
     assert (saved.seed, saved.device) == (7, "cpu")
     result = invoke(spur_plugins, "run", pipeline, "--out", tmp_path / "run2", "--device", "gpu")
-    assert result.exit_code == 1
-    assert "unknown device 'gpu'" in result.output
-    assert not (tmp_path / "run2" / "config.toml").exists()
+    assert result.exit_code == 2  # a config error naming the file and the key (issue 25)
+    assert f"{pipeline}: device: must be \"auto\", \"cpu\", \"cuda\" or \"cuda:N\", got 'gpu'" in result.output
+    assert not (tmp_path / "run2").exists()
 
 
 def test_missing_pipeline_file(spur_plugins, tmp_path):

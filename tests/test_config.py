@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from pathlib import Path
 
+import attrs
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from spurcore.config import (
     ComponentConfig,
@@ -21,7 +23,9 @@ from spurcore.config import (
     parse_override,
     pipeline_from_dict,
 )
+from spurcore import hookimpl
 from spurcore.errors import ConfigError
+from spurcore.testing import MLPOptions, TinyOptions, tiny_pipeline
 from spurcore.tomlwriter import dumps as toml_dumps
 
 ERM_TOML = Path(__file__).resolve().parents[1] / "examples" / "erm.toml"
@@ -289,3 +293,143 @@ def test_dumps_round_trip_property(lr, epochs, seed, name):
                 stages=[{"method": "erm", "name": name}])
     config = pipeline_from_dict(data)
     assert pipeline_from_dict(tomllib.loads(dumps(config))) == config
+
+
+# --- encodings and numbers that cannot train (issue 25) -------------------------------------------
+
+
+def test_a_utf8_byte_order_mark_is_read_past(tmp_path):
+    """Issue 25, item 9: an editor's BOM gave `not valid TOML: Invalid statement (at line 1, column 1)`."""
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + ERM_TOML.read_bytes())
+    assert load_pipeline(path) == load_pipeline(ERM_TOML)
+
+
+def test_a_byte_that_is_not_utf8_is_named_with_its_file_line_and_column(tmp_path):
+    """Issue 25, item 9: a Latin-1 byte in a comment raised UnicodeDecodeError."""
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(ERM_TOML.read_bytes() + "# café au lait\n".encode("latin-1"))
+    line = ERM_TOML.read_bytes().count(b"\n") + 1
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))} line {line}, column 6: byte 0xe9 is not UTF-8"):
+        load_pipeline(path)
+    path.write_bytes(b"\xef\xbb\xbf" + "seed = 0 # é\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"line 1, column 12: byte 0xe9"):
+        load_pipeline(path)
+
+
+@pytest.mark.parametrize("override", ["train.lr=inf", "train.lr=nan", "train.lr=-inf", "train.weight_decay=inf",
+                                      "train.momentum=nan", "stages.0.train.lr=nan"])
+def test_numbers_that_are_not_finite_are_refused_naming_the_key(override):
+    """Issue 25, item 3: `-o train.lr=inf` trained to NaN and exited 0; `lr = nan` ended in the
+    optimizer's traceback."""
+    key = override.split("=")[0].replace("stages.0", "stages[0]")
+    with pytest.raises(ConfigError, match=rf"{re.escape(key)}: expected a finite number, got"):
+        from spurcore.plugins import PluginManager
+        from spurcore.runner import plan
+
+        plan(pipeline_from_dict(ERM_DATA, [override], source="erm.toml"), PluginManager(entry_points=False))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("dataset.options.scale=inf", "dataset.options.scale: expected a finite number, got inf"),
+    ("train.momentum=1.0", "train.momentum: must be in [0, 1), got 1.0"),
+    ("train.momentum=-0.1", "train.momentum: must be in [0, 1), got -0.1"),
+])
+def test_plugin_options_and_momentum_out_of_range_are_refused_at_planning(override, message):
+    from spurcore.plugins import PluginManager
+    from spurcore.runner import plan
+
+    with pytest.raises(ConfigError, match=re.escape(f"erm.toml: {message}")):
+        plan(pipeline_from_dict(ERM_DATA, [override], source="erm.toml"), PluginManager(entry_points=False))
+
+
+# --- any pipeline file plans or is refused naming the file and key (issue 25) ----------------------
+
+
+class Planned(Exception):
+    """Raised at `spurcore_run_check`: the pipeline planned, its data and model were built and
+    checked, and nothing was written yet."""
+
+
+class StopAtCheck:
+    @hookimpl
+    def spurcore_run_check(self):
+        raise Planned
+
+
+def _keys(cls, prefix: str) -> list[str]:
+    return [f"{prefix}{field.name}" for field in attrs.fields(cls) if field.metadata.get("saved", True)]
+
+
+# every key of the schema a tiny pipeline has: the kernel's classes and the tiny plugins' options
+SCHEMA_KEYS = [k for k in _keys(PipelineConfig, "") if k not in ("dataset", "backbone", "stages", "train", "init")]
+SCHEMA_KEYS += _keys(TrainConfig, "train.") + _keys(TrainConfig, "stages.0.train.") + _keys(StageConfig, "stages.0.")
+SCHEMA_KEYS += _keys(DatasetConfig, "dataset.") + _keys(TinyOptions, "dataset.options.") + _keys(MLPOptions, "backbone.options.")
+SCHEMA_KEYS += ["backbone.name"]
+TABLES = ["", "train", "dataset", "dataset.options", "backbone", "backbone.options", "stages.0", "stages.0.train",
+          "stages.0.options", "settings"]
+VALUES = st.one_of(
+    st.integers(-3, 300), st.floats(allow_nan=True, allow_infinity=True), st.booleans(),
+    st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=8),
+    st.lists(st.integers(-1, 3), max_size=3), st.dictionaries(st.sampled_from(["a", "n_train", "hidden"]),
+                                                              st.integers(0, 3), max_size=2),
+    st.sampled_from(["adam", "sgd", "none", "cosine", "auto", "full", "subset:5", "cpu", "cuda", "cuda:7", "val-wga",
+                     "tiny", "mlp", "erm", "tiny-refit"]),
+)
+SET = st.tuples(st.just("set"), st.sampled_from(SCHEMA_KEYS), VALUES)
+MUTATION = st.one_of(SET, SET, SET, st.tuples(st.just("unknown"), st.sampled_from(TABLES),
+                                               st.from_regex(r"[a-z_]{1,10}", fullmatch=True)),
+                     st.tuples(st.just("none")))
+ENCODINGS = st.sampled_from(["utf-8"] * 4 + ["utf-8-sig", "utf-16", "latin-1", "stray byte"])
+
+
+def _set(data: dict, key: str, value) -> None:
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node[int(part)] if part.isdigit() else node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+@settings(max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mutation=MUTATION, encoding=ENCODINGS, where=st.floats(0, 1, exclude_max=True))
+def test_any_pipeline_file_plans_or_is_refused_naming_the_file_and_key(spur_plugins, spur_register_plugin, spur_cli,
+                                                                       tmp_path_factory, mutation, encoding, where):
+    """Issue 25: a pipeline generated from the config schema, with one key set to any value
+    (wrong types, out of range, not finite), an unknown key, or written with a byte order mark,
+    in UTF-16, in Latin-1 or with a stray byte, either plans (its data and model built and
+    checked) or stops with one message naming the file (and the key or line), exit code 1 or
+    2, never another exception, and --out is never created; a number that is not finite never
+    plans."""
+    if not spur_plugins.pm.has_plugin("stop-at-check"):
+        spur_register_plugin(StopAtCheck(), "stop-at-check")
+    folder = tmp_path_factory.mktemp("pipeline")
+    data = tiny_pipeline(train={"epochs": 1, "batch_size": 32, "lr": 0.01}, dataset={"name": "tiny", "options": {}},
+                         backbone={"name": "mlp", "options": {}}, stages=[{"method": "erm", "options": {}, "train": {}}])
+    key = None
+    if mutation[0] == "set":
+        key = mutation[1]
+        _set(data, key, mutation[2])
+    elif mutation[0] == "unknown":
+        key = f"{mutation[1]}.{mutation[2]}" if mutation[1] else mutation[2]
+        _set(data, key, 1)
+    text = "# a pipeline, café\n" + toml_dumps(data)
+    raw = text.encode("utf-8" if encoding == "stray byte" else encoding, errors="replace")
+    if encoding == "stray byte":
+        at = int(where * len(raw))
+        raw = raw[:at] + b"\xff" + raw[at:]
+    path = folder / "pipeline.toml"
+    path.write_bytes(raw)
+    out = folder / "out"
+    try:
+        result = spur_cli("run", path, "--out", out, "--quiet")
+    except Planned:
+        assert not out.exists()
+        assert not (mutation[0] == "set" and isinstance(mutation[2], float) and not math.isfinite(mutation[2])), mutation
+        return
+    assert result.exit_code in (1, 2), (result.exit_code, result.output)
+    message = result.output.strip()
+    assert len(message.splitlines()) == 1 and message.startswith(f"Error: {path}"), message
+    if encoding in ("utf-8", "utf-8-sig") and key is not None:  # the key, or the table it is in
+        assert any(part in message for part in key.split(".") if not part.isdigit()), (key, message)
+    assert not out.exists()

@@ -87,7 +87,7 @@ def test_spur_register_plugin_unregisters_after_the_test_even_when_it_fails(pyte
 
 
 KIT_FIXTURES = {"spur_plugins", "spur_register_plugin", "spur_tiny_config", "spur_tiny_data", "spur_tiny_backbone",
-                "spur_cli"}
+                "spur_cli", "spur_read_only"}
 
 
 def _pytest(folder: Path, *args: str) -> subprocess.CompletedProcess:

@@ -3,6 +3,7 @@ block-lists, failures that are reported by name, and validation of what plugins 
 
 from __future__ import annotations
 
+import re
 import sys
 import textwrap
 import types
@@ -268,26 +269,33 @@ def test_broken_plugin_is_reported_by_name_and_skipped(site):
     assert "Plugins that failed to load: 'broken': RuntimeError: boom on import" in message
 
 
-def test_same_dataset_from_two_plugins_names_both():
+def test_same_dataset_from_two_plugins_names_kind_name_and_both_and_every_other_name_still_works(
+        spur_tiny_config):
+    """Issue 25, item 11: a clash made every look-up of the registry fail, and a pipeline with
+    `dataset.name` = "tiny" was told its dataset.name was to blame."""
+    from spurcore.runner import plan
+    from spurcore.testing import TinyPlugin
+
     manager = PluginManager(entry_points=False)
+    manager.register(TinyPlugin(), "tiny-plugin")
     manager.register(dataset_plugin("dup"), "alpha")
     manager.register(dataset_plugin("dup"), "beta")
+    assert "dup" not in manager.registry("datasets") and "tiny" in manager.registry("datasets")
+    assert manager.get("metrics", "avg_acc") is not None
     with pytest.raises(PluginError) as info:
-        manager.registry("datasets")
-    message = str(info.value)
-    assert "dataset 'dup' is registered by two plugins" in message
-    assert "'alpha'" in message and "'beta'" in message
-    # any look-up of the registry reports it, not only the clashing kind
-    with pytest.raises(PluginError, match="'dup'"):
-        manager.get("metrics", "avg_acc")
+        manager.get("datasets", "dup")
+    assert str(info.value) == ("dataset 'dup' is registered by 2 plugins: 'alpha' and 'beta'; block all but one "
+                               "(-p no:NAME, or SPURCORE_PLUGINS) or uninstall one")
+    plan(spur_tiny_config(), manager)  # the pipelines that do not name it run
+    with pytest.raises(PluginError, match=r"^<pipeline>: dataset.name: dataset 'dup' is registered by 2 plugins"):
+        plan(spur_tiny_config(dataset={"name": "dup"}), manager)
 
 
 def test_clash_with_a_builtin_names_the_builtin():
     manager = PluginManager(entry_points=False)
     manager.register(dataset_plugin("waterdigits"), "mine")
-    with pytest.raises(PluginError, match=r"dataset 'waterdigits' is registered by two plugins: .*'waterdigits'.*'mine'|"
-                                          r"dataset 'waterdigits' is registered by two plugins: .*'mine'.*'waterdigits'"):
-        manager.registry("datasets")
+    with pytest.raises(PluginError, match=r"dataset 'waterdigits' is registered by 2 plugins: 'waterdigits' and 'mine'"):
+        manager.get("datasets", "waterdigits")
 
 
 def test_registry_follows_registration_order():
@@ -298,8 +306,52 @@ def test_registry_follows_registration_order():
     manager.register(dataset_plugin("second-data"), "second")
     assert list(manager.registry("datasets")) == ["first-data", "second-data"]
     manager.register(dataset_plugin("first-data"), "third")
-    with pytest.raises(PluginError, match=r"registered by two plugins: 'first' and 'third'"):
-        manager.registry("datasets")
+    manager.register(dataset_plugin("first-data"), "fourth")
+    with pytest.raises(PluginError, match=r"registered by 3 plugins: 'first' and 'third' and 'fourth'"):
+        manager.get("datasets", "first-data")
+
+
+class RaisingRegistration:
+    @hookimpl
+    def spurcore_register_datasets(self):
+        raise KeyError("the config file it reads at registration")
+
+    @hookimpl
+    def spurcore_register_metrics(self):
+        return []
+
+
+class ExitingRegistration:
+    @hookimpl
+    def spurcore_register_selectors(self):
+        sys.exit("no licence")
+
+
+@pytest.mark.parametrize("plugin, message", [
+    (RaisingRegistration(), "spurcore_register_datasets raised KeyError: 'the config file it reads at registration'"),
+    (ExitingRegistration(), "spurcore_register_selectors raised SystemExit: no licence"),
+])
+def test_a_registration_hook_that_raises_or_exits_isolates_its_plugin_naming_it(plugin, message):
+    """Issue 25, item 11: the hook's exception escaped every look-up (and sys.exit ended `spur`)."""
+    manager = PluginManager(entry_points=False)
+    manager.register(dataset_plugin("healthy-data"), "healthy")
+    manager.register(plugin, "fragile")
+    with pytest.warns(UserWarning, match=r"plugin 'fragile' is skipped: spurcore_register_"):
+        assert "healthy-data" in manager.registry("datasets")
+    assert manager.failed == {"fragile": message}
+    assert manager.pm.get_plugin("fragile") is None and "val-wga" in manager.registry("selectors")
+    with pytest.raises(PluginError, match=rf"Plugins that failed to load: 'fragile': {re.escape(message)}"):
+        manager.get("datasets", "fragile-data")
+
+
+def test_a_plugin_that_exits_at_import_is_reported_by_name_and_skipped(site):
+    """Issue 25, item 11: `sys.exit` in a plugin's module ended every `spur` command silently."""
+    install(site, "exitplug", "0.1", {"exiting": "exitplug_mod"}, {"exitplug_mod": 'import sys\nsys.exit(3)\n'})
+    install_dataset_plugin(site, "healthy")
+    with pytest.warns(UserWarning, match=r"'exiting' \(exitplug_mod\) failed to load"):
+        manager = PluginManager()
+    assert manager.failed["exiting"] == "SystemExit: 3"
+    assert manager.registry("datasets")["healthy-data"].plugin == "healthy"
 
 
 def test_unregister_drops_the_plugins_specs():
@@ -375,7 +427,7 @@ def test_hookimpl_with_an_argument_the_spec_lacks_is_rejected():
     assert manager.pm.get_plugin("badargs") is None
 
 
-def test_spec_of_the_wrong_type_is_an_error():
+def test_spec_of_the_wrong_type_isolates_the_plugin():
     class WrongSpec:
         @hookimpl
         def spurcore_register_datasets(self):
@@ -383,14 +435,14 @@ def test_spec_of_the_wrong_type_is_an_error():
 
     manager = PluginManager(entry_points=False)
     manager.register(WrongSpec(), "wrongspec")
-    with pytest.raises(PluginError) as info:
-        manager.registry("datasets")
-    assert str(info.value) == (
+    with pytest.warns(UserWarning, match="'wrongspec' is skipped"):
+        assert "waterdigits" in manager.registry("datasets")
+    assert manager.failed["wrongspec"] == (
         "plugin 'wrongspec' returned MetricSpec from spurcore_register_datasets; expected DatasetSpec"
     )
 
 
-def test_plain_dict_instead_of_a_spec_is_an_error():
+def test_plain_dict_instead_of_a_spec_isolates_the_plugin():
     class DictSpec:
         @hookimpl
         def spurcore_register_selectors(self):
@@ -398,8 +450,10 @@ def test_plain_dict_instead_of_a_spec_is_an_error():
 
     manager = PluginManager(entry_points=False)
     manager.register(DictSpec(), "dictspec")
-    with pytest.raises(PluginError, match=r"plugin 'dictspec' returned dict from spurcore_register_selectors; expected SelectorSpec"):
+    with pytest.warns(UserWarning, match="'dictspec' is skipped"):
         manager.registry("selectors")
+    assert manager.failed["dictspec"] == ("plugin 'dictspec' returned dict from spurcore_register_selectors; "
+                                          "expected SelectorSpec")
 
 
 # --- listing ------------------------------------------------------------------------------------

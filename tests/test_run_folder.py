@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -19,6 +20,8 @@ from spurcore.rundir import RunDir
 from spurcore.runlock import LOCK_FILE, RunLockedError, locked
 from spurcore.runner import RunError, run_pipeline
 from spurcore.specs import MitigationSpec, ObserverSpec
+from spurcore.testing import tiny_pipeline
+from spurcore.tomlwriter import dumps as toml_dumps
 
 
 def quiet(config, out, plugins, **kwargs):
@@ -278,3 +281,120 @@ def test_the_starting_model_is_tried_without_changing_the_run(tmp_path, spur_plu
     first = quiet(spur_tiny_config(), tmp_path / "a", spur_plugins)
     torch.manual_seed(123)  # whatever the global state, the run seeds itself
     assert quiet(spur_tiny_config(), tmp_path / "b", spur_plugins) == first
+
+
+# --- nothing misleading: diverged training, a foreign [init] model, read-only and full disks (issue 25)
+
+
+class Diverge:
+    """A training method whose loss stops being a number at epoch 2, step 3, as a too-large
+    learning rate makes it."""
+
+    def __init__(self, options):
+        pass
+
+    @hookimpl
+    def spurcore_train_loss(self, model, batch, stage):
+        loss = torch.nn.functional.cross_entropy(model(batch.x, index=batch.index), batch.y)
+        return loss * float("nan") if (Diverge.epoch, Diverge.step) == (2, 3) else loss
+
+    @hookimpl
+    def spurcore_batch_end(self, epoch, step):
+        Diverge.epoch, Diverge.step = epoch, step + 1
+
+
+class DivergePlugin:
+    @hookimpl
+    def spurcore_register_mitigations(self):
+        return [MitigationSpec(name="diverge", kind="train", factory=Diverge)]
+
+
+def test_a_loss_that_stops_being_a_number_stops_the_run_naming_stage_epoch_and_step(tmp_path, spur_plugins,
+                                                                                     spur_tiny_config,
+                                                                                     spur_register_plugin, spur_cli):
+    """Issue 25, item 3: the run used to train on to NaN weights and exit 0."""
+    spur_register_plugin(DivergePlugin(), "diverge-plugin")
+    Diverge.epoch = Diverge.step = 0
+    config = spur_tiny_config(stages=[{"method": "diverge"}])
+    with pytest.raises(RunError, match=r"^stages\[0\] \(0-diverge\), epoch 2, step 3: the training loss is not a "
+                                       r"finite number.*keeps the checkpoints of epochs 1 to 1"):
+        quiet(config, tmp_path / "run", spur_plugins)
+    assert RunDir(tmp_path / "run").epochs("0-diverge") == [1]  # epoch 2's NaN weights were never saved
+    assert not RunDir(tmp_path / "run").summary.exists()
+    Diverge.epoch = Diverge.step = 0
+    (tmp_path / "pipeline.toml").write_text(toml_dumps(tiny_pipeline(stages=[{"method": "diverge"}])))
+    result = spur_cli("run", tmp_path / "pipeline.toml", "--out", tmp_path / "cli", "--quiet")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.startswith("Error: stages[0] (0-diverge), epoch 2, step 3: the training loss is not a finite")
+
+
+@pytest.mark.parametrize("key, ours", [("backbone.options.hidden", {"backbone": {"name": "mlp", "options": {"hidden": 8}}}),
+                                       ("dataset.options.n_train", {"dataset": {"name": "tiny", "options": {"n_train": 150}}})])
+def test_a_pipeline_that_starts_from_a_run_of_another_model_or_dataset_is_refused(tmp_path, spur_plugins,
+                                                                                  spur_tiny_config, key, ours):
+    """Issue 25, item 4: DFR from a run of width 32 under a pipeline saying 16 ran, and its
+    config.toml said 16."""
+    quiet(spur_tiny_config(train={"epochs": 1}), tmp_path / "a", spur_plugins)
+    config = spur_tiny_config(init={"run": str(tmp_path / "a")}, stages=[{"method": "tiny-refit"}], **ours)
+    with pytest.raises(RunError, match=rf"^<pipeline>: init.run: {tmp_path / 'a'} was trained with {re.escape(key)} = "):
+        quiet(config, tmp_path / "b", spur_plugins)
+    assert not (tmp_path / "b").exists()
+    same = spur_tiny_config(init={"run": str(tmp_path / "a")}, stages=[{"method": "tiny-refit"}],
+                            backbone={"name": "mlp", "options": {"hidden": 16}})  # the default, written out
+    quiet(same, tmp_path / "c", spur_plugins)
+
+
+def test_a_read_only_run_folder_is_one_sentence(tmp_path, spur_plugins, spur_tiny_config, spur_cli, spur_read_only):
+    """Issue 25, item 5: `--resume` of a read-only run, and a new run below a read-only folder,
+    ended in a PermissionError traceback."""
+    pipeline = tmp_path / "pipeline.toml"
+    pipeline.write_text(toml_dumps(tiny_pipeline(train={"epochs": 1})))
+    assert spur_cli("run", pipeline, "--out", tmp_path / "shared" / "run", "--quiet").exit_code == 0
+    (tmp_path / "shared" / "run" / "summary.json").unlink()
+    before = written(tmp_path / "shared")
+    spur_read_only(tmp_path / "shared")
+    for args in (["--out", tmp_path / "shared" / "run", "--resume"], ["--out", tmp_path / "shared" / "new"]):
+        result = spur_cli("run", pipeline, *args, "--quiet")
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and "cannot write" in lines[0] and "read-only to this user" in lines[0], lines
+        assert str(tmp_path / "shared") in lines[0]
+    assert written(tmp_path / "shared") == before
+
+
+def test_a_full_disk_is_one_sentence_naming_the_file_and_the_run_resumes(tmp_path, spur_plugins, spur_tiny_config,
+                                                                          spur_cli, spur_register_plugin, monkeypatch):
+    """Issue 25, item 7: the disk fills while epoch 2's checkpoint is written (every write of the
+    run goes to /dev/full from then on, which answers ENOSPC as a full disk does): one line
+    naming the checkpoint, not torch's `RuntimeError: [enforce fail at inline_container.cc]`;
+    once there is space, --resume finishes the run."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full to stand in for a full disk")
+    full = {"now": False}
+    real_open = os.open
+
+    def open_on_a_full_disk(path, flags, mode=0o777, **kwargs):
+        if full["now"] and atomic.is_temporary(path):
+            return real_open("/dev/full", os.O_WRONLY)
+        return real_open(path, flags, mode, **kwargs)
+
+    class FillsUp:
+        @hookimpl
+        def spurcore_epoch_start(self, epoch):
+            full["now"] = epoch == 2
+
+    monkeypatch.setattr(os, "open", open_on_a_full_disk)
+    spur_register_plugin(FillsUp(), "fills-up")
+    pipeline = tmp_path / "pipeline.toml"
+    pipeline.write_text(toml_dumps(tiny_pipeline()))
+    result = spur_cli("run", pipeline, "--out", tmp_path / "run", "--quiet")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    checkpoint = tmp_path / "run" / "checkpoints" / "0-erm" / "epoch_002.pt"
+    assert result.output == (f"Error: {checkpoint}: cannot write (No space left on device): the disk is full: free "
+                             f"space (or write to another disk) and run the command again; a run keeps its finished "
+                             f"epochs and continues from the last one with --resume\n")
+    assert RunDir(tmp_path / "run").epochs("0-erm") == [1]
+    full["now"] = False
+    spur_plugins.unregister(spur_plugins.pm.get_plugin("fills-up"))
+    assert spur_cli("run", pipeline, "--out", tmp_path / "run", "--resume", "--quiet").exit_code == 0
+    assert RunDir(tmp_path / "run").epochs("0-erm") == [1, 2, 3]

@@ -14,7 +14,9 @@ with `spur_`:
 * `spur_cli(*args)`: runs the `spur` command line with `spur_plugins`, returns click's result;
 * `mitigation_conformance(method, plugin=...)`: the mitigation contract as a test class;
 * `StopAtEpoch(epoch)`: a plugin that stops a run at the start of that epoch, as a Ctrl-C
-  would, for tests of `--resume`.
+  would, for tests of `--resume`;
+* `spur_read_only(path)`: makes a folder and everything in it read-only to this process until
+  the test ends (`chmod` for a user; `chattr +i` for root, whom modes do not stop).
 
     def test_my_method(spur_plugins, spur_register_plugin, spur_tiny_config, tmp_path):
         spur_register_plugin(my_plugin)
@@ -26,7 +28,11 @@ with `spur_`:
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -55,6 +61,33 @@ class StopAtEpoch:
     def spurcore_epoch_start(self, epoch: int) -> None:
         if epoch == self.epoch:
             raise KeyboardInterrupt
+
+
+@pytest.fixture
+def spur_read_only() -> Iterator[Callable[[Path], Path]]:
+    """`spur_read_only(path)` makes the folder `path` and everything below it read-only to this
+    process, as a shared or archived run is, until the test ends: by mode bits for a user, by
+    the immutable attribute for root (skips where `chattr` cannot set it)."""
+    undo: list[Callable[[], None]] = []
+
+    def read_only(path: Path) -> Path:
+        path = Path(path)
+        if os.geteuid() != 0:
+            modes = {p: p.stat().st_mode for p in [path, *path.rglob("*")]}
+            for p, mode in modes.items():
+                p.chmod(mode & ~0o222)
+            undo.append(lambda: [p.chmod(mode) for p, mode in modes.items()])
+            return path
+        if shutil.which("chattr") is None:
+            pytest.skip("running as root, and there is no chattr to make a folder immutable")
+        undo.append(lambda: subprocess.run(["chattr", "-R", "-i", str(path)], capture_output=True))
+        if subprocess.run(["chattr", "-R", "+i", str(path)], capture_output=True).returncode != 0:
+            pytest.skip("running as root, and chattr cannot make a folder immutable here")
+        return path
+
+    yield read_only
+    for step in reversed(undo):
+        step()
 
 
 @pytest.fixture

@@ -58,6 +58,7 @@ def extract_run(run_dir: str | Path, modules: Sequence[str], *, splits: Sequence
     from spurcore.api import PluginManager, open_run
 
     plugins = plugins if plugins is not None else PluginManager()
+    atomic.check_writable(Path(out).parent if out is not None else Path(run_dir) / "activations")  # before the work
     run = open_run(run_dir, plugins, device=device)
     data = run.data
     planned = run.stage(stage)
@@ -71,23 +72,24 @@ def extract_run(run_dir: str | Path, modules: Sequence[str], *, splits: Sequence
     options = {"run": str(Path(run_dir).resolve()), "modules": list(modules), "splits": splits, "reduce": reduce,
                "stage": planned.key, "epoch": epoch, "run_config": config_hash(run.out.config.read_text())}
     out = Path(out) if out is not None else Path(run_dir) / "activations" / f"{planned.key}-epoch_{epoch:03d}.h5"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic.temporary_path(out)
-    writer = ActivationWriter(tmp, splits=list(data.splits), class_names=data.class_names,
-                              attr_names=data.attr_names, compression=compression, rows_hint=batch_size,
-                              attrs={"config_hash": config_hash(options), "source": "finished-run",
-                                     "reduce": reduce, "settings": options})
-    total = sum(len(data.splits[s]) for s in splits)
-    bar = tqdm(total=total, desc=f"activations {planned.key} epoch {epoch}", unit="ex", disable=not progress,
-               dynamic_ncols=True)
-    try:
-        with writer, ModuleRecorder(model, modules, reduce) as recorder:
-            for split in splits:
-                bar.set_postfix_str(split, refresh=False)
-                forward_split(model, data.splits[split], run.device, batch_size, split=split,
-                              recorder=recorder, writer=writer, epoch=epoch, stage=planned.index, progress=bar)
-        os.replace(tmp, out)
-    finally:
-        bar.close()
-        tmp.unlink(missing_ok=True)
+    with atomic.writing(out):  # a full disk or a read-only folder: one sentence naming the file
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = atomic.temporary_path(out)
+        writer = ActivationWriter(tmp, splits=list(data.splits), class_names=data.class_names,
+                                  attr_names=data.attr_names, compression=compression, rows_hint=batch_size,
+                                  attrs={"config_hash": config_hash(options), "source": "finished-run",
+                                         "reduce": reduce, "settings": options})
+        total = sum(len(data.splits[s]) for s in splits)
+        bar = tqdm(total=total, desc=f"activations {planned.key} epoch {epoch}", unit="ex", disable=not progress,
+                   dynamic_ncols=True)
+        try:
+            with writer, ModuleRecorder(model, modules, reduce) as recorder:
+                for split in splits:
+                    bar.set_postfix_str(split, refresh=False)
+                    forward_split(model, data.splits[split], run.device, batch_size, split=split,
+                                  recorder=recorder, writer=writer, epoch=epoch, stage=planned.index, progress=bar)
+            os.replace(tmp, out)
+        finally:
+            bar.close()
+            tmp.unlink(missing_ok=True)
     return out

@@ -214,3 +214,19 @@ def test_spur_activations_on_a_finished_run(act_plugins, spur_tiny_config, tmp_p
                              obj={"manager": act_plugins, "plugin_args": []})
     assert bad.exit_code != 0 and "not found" in bad.output and "embed.0" in bad.output
     assert not list((tmp_path / "run" / "activations").glob(".*tmp"))
+
+
+def test_spur_activations_on_a_read_only_run_is_one_sentence(act_plugins, spur_tiny_config, tmp_path, spur_read_only):
+    """Issue 25, item 5: the run folder (and its activations/ folder, for the second call)
+    cannot be written: one line naming the folder, nothing computed, no traceback."""
+    run_pipeline(spur_tiny_config(), tmp_path / "run", act_plugins, log=lambda m: None)
+    (tmp_path / "run" / "activations").mkdir()
+    spur_read_only(tmp_path / "run")
+    spurcore_activations.spurcore_register_commands(cli)
+    for where in (tmp_path / "run" / "activations", tmp_path / "run" / "new"):
+        args = [] if where.name == "activations" else ["--out", str(where / "acts.h5")]
+        result = CliRunner().invoke(cli, ["activations", str(tmp_path / "run"), "--module", "embed", "--quiet", *args],
+                                    obj={"manager": act_plugins, "plugin_args": []})
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        assert result.output.startswith(f"Error: {where}: cannot write (") and "read-only" in result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output

@@ -13,7 +13,7 @@ from spurcore_datasets.images import (
     IMAGENET_MEAN, IMAGENET_STD, CachedImages, ImageFiles, cached_eval_transform, cached_train_transform, eval_resize,
     eval_transform, train_transform, unreadable,
 )
-from spurcore_datasets.tables import SHOWN, Table, validate
+from spurcore_datasets.tables import SHOWN, Lines, Table, validate
 
 
 def to_data(table: Table, options) -> SpuriousData:
@@ -31,9 +31,10 @@ def _images(table: Table, options) -> SpuriousData:
     augmented = train_transform(options.image_size, options.augment)
     splits = {}
     for name, rows in table.splits.items():
-        paths = [table.items[i] for i in rows]
-        splits[name] = SplitData(name=name, inputs=ImageFiles(paths, evaluate), y=table.y[rows], a=table.a[rows],
-                                 train_inputs=ImageFiles(paths, augmented) if name == "train" else None)
+        paths, lines = [table.items[i] for i in rows], lines_of(table, rows)
+        splits[name] = SplitData(name=name, inputs=ImageFiles(paths, evaluate, lines), y=table.y[rows],
+                                 a=table.a[rows],
+                                 train_inputs=ImageFiles(paths, augmented, lines) if name == "train" else None)
     return _image_data(table, splits, options)
 
 
@@ -51,6 +52,11 @@ def _cached_images(table: Table, options) -> SpuriousData:
     return _image_data(table, splits, options)
 
 
+def lines_of(table: Table, rows) -> Lines | None:
+    """The metadata line of each of `rows`, for messages (None where the table has none)."""
+    return None if table.lines is None else table.lines.only(rows)
+
+
 def cache_side(options) -> int:
     return options.cache_side or eval_resize(options.image_size)
 
@@ -62,7 +68,8 @@ def cached_splits(table: Table, options, workers: int | None = None) -> dict:
 
     folder = cache.dataset_folder(options.cache_dir or cache.default_folder(), table.name, table.source)
     workers = available_cores() if workers is None else workers
-    return {name: cache.open_or_build(folder, name, [table.items[i] for i in rows], cache_side(options), workers)
+    return {name: cache.open_or_build(folder, name, [table.items[i] for i in rows], cache_side(options), workers,
+                                      lines_of(table, rows))
             for name, rows in table.splits.items()}
 
 
@@ -86,7 +93,7 @@ def _texts(table: Table, options) -> SpuriousData:
 
 def without_unreadable(table: Table) -> Table:
     """The table without the images that fail to decode; says how many it left out."""
-    bad = unreadable(table.items)
+    bad = unreadable(table.items, table.lines)
     if not bad:
         return table
     dropped = np.array([i for i, _ in bad])

@@ -6,7 +6,10 @@ pixels (height x width x 3, one after the other) read through a numpy memmap, an
 made from: every file's path, size and modification time, the stored shorter side and how
 it was resized. The index is written last and names its pixel file, so it is the commit:
 a build that is killed leaves only temporary files (never read, removed by the next build),
-and a cache whose fingerprint differs from the data's is rebuilt. Images are resized exactly
+and a cache whose fingerprint differs from the data's is rebuilt, as is one whose index does
+not fit its pixel file (image count, shapes, size). Each image's CRC-32 is kept in the index and
+checked whenever the image is read (about 0.06 ms for a 256 x 300 image), so a damaged pixel
+file stops the run naming it instead of training on wrong pixels. Images are resized exactly
 as the evaluation transform resizes them (PIL, antialiased), so evaluation from the cache
 is a center crop of the stored pixels: the same tensors as decoding the JPEG.
 """
@@ -18,6 +21,7 @@ import json
 import os
 import sys
 import time
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,8 +30,9 @@ import numpy as np
 import torch
 
 from spurcore.api import DataError, atomic
+from spurcore_datasets.tables import Lines, file_index
 
-VERSION = 1
+VERSION = 2  # 2: each image's CRC-32 in the index (caches of version 1 are built again)
 RESIZE = "torchvision.v2.Resize(shorter side, antialias) on the PIL image"
 ENV = "SPURCORE_CACHE_DIR"
 SMALL_SPLIT = 256
@@ -51,10 +56,7 @@ def dataset_folder(root: str | Path, name: str, source: Path) -> Path:
 def fingerprint(paths: Sequence[Path], side: int) -> str:
     """What the cached pixels depend on: each file's path, size and mtime, and the resizing."""
     digest = hashlib.sha256(json.dumps({"version": VERSION, "side": side, "resize": RESIZE}).encode())
-    for path in paths:
-        stat = os.stat(path)
-        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
+    return file_index(paths, digest).hexdigest()
 
 
 @attrs.frozen
@@ -65,6 +67,8 @@ class Store:
 
     path: Path
     shapes: np.ndarray  # (n, 2): height, width
+    crcs: np.ndarray  # (n,): the CRC-32 of each image's bytes, checked whenever the image is read
+    fingerprint: str = ""  # what the pixels were made from (`fingerprint`)
     _pixels: list = attrs.field(factory=list, eq=False, repr=False)
 
     @property
@@ -75,7 +79,8 @@ class Store:
         return len(self.shapes)
 
     def __getstate__(self) -> dict:
-        return {"path": self.path, "shapes": self.shapes, "_pixels": []}
+        return {"path": self.path, "shapes": self.shapes, "crcs": self.crcs, "fingerprint": self.fingerprint,
+                "_pixels": []}
 
     def __setstate__(self, state: dict) -> None:
         for key, value in state.items():
@@ -87,17 +92,22 @@ class Store:
             self._pixels.append((np.memmap(self.path, dtype=np.uint8, mode="r"), self.offsets))
         pixels, offsets = self._pixels[0]
         h, w = self.shapes[i]
-        hwc = np.array(pixels[offsets[i]:offsets[i + 1]]).reshape(h, w, 3)
-        return torch.from_numpy(hwc).permute(2, 0, 1)
+        hwc = np.array(pixels[offsets[i]:offsets[i + 1]])
+        if zlib.crc32(hwc) != self.crcs[i]:  # 0.06 ms for a 256 x 300 image: nothing next to its crop
+            raise DataError(f"{self.path}: image {i} of the decoded-image cache is damaged (its CRC-32 differs from the "
+                            f"one stored when it was built); delete {self.path.parent} and run again to rebuild it")
+        return torch.from_numpy(hwc.reshape(h, w, 3)).permute(2, 0, 1)
 
 
-def open_or_build(folder: Path, split: str, paths: Sequence[Path], side: int, workers: int = 0) -> Store:
-    """The cache of `split` in `folder`, built first when it is missing, partial or stale."""
+def open_or_build(folder: Path, split: str, paths: Sequence[Path], side: int, workers: int = 0,
+                  lines: Lines | None = None) -> Store:
+    """The cache of `split` in `folder`, built first when it is missing, partial, stale or
+    damaged; `lines`, the metadata line of each path, for the message about an unreadable one."""
     expected = fingerprint(paths, side)
-    store = load(folder, split, side, expected)
+    store = load(folder, split, side, expected, len(paths))
     if store is None:
-        build(folder, split, paths, side, expected, workers)
-        store = load(folder, split, side, expected)
+        build(folder, split, paths, side, expected, workers, lines)
+        store = load(folder, split, side, expected, len(paths))
         if store is None:  # pragma: no cover - only if another process replaced it meanwhile
             raise DataError(f"{folder}: the image cache of split {split!r} changed while it was built; run again")
     return store
@@ -107,29 +117,30 @@ def index_path(folder: Path, split: str, side: int) -> Path:
     return Path(folder) / f"{split}-{side}px.json"
 
 
-def load(folder: Path, split: str, side: int, expected: str) -> Store | None:
-    """The committed cache whose fingerprint is `expected`, or None (none, stale, or damaged)."""
+def load(folder: Path, split: str, side: int, expected: str, count: int | None = None) -> Store | None:
+    """The committed cache whose fingerprint is `expected` (of `count` images, when given), or
+    None: none, stale, or damaged (an index that is not one, a pixel file of another size)."""
     try:
         index = json.loads(index_path(folder, split, side).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if index.get("version") != VERSION or index.get("fingerprint") != expected:
-        return None
-    pixels = Path(folder) / index["pixels"]
-    shapes = np.asarray(index["shapes"], dtype=np.int64).reshape(-1, 2)
-    try:
+        if index.get("version") != VERSION or index.get("fingerprint") != expected:
+            return None
+        pixels = Path(folder) / index["pixels"]
+        shapes = np.asarray(index["shapes"], dtype=np.int64).reshape(-1, 2)
+        crcs = np.asarray(index["crc32"], dtype=np.int64)
+        if len(crcs) != len(shapes) or (count is not None and len(shapes) != count) or (shapes <= 0).any():
+            return None
         if pixels.stat().st_size != int((shapes[:, 0] * shapes[:, 1] * 3).sum()):
             return None
-    except OSError:
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None
-    return Store(pixels, shapes)
+    return Store(pixels, shapes, crcs, expected)
 
 
 class _Decoded(torch.utils.data.Dataset):
     """Image i decoded and resized as the evaluation transform resizes it, as (h, w, 3) uint8."""
 
-    def __init__(self, paths: Sequence[Path], side: int) -> None:
-        self.paths, self.side = list(paths), side
+    def __init__(self, paths: Sequence[Path], side: int, lines: Lines | None = None) -> None:
+        self.paths, self.side, self.lines = list(paths), side, lines
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -139,10 +150,12 @@ class _Decoded(torch.utils.data.Dataset):
 
         from spurcore_datasets.images import open_rgb
 
-        return np.array(v2.Resize(self.side, antialias=True)(open_rgb(self.paths[i])), dtype=np.uint8)
+        image = open_rgb(self.paths[i], self.lines(i) if self.lines else None)
+        return np.array(v2.Resize(self.side, antialias=True)(image), dtype=np.uint8)
 
 
-def build(folder: Path, split: str, paths: Sequence[Path], side: int, expected: str, workers: int = 0) -> None:
+def build(folder: Path, split: str, paths: Sequence[Path], side: int, expected: str, workers: int = 0,
+          lines: Lines | None = None) -> None:
     """Decode every image (in `workers` processes), write the pixels to a temporary file,
     rename it, then commit the index; remove what older builds of this split left."""
     from tqdm import tqdm
@@ -151,8 +164,8 @@ def build(folder: Path, split: str, paths: Sequence[Path], side: int, expected: 
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"{split}-{side}px-{expected[:16]}.u8"
     workers = workers if len(paths) >= SMALL_SPLIT else 0  # starting processes costs more than a few images
-    loader = torch.utils.data.DataLoader(_Decoded(paths, side), batch_size=None, num_workers=workers)
-    shapes = []
+    loader = torch.utils.data.DataLoader(_Decoded(paths, side, lines), batch_size=None, num_workers=workers)
+    shapes, crcs = [], []
     shown = tqdm(loader, total=len(paths), desc=f"caching {split} images", unit="img", leave=False,
                  disable=not sys.stderr.isatty())
 
@@ -161,13 +174,14 @@ def build(folder: Path, split: str, paths: Sequence[Path], side: int, expected: 
             for image in shown:
                 image = np.ascontiguousarray(image)
                 shapes.append(image.shape[:2])
+                crcs.append(zlib.crc32(image))
                 handle.write(image.tobytes())
         except DataError as error:  # from a worker it carries the worker's traceback: keep the message
             raise DataError(str(error).rsplit(f"{DataError.__name__}: ", 1)[-1].strip()) from None
 
     _write_replacing(final, pixels)
     index = {"version": VERSION, "fingerprint": expected, "pixels": final.name, "side": side, "resize": RESIZE,
-             "shapes": [[int(h), int(w)] for h, w in shapes]}
+             "shapes": [[int(h), int(w)] for h, w in shapes], "crc32": crcs}
     _write_replacing(index_path(folder, split, side), lambda handle: handle.write(json.dumps(index).encode()))
     for old in folder.glob(f"{split}-{side}px-*.u8"):
         if old != final:

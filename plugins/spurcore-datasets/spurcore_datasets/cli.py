@@ -50,15 +50,9 @@ def check(ctx: click.Context, name: str, root: Path, overrides: tuple[str, ...],
     spec, options = _options(ctx, name, root, overrides)
     if name in FORMATS:
         table = FORMATS[name].read(options)
-        source, groups, counts = str(table.source), table.group_names, table.group_counts()
         if decode and table.kind == "image":
-            from spurcore_datasets.images import unreadable  # PIL and torch, for --images only
-
-            bad = unreadable(table.items)
-            if bad:
-                shown = "; ".join(reason for _, reason in bad[:SHOWN])
-                raise DataError(f"{table.source}: {len(bad)} of {len(table.items)} images are unreadable: {shown}; "
-                                f"set bad_images = \"skip\" to train without them")
+            table = _decodable(table, options)
+        source, groups, counts = str(table.source), table.group_names, table.group_counts()
     else:
         built = spec.build(options)
         source, groups = str(root), built.group_names
@@ -68,6 +62,23 @@ def check(ctx: click.Context, name: str, root: Path, overrides: tuple[str, ...],
         return
     click.echo(f"{name}: {source} is valid")
     click.echo(count_table(groups, counts))
+
+
+def _decodable(table: Table, options: Any) -> Table:
+    """`--images`: the table whose every image decodes; with `bad_images = "skip"` the others
+    are left out (and counted on stderr), else they stop the check, each named by its file and
+    metadata line."""
+    from spurcore_datasets.build import without_unreadable  # PIL and torch, for --images only
+    from spurcore_datasets.images import unreadable
+
+    if getattr(options, "bad_images", "stop") == "skip":
+        return without_unreadable(table)
+    bad = unreadable(table.items, table.lines)
+    if bad:
+        shown = "; ".join(reason for _, reason in bad[:SHOWN])
+        raise DataError(f"{table.source}: {len(bad)} of {len(table.items)} images are unreadable: {shown}; "
+                        f"set bad_images = \"skip\" to train without them")
+    return table
 
 
 def count_table(groups: Sequence[str], counts: dict[str, list[int]]) -> str:

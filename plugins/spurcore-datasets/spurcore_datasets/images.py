@@ -12,6 +12,7 @@ geometric ones per image, the conversion and normalization per batch (`normalize
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from spurcore.api import DataError
+from spurcore_datasets.tables import Lines, file_index
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -93,30 +95,39 @@ def normalize_batch(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(F.to_dtype(x, torch.float32, scale=True), IMAGENET_MEAN, IMAGENET_STD, inplace=True)
 
 
-def open_rgb(path: Path) -> Image.Image:
-    """The image at `path` fully decoded as RGB, or a DataError naming the file."""
+def open_rgb(path: Path, where: str | None = None) -> Image.Image:
+    """The image at `path` fully decoded as RGB, or a DataError naming the file (and `where`,
+    its metadata line, when given). An image larger than PIL's decompression-bomb limit (twice
+    `Image.MAX_IMAGE_PIXELS`) is unreadable like a corrupt one."""
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(
-            f"{path}: unreadable image ({type(exc).__name__}: {exc}); replace or remove it, or set "
-            f"dataset.options.bad_images = \"skip\" to leave unreadable images out"
+            f"{where + ': ' if where else ''}{path}: unreadable image ({type(exc).__name__}: {exc}); replace or remove "
+            f"it, or set dataset.options.bad_images = \"skip\" to leave unreadable images out"
         ) from None
 
 
 class ImageFiles(torch.utils.data.Dataset):
-    """Item i: image `paths[i]` decoded and transformed to a (3, size, size) float tensor."""
+    """Item i: image `paths[i]` decoded and transformed to a (3, size, size) float tensor; an
+    unreadable one names its file and, given `lines`, its metadata line."""
 
-    def __init__(self, paths: Sequence[Path], transform: Callable) -> None:
+    def __init__(self, paths: Sequence[Path], transform: Callable, lines: Lines | None = None) -> None:
         self.paths = list(paths)
         self.transform = transform
+        self.lines = lines
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return self.transform(open_rgb(self.paths[i]))
+        return self.transform(open_rgb(self.paths[i], self.lines(i) if self.lines else None))
+
+    def content_key(self) -> str:
+        """What the images are, for caches derived from them (`spurcore.api.content_digest`):
+        each file's path, size and modification time."""
+        return "image files " + file_index(self.paths, hashlib.sha256()).hexdigest()
 
 
 class CachedImages(torch.utils.data.Dataset):
@@ -136,17 +147,22 @@ class CachedImages(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> torch.Tensor:
         return self.transform(self.store.image(i))
 
+    def content_key(self) -> str:
+        """What the images are: the fingerprint of the files the cache was built from."""
+        return f"decoded images {self.store.fingerprint}"
 
-def unreadable(paths: Sequence[Path]) -> list[tuple[int, str]]:
-    """(row, reason) of every image that does not decode; reads every file in full (with a
-    progress bar on a terminal: CelebA takes minutes)."""
+
+def unreadable(paths: Sequence[Path], lines: Lines | None = None) -> list[tuple[int, str]]:
+    """(row, reason) of every image that does not decode, the reason naming its file and (given
+    `lines`) its metadata line; reads every file in full (with a progress bar on a terminal:
+    CelebA takes minutes)."""
     from tqdm import tqdm
 
     bad = []
     shown = tqdm(paths, desc="decoding images", unit="img", leave=False, disable=not sys.stderr.isatty())
     for i, path in enumerate(shown):
         try:
-            open_rgb(path)
+            open_rgb(path, lines(i) if lines else None)
         except DataError as exc:
             bad.append((i, str(exc).split("; ")[0]))
     return bad

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
 
-from spurcore.api import RunDir, iterate_batches, pipeline_from_dict, run_pipeline
+from spurcore.api import DataError, RunDir, iterate_batches, pipeline_from_dict, run_pipeline
 from spurcore_datasets import FORMATS, cache, miniature
 from spurcore_datasets.build import to_data
 from test_data_commands import manager, spur
@@ -259,3 +260,70 @@ def test_kept_workers_change_no_result_and_a_resumed_run_repeats_the_whole_one(t
     assert run_pipeline(config(2), tmp_path / "cut", plugins, resume=True, log=lambda m: None) == whole
     for key, value in weights("here").items():
         assert torch.equal(value, weights("workers")[key]) and torch.equal(value, weights("cut")[key]), key
+
+
+# --- what derived caches key on, and damage found before use (issue 25) ------------------------
+
+
+def test_the_data_content_digest_follows_labels_and_files_for_caches_derived_from_them(tmp_path):
+    """Issue 25, item 1: an embeddings cache keyed on the dataset's config outlived a changed
+    `place` column; the content digest it is now keyed on covers the labels and, through each
+    dataset's `content_key`, the image files (path, size, mtime), read directly or decoded."""
+    from spurcore.api import content_digest
+    from test_formats import set_cell
+
+    meta = miniature.waterbirds(tmp_path / "data")
+    for options in ({}, {"cache": "decoded", "cache_dir": str(tmp_path / "c")}):
+        first = content_digest(build("waterbirds", tmp_path / "data", image_size=32, **options))
+        assert content_digest(build("waterbirds", tmp_path / "data", image_size=32, **options)) == first
+        set_cell(meta, 20, "place", lambda rows: str(1 - int(rows[20][4])))  # a val row's attribute
+        relabelled = content_digest(build("waterbirds", tmp_path / "data", image_size=32, **options))
+        image = sorted(meta.parent.rglob("*.jpg"))[5]
+        os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))
+        touched = content_digest(build("waterbirds", tmp_path / "data", image_size=32, **options))
+        assert len({first, relabelled, touched}) == 3, options
+        set_cell(meta, 20, "place", lambda rows: str(1 - int(rows[20][4])))
+
+
+@pytest.fixture(scope="module")
+def decoded(tmp_path_factory):
+    """A built decoded-image cache of the miniature Waterbirds' val split, and its images."""
+    root = tmp_path_factory.mktemp("decoded")
+    miniature.waterbirds(root / "data")
+    data = build("waterbirds", root / "data", image_size=32, cache="decoded", cache_dir=str(root / "c"))
+    folder = next((root / "c").iterdir())
+    store = data.splits["val"].inputs.store
+    return root, folder, [store.image(i) for i in range(len(store))]
+
+
+@settings(max_examples=25, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(target=st.sampled_from(["pixels", "index"]), how=st.sampled_from(["flip", "truncate"]),
+       where=st.floats(0, 1, exclude_max=True), mask=st.integers(1, 255))
+def test_any_damage_to_the_decoded_image_cache_is_found_before_an_image_is_used(decoded, tmp_path_factory,
+                                                                                target, how, where, mask):
+    """Issue 25, item 2 and its property: a flipped byte or a cut anywhere in a split's pixel
+    file or index either makes the cache rebuilt (`load` refuses it) or stops the read of the
+    image it hit, naming the file; every image read is the one that was cached."""
+    import shutil
+
+    root, folder, images = decoded
+    copy = tmp_path_factory.mktemp("damaged") / folder.name
+    shutil.copytree(folder, copy)
+    index = json.loads((copy / "val-37px.json").read_text())
+    path = copy / (index["pixels"] if target == "pixels" else "val-37px.json")
+    data = bytearray(path.read_bytes())
+    at = int(where * len(data))
+    if how == "flip":
+        data[at] ^= mask
+    else:
+        del data[at:]
+    path.write_bytes(bytes(data))
+    store = cache.load(copy, "val", 37, index["fingerprint"], len(images))
+    if store is None:
+        return  # rebuilt by the next build
+    for i, expected in enumerate(images):
+        try:
+            assert torch.equal(store.image(i), expected), i
+        except DataError as error:
+            assert str(error).startswith(f"{store.path}: image {i} of the decoded-image cache is damaged")
+            assert target == "pixels" and how == "flip"

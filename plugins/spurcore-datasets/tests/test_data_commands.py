@@ -139,3 +139,68 @@ def test_text_pipeline_trains_the_pretrained_minilm_offline(tmp_path, monkeypatc
     assert identity_splits and all(s.startswith("test:") for s in identity_splits)
     # the pretrained encoder separates "awful" from "lovely" after one short epoch
     assert summary["metrics"]["test"]["avg_acc"] >= 0.75
+
+
+# --- hostile files (issue 25) ---------------------------------------------------------------------
+
+
+def write_bomb(path, side=20000):
+    """A PNG (under a .jpg name) whose header says `side` x `side` pixels: 400 million for the
+    default, beyond PIL's decompression-bomb limit; the file itself is a few hundred bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+
+
+def test_a_decompression_bomb_is_named_with_its_metadata_line_and_skip_is_honoured(tmp_path):
+    """Issue 25, item 8: `spur data check --images` stopped on DecompressionBombError's
+    traceback, with bad_images = "skip" too."""
+    meta = miniature.waterbirds(tmp_path)
+    bomb = sorted(tmp_path.rglob("*.jpg"))[2]
+    write_bomb(bomb)
+    line = next(i for i, text in enumerate(meta.read_text().splitlines(), 1) if bomb.name in text)
+    result = spur("data", "check", "waterbirds", "--root", tmp_path, "--images")
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert result.output.startswith(f"Error: {meta}: 1 of 32 images are unreadable: {meta} line {line}: {bomb}: "
+                                    f"unreadable image (DecompressionBombError: Image size (400000000 pixels)")
+    skipped = spur("data", "check", "waterbirds", "--root", tmp_path, "--images", "-o", "bad_images=skip")
+    assert skipped.exit_code == 0, skipped.output
+    assert f"skipping 1 unreadable image(s) of 32: {meta} line {line}: {bomb}: unreadable image" in skipped.output
+    assert ["total", "15", "8", "8"] in [line.split() for line in skipped.output.splitlines()]
+
+
+def test_a_nul_byte_in_a_file_name_is_named_by_its_metadata_line(tmp_path):
+    """Issue 25, item 8: `ValueError: embedded null byte`, or a 'missing' file printed with a
+    raw NUL in it."""
+    from test_formats import set_cell
+
+    meta = miniature.waterbirds(tmp_path)
+    set_cell(meta, 4, "img_filename", lambda rows: rows[4][1].replace(".jpg", "\0.jpg"))
+    for args in ([], ["--images"], ["--images", "-o", "bad_images=skip"]):
+        result = spur("data", "check", "waterbirds", "--root", tmp_path, *args)
+        assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+        assert result.output.startswith(f"Error: {meta} line 6: file name ") and "holds a NUL byte" in result.output
+
+
+def test_a_corrupt_image_met_while_training_names_the_file_and_its_metadata_line(tmp_path):
+    """Issue 25, item 8: the message named the image but not where the metadata lists it."""
+    import torch
+
+    from spurcore.api import iterate_batches
+    from test_formats import build
+
+    meta = miniature.waterbirds(tmp_path)
+    data = build("waterbirds", root=str(tmp_path), image_size=16)
+    split = data.splits["train"]
+    bad = split.inputs.paths[3]
+    bad.write_bytes(b"\xff\xd8 truncated")
+    line = next(i for i, text in enumerate(meta.read_text().splitlines(), 1) if bad.name in text)
+    for augment in (False, True):
+        with pytest.raises(DataError, match=rf"^{meta} line {line}: {bad}: unreadable image"):
+            list(iterate_batches(split, torch.arange(len(split)), 8, augment=augment))

@@ -291,7 +291,8 @@ def test_an_unreadable_image_stops_the_run_naming_it(waterbirds, workers):
     with pytest.raises(DataError) as error:
         list(iterate_batches(train, torch.arange(len(train)), 4, num_workers=workers))
     message = str(error.value)
-    assert message.startswith(f"{bad}: unreadable image") and "bad_images = \"skip\"" in message
+    assert message.startswith(f"{waterbirds_metadata(waterbirds)} line ") and "bad_images = \"skip\"" in message
+    assert f": {bad}: unreadable image" in message  # the metadata line, then the file
     assert "Traceback" not in message  # one clear message, also from a worker process
 
 

@@ -10,6 +10,7 @@ draws its subset (`train_subset_positions`), its initialization and its data ord
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,8 +19,8 @@ from typing import Any
 import attrs
 import numpy as np
 
-from spurcore.api import (ConfigError, PluginManager, SpuriousData, SpurcoreError, atomic, load_pipeline, open_run,
-                          pipeline_from_dict, plan, predict, to_dict, toml_dumps, train_subset_positions)
+from spurcore.api import (ConfigError, PluginManager, SpuriousData, SpurcoreError, atomic, content_digest, load_pipeline,
+                          open_run, pipeline_from_dict, plan, predict, to_dict, toml_dumps, train_subset_positions)
 from spurcore_sweep import Sweep, Trial, write_manifest
 
 MAX_MODELS = 1000  # model seeds are seed * MAX_MODELS + k
@@ -137,15 +138,68 @@ def full_data(out: Path, plugins: PluginManager) -> SpuriousData:
 
 
 PREDICTIONS = "predictions"
+SAVED = ("trained", "epoch", "train", "test", "key")  # the arrays of a predictions file
 
 
-def predictions(out: Path, seed: int, k: int, data: SpuriousData, plugins: PluginManager) -> dict[str, np.ndarray]:
+def derived_from(out: Path, seed: int, k: int, content: str) -> str:
+    """What model k's predictions derive from, as the key their file is kept under: the data
+    (`content_digest`) and the model's run (its checkpoints and stage results: path, size and
+    modification time), so a retrained model or changed data is predicted again."""
+    run = out / model_path(seed, k)
+    digest = hashlib.sha256(content.encode())
+    for path in sorted([*run.glob("checkpoints/*/epoch_*.pt"), *run.glob("checkpoints/*/result.json")]):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(run)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def saved_problem(path: Path, data: SpuriousData, key: str) -> tuple[dict[str, np.ndarray] | None, str]:
+    """The predictions saved in `path` when they are whole and were made under `key`, else
+    (None, why not): unreadable, an object or text array, a length that is not the split's, a
+    class out of range, another key."""
+    n, n_test, classes = len(data.splits["train"]), len(data.splits["test"]), data.n_classes
+    saved, name = {}, ""
+    try:
+        with np.load(path) as handle:  # allow_pickle=False: an object array is refused, not unpickled
+            for name in SAVED:
+                if name not in handle.files:
+                    return None, f"no array {name!r}"
+                saved[name] = handle[name]
+    except ValueError as exc:
+        if name and "allow_pickle" in str(exc):
+            return None, f"{name!r} is an array of Python objects (never unpickled)"
+        return None, f"unreadable (ValueError: {exc})"
+    except Exception as exc:  # noqa: BLE001 - whatever numpy and zipfile make of a damaged file
+        return None, f"unreadable ({type(exc).__name__}: {exc})"
+    if str(saved["key"]) != key:
+        return None, "made from another model or other data"
+    for name, size in (("train", n), ("test", n_test), ("trained", None)):
+        values = saved[name]
+        if values.dtype.kind not in "iu" or values.ndim != 1 or (size is not None and len(values) != size):
+            return None, f"{name!r} is {values.dtype} of shape {values.shape}, not {size or 'some'} integers"
+    if saved["epoch"].dtype.kind not in "iu" or saved["epoch"].ndim != 0:
+        return None, f"'epoch' is {saved['epoch'].dtype} of shape {saved['epoch'].shape}, not one integer"
+    if any(((saved[split] < 0) | (saved[split] >= classes)).any() for split in ("train", "test")):
+        return None, f"predicted classes outside 0..{classes - 1}"
+    if ((saved["trained"] < 0) | (saved["trained"] >= n)).any() or (np.diff(saved["trained"]) <= 0).any():
+        return None, f"'trained' is not increasing positions in 0..{n - 1}"
+    return saved, ""
+
+
+def predictions(out: Path, seed: int, k: int, data: SpuriousData, plugins: PluginManager, content: str | None = None,
+                note: Callable[[str], None] = lambda message: None) -> dict[str, np.ndarray]:
     """Model k's predicted classes on the whole training split and on test, and the training
-    positions it trained on; read from `seedS/predictions/modelK.npz` when a launch wrote it."""
+    positions it trained on; read from `seedS/predictions/modelK.npz` when a launch wrote it
+    from the same model and data (`derived_from`; `content`: the data's `content_digest`) and
+    the file is whole (`saved_problem`), else predicted again, with a `note` naming a file that
+    was there and why it was not used."""
     path = out / f"seed{seed}" / PREDICTIONS / f"model{k:03d}.npz"
+    key = derived_from(out, seed, k, content_digest(data) if content is None else content)
     if path.exists():
-        with np.load(path) as saved:
-            return dict(saved)
+        saved, problem = saved_problem(path, data, key)
+        if saved is not None:
+            return {name: saved[name] for name in SAVED if name != "key"}
+        note(f"{path}: not used ({problem}); predicting again with {out / model_path(seed, k)}")
     run = open_run(out / model_path(seed, k), plugins, device=_device(out))
     n = len(data.splits["train"])
     trained = train_subset_positions(n, float(run.config.dataset.train_subset), run.config.seed)
@@ -158,7 +212,7 @@ def predictions(out: Path, seed: int, k: int, data: SpuriousData, plugins: Plugi
         found[split] = predict(model, data.splits[split], run.device).argmax(1)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic.atomic_open(path, "wb") as handle:
-        np.savez(handle, **found)
+        np.savez(handle, **found, key=np.array(key))
     return found
 
 
@@ -169,11 +223,13 @@ def _device(out: Path) -> str:
 
 
 def collect(out: Path, seed: int, models: int, data: SpuriousData, plugins: PluginManager,
-            progress: Callable[[Any], Any] = lambda it: it) -> dict[str, np.ndarray]:
+            progress: Callable[[Any], Any] = lambda it: it,
+            note: Callable[[str], None] = lambda message: None) -> dict[str, np.ndarray]:
     """Every model's predictions for one seed, stacked: `correct_train`, `trained` (models x
     training examples, boolean), `correct_test` (models x test examples), `epochs`."""
     n = len(data.splits["train"])
-    rows = [predictions(out, seed, k, data, plugins) for k in progress(range(models))]
+    content = content_digest(data)
+    rows = [predictions(out, seed, k, data, plugins, content, note) for k in progress(range(models))]
     trained = np.zeros((models, n), dtype=bool)
     for k, row in enumerate(rows):
         trained[k, row["trained"]] = True

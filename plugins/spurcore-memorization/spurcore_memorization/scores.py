@@ -45,7 +45,7 @@ def memorization_scores(pipeline: Path, out: Path, plugins: PluginManager, setti
             echo(f"seed {seed}: no scores, {len(missing)} of its models did not finish ({', '.join(missing)})")
             continue
         collected = collect(out, seed, settings.models, data, plugins,
-                            progress=lambda it: tqdm(it, desc=f"seed {seed}: predictions", leave=False))
+                            progress=lambda it: tqdm(it, desc=f"seed {seed}: predictions", leave=False), note=echo)
         estimate = memorization(collected["correct_train"], collected["trained"])
         folder = out / f"seed{seed}"
         write_scores(folder / "scores.h5", data, estimate, collected,

@@ -163,6 +163,53 @@ def test_each_model_trains_on_the_subset_its_seed_draws_and_every_file_is_writte
         "record"]["status"] == "done"
 
 
+def test_a_damaged_or_stale_predictions_file_is_named_and_predicted_again(scored, tmp_path):
+    """Issue 25, item 10 (and item 1 for predictions): an object array in predictions/*.npz
+    ended in `ValueError: Object arrays cannot be loaded when allow_pickle=False`, a wrong length
+    in a broadcasting error, and a retrained model's old predictions were read as its own."""
+    import os
+    import shutil
+
+    from spurcore_memorization.procedure import collect, full_data
+
+    tmp, _, _ = scored
+    out = tmp_path / "out"
+    shutil.copytree(tmp / "out", out)  # the same files, modification times included
+    pm = manager()
+    data = full_data(out, pm)
+    notes: list[str] = []
+    whole = collect(out, 0, 10, data, pm, note=notes.append)
+    assert notes == []  # every file whole, and made from these models and this data
+    folder = out / "seed0" / "predictions"
+
+    def rewrite(k, **changes):
+        with np.load(folder / f"model{k:03d}.npz") as saved:
+            arrays = {**dict(saved), **changes}
+        np.savez(folder / f"model{k:03d}.npz", **arrays)
+
+    rewrite(1, trained=np.array([object()] * 3, dtype=object))
+    with np.load(folder / "model002.npz") as saved:
+        rewrite(2, train=saved["train"][:-3])
+    (folder / "model003.npz").write_bytes((folder / "model003.npz").read_bytes()[:200])
+    with np.load(folder / "model004.npz") as saved:
+        rewrite(4, test=saved["test"].astype(str))
+    (checkpoint,) = (out / "seed0" / "model005" / "checkpoints").glob("*/epoch_*.pt")
+    os.utime(checkpoint, ns=(checkpoint.stat().st_atime_ns, checkpoint.stat().st_mtime_ns + 10**9))  # retrained
+    again = collect(out, 0, 10, data, pm, note=notes.append)
+    reasons = {1: "'trained' is an array of Python objects (never unpickled)",
+               2: "'train' is int64 of shape (77,), not 80 integers", 3: "unreadable (",
+               4: "'test' is <U21 of shape (60,), not 60 integers", 5: "made from another model or other data"}
+    assert len(notes) == 5
+    for note, (k, reason) in zip(notes, reasons.items()):
+        assert note.startswith(f"{folder / f'model{k:03d}.npz'}: not used ({reason}"), note
+        assert note.endswith(f"predicting again with {out / 'seed0' / f'model{k:03d}'}")
+    for name in whole:
+        np.testing.assert_array_equal(again[name], whole[name])
+    notes.clear()
+    collect(out, 0, 10, data, pm, note=notes.append)
+    assert notes == []
+
+
 class Interrupt:
     """Stops model 2's training after its second epoch, as a killed launch would."""
 

@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from spurcore.api import Candidate, PluginManager, SpurcoreError, atomic
+from spurcore.api import Candidate, PluginManager, RunDir, SpurcoreError, atomic
 from spurcore_sweep.trials import read_manifest, short_key
 
 FORMATS = ("md", "csv", "json")
@@ -104,7 +104,7 @@ def collect(out: Path, plugins: PluginManager) -> tuple[dict[str, dict[str, list
         if not (run_dir / "summary.json").exists():
             unfinished.append(trial)
             continue
-        run = Run(path=run_dir, seed=trial["seed"], summary=json.loads((run_dir / "summary.json").read_text()),
+        run = Run(path=run_dir, seed=trial["seed"], summary=RunDir(run_dir).read_summary(),
                   labels=labels_read(run_dir, plugins))
         key = json.dumps(trial["settings"], sort_keys=True)
         methods.setdefault(trial["method"], {}).setdefault(key, []).append(run)

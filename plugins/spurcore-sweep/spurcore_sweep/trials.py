@@ -27,8 +27,8 @@ from typing import Any
 
 import attrs
 
-from spurcore.api import (ConfigError, PluginError, PluginManager, SpurcoreError, atomic, load_pipeline, parse_override,
-                          toml_literal)
+from spurcore.api import (ConfigError, PluginError, PluginManager, RunDir, SpurcoreError, atomic, load_pipeline,
+                          parse_override, toml_literal)
 
 MANIFEST = "sweep.json"
 
@@ -328,12 +328,15 @@ def _done(summary: Mapping[str, Any]) -> dict[str, Any]:
 
 def finished(sweep: Sweep, trial: Trial) -> dict[str, Any] | None:
     """The record of a trial whose run finished in an earlier launch (it has a `summary.json`),
-    marked skipped and with the test numbers read back; None when it has not finished."""
-    try:
-        summary = json.loads((sweep.out / trial.path / "summary.json").read_text())
-    except FileNotFoundError:
+    marked skipped and with the test numbers read back; None when it has not finished; a
+    failed record naming the file when its `summary.json` cannot be read."""
+    run = RunDir(sweep.out / trial.path)
+    if not run.summary.exists():
         return None
-    return {**_done(summary), "skipped": True}
+    try:
+        return {**_done(run.read_summary()), "skipped": True}
+    except SpurcoreError as error:
+        return {"status": "failed", "error": str(error)}
 
 
 def trial_at(run_dir: Path | str) -> tuple[Path, Trial] | None:
@@ -371,7 +374,7 @@ def write_manifest(sweep: Sweep, records: Mapping[str, dict[str, Any]]) -> None:
     with its record (done with its test numbers, also when skipped; failed with its error) and
     what it compared."""
     path = sweep.out / MANIFEST
-    earlier = json.loads(path.read_text())["trials"] if path.exists() else []
+    earlier = read_manifest(sweep.out)["trials"] if path.exists() else []
     trials = {t["path"]: t for t in earlier}
     for trial in sweep.trials:
         record = records.get(trial.path) or trials.get(trial.path, {}).get("record")

@@ -62,6 +62,25 @@ def test_parse_grid_reads_toml_values_and_keeps_lists_whole():
                     "x": [True]}
 
 
+def test_grid_values_are_toml_values_inline_tables_included(tmp_path):
+    """Issue 25, item 13: `--grid 'settings.mlflow={}'` raised IndexError and
+    `--grid 'backbone.options={hidden=8}'` became the override `backbone.options=8` (the value
+    was written through a TOML document's text); each trial now runs exactly the grid's value."""
+    pm = manager()
+    grid = parse_grid(["backbone.options={hidden=8},{}", "dataset.options={ n_train = 60, attributes = true }"])
+    assert grid == {"backbone.options": [{"hidden": 8}, {}], "dataset.options": [{"n_train": 60, "attributes": True}]}
+    sweep = plan_sweep(pipeline(tmp_path), tmp_path / "s", pm, grid=grid, seeds=[0])
+    assert [t.overrides[:2] for t in sweep.trials] == [
+        ("backbone.options={ hidden = 8 }", "dataset.options={ n_train = 60, attributes = true }"),
+        ("backbone.options={}", "dataset.options={ n_train = 60, attributes = true }")]
+    for trial in sweep.trials:
+        config = load_pipeline(pipeline(tmp_path), list(trial.overrides))
+        assert config.backbone.options == trial.settings["backbone.options"]
+        assert config.dataset.options == {"n_train": 60, "attributes": True}
+    empty = plan_sweep(pipeline(tmp_path), tmp_path / "t", pm, grid=parse_grid(["settings={}"]), seeds=[0])
+    assert empty.trials[0].overrides == ("settings={}", "seed=0")
+
+
 @pytest.mark.parametrize("bad", ["train.lr", "=1,2", "train.lr="])
 def test_parse_grid_refuses_malformed_items(bad):
     with pytest.raises(ConfigError, match="expected KEY=V1,V2"):
@@ -684,3 +703,20 @@ def test_report_scores_give_a_selector_only_the_splits_it_declares(tmp_path):
     peek.seen = set()
     assert score(pm.get("selectors", "peek"), run, pm) == run.summary["metrics"]["val"]["avg_acc"]
     assert peek.seen == {"val"}
+
+
+def test_a_damaged_summary_is_named_by_report_and_by_a_relaunch(tmp_path):
+    """Issue 25, item 12: a truncated summary.json ended `spur report` and a relaunch in a bare
+    JSONDecodeError."""
+    path = pipeline(tmp_path)
+    out = tmp_path / "sweep"
+    assert invoke(manager(), "sweep", path, "--seeds", "0,1", "--out", out).exit_code == 0
+    damaged = out / "erm" / "default" / "seed1" / "summary.json"
+    damaged.write_text(damaged.read_text()[:40])
+    report = invoke(manager(), "report", out)
+    assert report.exit_code == 1 and "Traceback" not in report.output
+    assert report.output.startswith(f"Error: {damaged}: not valid JSON (") and "the file is damaged" in report.output
+    again = invoke(manager(), "sweep", path, "--seeds", "0,1", "--out", out)
+    assert again.exit_code == 1 and isinstance(again.exception, SystemExit), again.output
+    assert "erm/default/seed0: finished earlier" in again.output
+    assert f"erm/default/seed1: failed: {damaged}: not valid JSON" in again.output

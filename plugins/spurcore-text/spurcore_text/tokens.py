@@ -5,6 +5,7 @@ every batch flows through `Batch.x` and `Device.move` like an image tensor does.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import torch
@@ -30,6 +31,16 @@ class TokenizedText(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    def content_key(self) -> str:
+        """What the examples are, for caches derived from them (`spurcore.api.content_digest`):
+        every text (and second text), the tokenizer and the length."""
+        digest = hashlib.sha256(f"{self.tokenizer_name}\0{self.max_length}\0".encode())
+        for texts in (self.texts, self.pairs or ()):
+            for text in texts:
+                digest.update(text.encode("utf-8", "surrogatepass") + b"\0")
+            digest.update(b"\1")
+        return "texts " + digest.hexdigest()
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         second = None if self.pairs is None else self.pairs[i]

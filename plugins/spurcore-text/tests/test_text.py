@@ -43,6 +43,16 @@ def test_items_are_padded_token_ids_with_a_mask():
 
 
 @torch.no_grad()
+def test_the_content_key_follows_every_text_the_tokenizer_and_the_length():
+    """Issue 25, item 1: caches derived from text data (embeddings) key on its texts."""
+    keys = {TokenizedText(texts, tokenizer, length, pairs=pairs).content_key()
+            for texts, tokenizer, length, pairs in [(["a", "b"], "minilm", 8, None), (["a", "c"], "minilm", 8, None),
+                                                    (["a", "b"], "minilm", 9, None), (["a", "b"], "minilm", 8, ["x", "y"]),
+                                                    (["ab"], "minilm", 8, None)]}
+    assert len(keys) == 5
+    assert TokenizedText(["a", "b"], "minilm", 8).content_key() == TokenizedText(["a", "b"], "minilm", 8).content_key()
+
+
 def test_pretrained_minilm_embeds_meaning(minilm):
     texts = TokenizedText(["A cat sits on the mat.", "A kitten is resting on a rug.",
                            "Stock markets fell sharply on Monday."], "minilm", max_length=16)

@@ -45,8 +45,12 @@ def read_memorization(path: Path) -> tuple[np.ndarray, np.ndarray]:
             if missing:
                 raise TracerError(f"{what} (no train/{missing[0]})")
             index, y, scores = (np.asarray(train[key][()]) for key in KEYS)
-    except OSError as exc:
-        raise TracerError(f"{what} ({exc})") from None
+    except (OSError, KeyError, TypeError, ValueError) as exc:  # what h5py makes of a damaged file
+        raise TracerError(f"{what} ({type(exc).__name__}: {exc})") from None
+    for key, values, kinds, expected in (("index", index, "iu", "integers"), ("y", y, "iu", "integers"),
+                                         ("memorization", scores, "iuf", "numbers")):
+        if values.dtype.kind not in kinds:
+            raise TracerError(f"{what} (train/{key} holds {values.dtype} values, not {expected})")
     if scores.ndim != 1 or y.shape != scores.shape or not np.array_equal(index, np.arange(len(scores))):
         raise TracerError(f"{what} (train/index, y and memorization are not one entry per position 0..n-1)")
     return y, scores.astype(np.float64)

@@ -122,9 +122,10 @@ def trace_run(run: Any, options: TraceOptions | None = None, *, out: Any = None,
     RUN_DIR/trace/memorization); returns what trace.json holds."""
     options = options or TraceOptions()
     started = time.perf_counter()
+    out = Path(out) if out is not None else run.out.trace_dir(NAME)
+    atomic.check_writable(out)  # a read-only run: say so before tracing, not after
     planned, epoch = _resolve(run, options)
     epochs = list(planned.epochs)
-    out = Path(out) if out is not None else run.out.trace_dir(NAME)
     data = run.data
     names = list(data.group_names)
     notes: list[str] = []

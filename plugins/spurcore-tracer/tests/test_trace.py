@@ -310,6 +310,45 @@ def test_the_top_memorized_are_the_highest_defined_scores_ties_to_the_lower_posi
         TraceOptions(memorized=str(path), memorized_share=0)
 
 
+@pytest.mark.parametrize("damage, message", [
+    ("scores as text", "(train/memorization holds |S4 values, not numbers)"),
+    ("labels as text", "(train/y holds |S1 values, not integers)"),
+    ("cut short", "(OSError: "),
+])
+def test_a_scores_file_of_the_wrong_types_or_damaged_is_named(tmp_path, tracer_plugins, spur_cli, finished_run, damage,
+                                                             message):
+    """Issue 25, item 10: a string-dtype scores.h5 gave `spur trace --memorized` a ValueError
+    traceback from numpy."""
+    y = np.arange(200) % 2
+    scores = np.linspace(0, 1, 200)
+    path = write_scores(tmp_path / "scores.h5", y.astype("S1") if damage == "labels as text" else y,
+                        scores.astype("S4") if damage == "scores as text" else scores)
+    if damage == "cut short":
+        path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(TracerError) as error:
+        top_memorized(path, 0.1, y, y, ["even", "odd"])
+    assert str(error.value).startswith(f"{path}: not a scores file of `spur memorization` {message}")
+    result = spur_cli("trace", finished_run, "--memorized", path, "--out", tmp_path / "out", "--quiet")
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert result.output.startswith(f"Error: {path}: not a scores file")
+
+
+def test_tracing_a_read_only_run_is_one_sentence_before_any_work(tracer_plugins, spur_cli, finished_run, tmp_path,
+                                                                   spur_read_only):
+    """Issue 25, item 5: `spur trace` on a run folder that cannot be written (its default
+    output is inside it) ended in a PermissionError traceback after the work was done."""
+    import shutil
+
+    run = tmp_path / "shared"
+    shutil.copytree(finished_run, run)
+    spur_read_only(run)
+    result = spur_cli("trace", run, "--quiet")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.startswith(f"Error: {run / 'trace' / 'memorization'}: cannot write (")
+    assert "read-only" in result.output and len(result.output.strip().splitlines()) == 1
+    assert spur_cli("trace", run, *TRACED, "--out", tmp_path / "elsewhere").exit_code == 0
+
+
 TRACED = ("--criterion", "gradient,magnitude", "--k", "1,2", "--intervention", "zero,noise", "--sigma", "0.02",
           "--per-layer-k", "3", "--rewind", "5", "--quiet")
 
