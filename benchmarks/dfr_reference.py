@@ -49,7 +49,7 @@ from spurcore.builtins.metrics import avg_acc, worst_group_acc
 from spurcore.evaluation import Predictions
 from spurcore.model import linear_head
 from spurcore.plugins import PluginManager
-from spurcore.runner import open_run
+from spurcore.finished import open_run
 from spurcore_dfr import DFROptions, dfr_head
 
 REFERENCE_FILE = "dfr_evaluate_spurious.py"

@@ -24,7 +24,8 @@ from spurcore.config import load_pipeline
 from spurcore.data import iterate_batches
 from spurcore.evaluation import Predictions, compute_metrics, run_metrics
 from spurcore.plugins import PluginManager
-from spurcore.runner import open_run, run_pipeline
+from spurcore.finished import open_run
+from spurcore.runner import run_pipeline
 from spurcore_fairdropout import set_inference_mode
 
 GRID = {"p_gen": [0.5], "p_mem": [0.1, 0.5], "placement": [["block3"], ["block2"]]}

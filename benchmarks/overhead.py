@@ -33,7 +33,8 @@ from spurcore.config import pipeline_from_dict
 from spurcore.data import group_ids
 from spurcore.model import build_model
 from spurcore.plugins import PluginManager
-from spurcore.runner import epoch_seed, run_pipeline, seed_everything
+from spurcore.rng import epoch_seed, seed_everything
+from spurcore.runner import run_pipeline
 from spurcore.specs import DatasetSpec
 from spurcore.builtins.backbones import SmallCNNOptions
 from spurcore.builtins.networks import build_small_cnn

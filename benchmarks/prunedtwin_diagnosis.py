@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from spurcore import atomic
 from spurcore.data import iterate_batches
 from spurcore.plugins import PluginManager
-from spurcore.runner import open_run
+from spurcore.finished import open_run
 from spurcore_prunedtwin import PrunedTwinOptions, PrunedTwinStage, augment, neuron_mask
 from spurcore_prunedtwin.mask import NeuronMask, neuron_index
 

@@ -89,7 +89,8 @@ from spurcore.api import (
     pipeline_from_dict, plan,
 )
 from spurcore.builtins.erm import spurcore_train_loss as erm_loss
-from spurcore.runner import make_optimizer, seed_everything
+from spurcore.rng import seed_everything
+from spurcore.training import make_optimizer
 from spurcore_datasets.images import IMAGENET_MEAN, IMAGENET_STD
 from spurcore_fairdropout import FairDropout
 from spurcore_tracer import NeuronIndex, gradient_norms

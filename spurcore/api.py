@@ -19,12 +19,15 @@ REFERENCE: tuple[tuple[str, str, dict[str, tuple[str, str | None]]], ...] = (
         "hookimpl": ("spurcore.hookspecs:hookimpl",
                      "the marker for hook implementations (`@hookimpl`, `@hookimpl(tryfirst=True)`); "
                      "`from spurcore import hookimpl` is the same marker."),
+        "hookspec": ("spurcore.hookspecs:hookspec",
+                     "the marker for the hook specifications of a kind a plugin declares (`KindSpec.hookspecs`)."),
         "PluginManager": ("spurcore.plugins:PluginManager",
-                          "loads plugins; `get(kind, name)`, `registry(kind)`, `infos()` (what `spur plugins` "
-                          "shows), `stage_hooks(spec)`, `hook`."),
+                          "loads plugins; `get(kind, name)`, `registry(kind)`, `kinds`, `infos()` (what `spur "
+                          "plugins` shows), `stage_hooks(spec)`, `hook`."),
         "PluginError": ("spurcore.plugins:PluginError", None),
         "Registry": ("spurcore.plugins:Registry",
-                     "what hooks see of the plugins as `run.plugins`: `get(kind, name)` and `names(kind)`, read only."),
+                     "what hooks see of the plugins as `run.plugins`: `get(kind, name)`, `names(kind)`, `specs(kind)` "
+                     "and `require(plugins)`, read only."),
         "plugin_manager": ("spurcore.cli:plugin_manager",
                            "the `spur` invocation's plugin manager, for the commands a plugin adds."),
         "cli": ("spurcore.cli:cli",
@@ -54,12 +57,13 @@ REFERENCE: tuple[tuple[str, str, dict[str, tuple[str, str | None]]], ...] = (
                          "`splits` (whose metrics the score reads; default `(\"val\",)`), `description`."),
         "MetricSpec": ("spurcore.specs:MetricSpec",
                        "`name`, `compute(predictions) -> {key: value}`, `needs_attributes`, `description`."),
-        "TracerSpec": ("spurcore.specs:TracerSpec", None),
         "ObserverSpec": ("spurcore.specs:ObserverSpec",
                          "`name`, `factory(settings) -> observer or None`, `settings` (an attrs class for "
                          "`[settings.<name>]`), `description`."),
-        "LauncherSpec": ("spurcore.specs:LauncherSpec",
-                         "`name`, `factory(jobs, threads, address, plugins) -> launcher`, `description`."),
+        "record_name": ("spurcore.specs:record_name", None),
+        "KindSpec": ("spurcore.specs:KindSpec",
+                     "`name`, `record` (the class of its records), `hookspecs` (where `spurcore_register_<name>` is "
+                     "specified), `description`: a kind of registration a plugin owns (`spurcore_register_kinds`)."),
     }),
     ("What hooks receive", "Built by the kernel; a plugin constructs a `Candidate` only to score a saved "
                            "model with a selector.", {
@@ -193,19 +197,19 @@ REFERENCE: tuple[tuple[str, str, dict[str, tuple[str, str | None]]], ...] = (
     }),
     ("Running and reading runs", "", {
         "run_pipeline": ("spurcore.runner:run_pipeline", "validate and run a pipeline into a run directory."),
-        "plan": ("spurcore.runner:plan",
+        "plan": ("spurcore.planning:plan",
                  "validate a pipeline against the loaded plugins without running it; the plan's `stages` "
                  "carry each stage's `spec`, `options` and effective `train` settings, its `selector` the "
                  "selector's spec, its `dataset_options` the dataset's validated options."),
-        "plan_saved": ("spurcore.runner:plan_saved", "the plan of the pipeline a run directory saved."),
-        "open_run": ("spurcore.runner:open_run",
+        "plan_saved": ("spurcore.planning:plan_saved", "the plan of the pipeline a run directory saved."),
+        "open_run": ("spurcore.finished:open_run",
                      "a finished run read back with the plugin manager that ran it; `.load_model(stage, epoch)` "
                      "rebuilds any stage's model."),
         "FinishedRun": ("spurcore.finished:FinishedRun",
                         "what `open_run` returns: `path`, `out`, `config`, `data`, `device`, `stages`, "
                         "`stage(i)`, `resolve_epoch(stage, epoch)`, `load_model(stage, epoch)`, "
                         "`initial_model()` (the weights it started from)."),
-        "RunError": ("spurcore.runner:RunError", "the pipeline cannot run as configured."),
+        "RunError": ("spurcore.planning:RunError", "the pipeline cannot run as configured."),
     }),
 )
 

@@ -17,7 +17,6 @@ import click
 from spurcore import __version__, portable
 from spurcore.errors import SpurcoreError
 from spurcore.plugins import PluginManager
-from spurcore.specs import KINDS
 
 
 def _plugin_args(argv: Sequence[str]) -> list[str]:
@@ -107,15 +106,21 @@ def plugins_cmd(ctx: click.Context, stage_hooks: bool, as_json: bool) -> None:
 
 
 @cli.command("list")
-@click.argument("kind", type=click.Choice(KINDS))
+@click.argument("kind")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def list_cmd(ctx: click.Context, kind: str, as_json: bool) -> None:
-    """List what plugins offer of one KIND, marking (from each spec) what reads attribute labels."""
+    """List what plugins offer of one KIND (datasets, backbones, mitigations, selectors,
+    metrics, observers, and the kinds plugins declare: tracers, launchers), marking (from each
+    spec) what reads attribute labels."""
     from spurcore.errors import ConfigError
-    from spurcore.plugins import default_options
+    from spurcore.plugins import PluginError, default_options
 
-    entries = plugin_manager(ctx).registry(kind)
+    manager = plugin_manager(ctx)
+    try:
+        entries = manager.registry(kind)
+    except PluginError as exc:
+        raise click.BadParameter(str(exc), param_hint="KIND") from None
     rows = []
     for name, entry in sorted(entries.items()):
         spec = entry.spec
@@ -191,7 +196,8 @@ def prepare_cmd(ctx: click.Context, pipeline: Path, overrides: tuple[str, ...]) 
     """Build what PIPELINE makes once and caches (its dataset, pretrained backbone weights)
     without training, so that runs and sweep workers start at once."""
     from spurcore.config import load_pipeline
-    from spurcore.runner import build_base_model, build_data, plan
+    from spurcore.building import build_base_model, build_data
+    from spurcore.planning import plan
 
     manager = plugin_manager(ctx)
     planned = plan(load_pipeline(pipeline, list(overrides)), manager)

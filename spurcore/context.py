@@ -10,10 +10,12 @@ import attrs
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+    from spurcore.building import ModelBuilder
     from spurcore.config import PipelineConfig, StageConfig, TrainConfig
     from spurcore.data import SpuriousData
     from spurcore.device import Device
     from spurcore.model import SpurModel
+    from spurcore.planning import Plan
     from spurcore.plugins import Registry
     from spurcore.rundir import RunDir
     from spurcore.specs import MitigationSpec
@@ -21,26 +23,50 @@ if TYPE_CHECKING:  # pragma: no cover
 
 @attrs.define(kw_only=True)
 class RunContext:
-    """One run of a pipeline: its resolved config, data, device, directory, and the registry
-    of its plugins (`plugins`, read only).
+    """One run of a pipeline: its plan (`plan.config` is the resolved config, also `config`),
+    data, device, directory, and the registry of its plugins (`plugins`, read only).
 
     `plugins` (a `spurcore.plugins.Registry`): `plugins.get(kind, name)` is a registered spec
     (`run.plugins.get("mitigations", "dfr")`), `plugins.names(kind)` the names of a kind, and
     `open_run(path, run.plugins)` reads another run with the plugins of this one; hooks never
     load, block or register plugins.
-    `initial_model()` builds, on the run's device, the model the pipeline started from (the
-    seeded fresh backbone and head, or `[init]`'s model) without touching any random state:
+    `data` is built the first time it is read (a run read back only to list its epochs builds
+    none). `initial_model()` builds, on the run's device, the model the pipeline started from
+    (the seeded fresh backbone and head, or `[init]`'s model) without touching any random state:
     for methods that retrain from scratch after an earlier stage (JTT's final model).
     """
 
-    config: PipelineConfig
-    data: SpuriousData
+    plan: Plan
     device: Device
     out: RunDir
     plugins: Registry
-    initial_model: Callable[[], SpurModel]
+    models: ModelBuilder
+    build_data: Callable[[], SpuriousData] | None = attrs.field(default=None, repr=False)
     resumed: bool = False
     log: Callable[[str], None] = print
+    _data: SpuriousData | None = attrs.field(default=None, repr=False)
+
+    @property
+    def config(self) -> PipelineConfig:
+        return self.plan.config
+
+    @property
+    def data(self) -> SpuriousData:
+        if self._data is None:
+            self._data = self.build_data()  # given one or the other (the runner builds it first)
+        return self._data
+
+    def initial_model(self) -> SpurModel:
+        return self.models.initial_model(self)
+
+
+@attrs.frozen
+class Auxiliary:
+    """A network a stage's method trains beside the model (`StageContext.add_auxiliary`), with
+    the function that builds its optimizer from its parameters (None: the stage's settings)."""
+
+    module: torch.nn.Module
+    optimizer: Callable[[Any], torch.optim.Optimizer] | None = None
 
 
 @attrs.define(kw_only=True)
@@ -48,7 +74,8 @@ class StageContext:
     """One stage of a run. `model` is the model being trained or changed; `optimizer` and
     `scheduler` exist for train stages once training starts. `first_epoch` is the first epoch
     this process trains: 1, or, when a resumed run continues the stage, one past its last
-    checkpoint (the epochs before it are not trained, evaluated or announced again)."""
+    checkpoint (the epochs before it are not trained, evaluated or announced again).
+    `auxiliary`: the networks the method trains beside the model, by name (`add_auxiliary`)."""
 
     index: int
     config: StageConfig
@@ -60,6 +87,28 @@ class StageContext:
     optimizer: torch.optim.Optimizer | None = None
     scheduler: Any = None
     first_epoch: int = 1
+    auxiliary: dict[str, Auxiliary] = attrs.field(factory=dict)
+
+    def add_auxiliary(self, name: str, module: torch.nn.Module,
+                      optimizer: Callable[[Any], torch.optim.Optimizer] | None = None) -> torch.nn.Module:
+        """Train `module` beside the model for this stage only (LfF's biased network, a
+        contrastive projection head), and return it. Call it from `spurcore_prepare_model`.
+
+        The kernel moves it to the run's device, puts it in train mode every epoch, builds its
+        optimizer (`optimizer(parameters)`, or the stage's `[train]` optimizer settings), clears
+        and steps it with the stage's optimizer on every batch (the loss the method returns
+        reaches it through autograd), and saves its weights and optimizer state in every
+        checkpoint of the stage, which `--resume` puts back. It is not part of the model: later
+        stages, `[init]` runs, tracers and post-hoc methods never see it, and a selected
+        checkpoint loads into the model without it.
+        """
+        if self.optimizer is not None:
+            raise RuntimeError(f"stage {self.key}: add_auxiliary({name!r}) after training started; call it in "
+                               f"spurcore_prepare_model")
+        if name in self.auxiliary:
+            raise ValueError(f"stage {self.key}: an auxiliary network named {name!r} exists already")
+        self.auxiliary[name] = Auxiliary(module, optimizer)
+        return module
 
     @property
     def name(self) -> str:

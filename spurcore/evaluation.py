@@ -1,5 +1,6 @@
 """Evaluation: one pass over a split (for train, over the examples `[train] train_eval` names),
-predictions gathered, metrics computed from specs."""
+predictions gathered, metrics computed from specs; `Evaluator` runs a stage's evaluations and
+announces them to the run's hooks."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 
 from spurcore import config as cfg
 from spurcore.data import group_ids, iterate_batches
-from spurcore.plugins import manager_of
+from spurcore.rng import kept_rng_state
 from spurcore.sampling import capped_subset
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -63,35 +64,63 @@ def compute_metrics(predictions: Predictions, metrics: Sequence[MetricSpec]) -> 
     return out
 
 
-@torch.no_grad()
-def evaluate(run: RunContext, stage: StageContext, epoch: int, split: str,
-             positions: np.ndarray | None = None) -> dict[str, Any]:
-    """Forward one split in eval mode, calling the evaluation hooks, and return its metrics:
-    on every example, or on the examples at `positions` only (batches carry their real
-    indices in `batch.index`; metrics are computed on those examples' labels)."""
-    model, device, hook = stage.model, run.device, manager_of(run.plugins).hook
-    data = run.data.splits[split]
-    order = np.arange(len(data)) if positions is None else np.asarray(positions, dtype=np.int64)
-    model.eval()
-    hook.spurcore_evaluation_start(run=run, stage=stage, epoch=epoch, split=split)
-    preds = []
-    batches = iterate_batches(
-        data, torch.from_numpy(order), stage.train.eval_batch_size,
-        **device.loader_options(stage.train.num_workers),
-    )
-    for batch in batches:
-        batch = device.move(batch, channels_last=stage.train.channels_last)
-        with device.autocast():
-            logits = model(batch.x, index=batch.index)
-        preds.append(logits.argmax(1))
-        hook.spurcore_evaluation_batch(run=run, stage=stage, epoch=epoch, split=split, batch=batch, logits=logits)
-    predictions = Predictions(
-        y=data.y[order], pred=torch.cat(preds).cpu().numpy(), a=None if data.a is None else data.a[order],
-        class_names=run.data.class_names, attr_names=run.data.attr_names,
-    )
-    metrics = compute_metrics(predictions, run_metrics(run))
-    hook.spurcore_evaluation_end(run=run, stage=stage, epoch=epoch, split=split, metrics=metrics)
-    return metrics
+class Evaluator:
+    """The evaluations of one run's stages, announced through `hook` (the run's hook relay):
+    after every epoch of a train stage, and once for a post-hoc stage."""
+
+    def __init__(self, run: RunContext, hook: Any) -> None:
+        self.run, self.hook = run, hook
+        self._train: dict[str, TrainEvaluation | None] = {}
+
+    def train_examples(self, stage: StageContext) -> TrainEvaluation | None:
+        """The training examples this stage evaluates, drawn once per setting (same seed)."""
+        setting = stage.train.train_eval
+        if setting not in self._train:
+            self._train[setting] = train_evaluation(setting, self.run.data, self.run.config.seed)
+        return self._train[setting]
+
+    def every_split(self, stage: StageContext, epoch: int) -> dict[str, dict[str, Any]]:
+        """Metrics per split: train first (per `train_eval`), then val, test and any extra split.
+        The train pass leaves every RNG as it found it (a DataLoader draws its base seed), so
+        training is the same whatever `train_eval` says."""
+        metrics = {}
+        train = self.train_examples(stage)
+        if train is not None:
+            with kept_rng_state():
+                metrics["train"] = self.split(stage, epoch, "train", train.positions)
+        for split in evaluation_splits(self.run):
+            metrics[split] = self.split(stage, epoch, split)
+        return metrics
+
+    @torch.no_grad()
+    def split(self, stage: StageContext, epoch: int, split: str, positions: np.ndarray | None = None) -> dict[str, Any]:
+        """Forward one split in eval mode, calling the evaluation hooks, and return its metrics:
+        on every example, or on the examples at `positions` only (batches carry their real
+        indices in `batch.index`; metrics are computed on those examples' labels)."""
+        run, hook = self.run, self.hook
+        model, device = stage.model, run.device
+        data = run.data.splits[split]
+        order = np.arange(len(data)) if positions is None else np.asarray(positions, dtype=np.int64)
+        model.eval()
+        hook.spurcore_evaluation_start(run=run, stage=stage, epoch=epoch, split=split)
+        preds = []
+        batches = iterate_batches(
+            data, torch.from_numpy(order), stage.train.eval_batch_size,
+            **device.loader_options(stage.train.num_workers),
+        )
+        for batch in batches:
+            batch = device.move(batch, channels_last=stage.train.channels_last)
+            with device.autocast():
+                logits = model(batch.x, index=batch.index)
+            preds.append(logits.argmax(1))
+            hook.spurcore_evaluation_batch(run=run, stage=stage, epoch=epoch, split=split, batch=batch, logits=logits)
+        predictions = Predictions(
+            y=data.y[order], pred=torch.cat(preds).cpu().numpy(), a=None if data.a is None else data.a[order],
+            class_names=run.data.class_names, attr_names=run.data.attr_names,
+        )
+        metrics = compute_metrics(predictions, run_metrics(run))
+        hook.spurcore_evaluation_end(run=run, stage=stage, epoch=epoch, split=split, metrics=metrics)
+        return metrics
 
 
 @torch.no_grad()

@@ -1,7 +1,7 @@
 """A run read back for analysis: its stages, their epochs, which epoch was selected, its data,
 and any of its models, without the machinery that ran it.
 
-    run = open_run("runs/erm", plugins)
+    run = open_run("runs/erm", plugins)                 # plugins: the manager, or a hook's run.plugins
     run.stages[-1].epochs, run.stages[-1].selected     # checkpointed epochs, the selector's choice
     epoch = run.resolve_epoch(-1, "last")               # "last" | "selected" | N
     model = run.load_model(-1, epoch)                   # inserted layers included, eval mode
@@ -11,19 +11,24 @@ The tracer, activation extraction, Grad-CAM, comparisons and `[init] run` all re
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from spurcore.building import ModelBuilder, build_data
+from spurcore.context import RunContext
+from spurcore.device import Device
 from spurcore.errors import SpurcoreError
+from spurcore.planning import Plan, RunError, plan_saved
+from spurcore.rundir import RunDir
 
 if TYPE_CHECKING:  # pragma: no cover
     from spurcore.config import PipelineConfig, TrainConfig
     from spurcore.data import SpuriousData
-    from spurcore.device import Device
     from spurcore.model import SpurModel
-    from spurcore.rundir import RunDir
+    from spurcore.plugins import Registry
 
 
 class FinishedRunError(SpurcoreError):
@@ -47,13 +52,16 @@ class FinishedStage:
 
 
 class FinishedRun:
-    """What `spurcore.runner.open_run` returns."""
+    """What `open_run` returns: built from the run folder and the plan it saved. Listing stages
+    and epochs reads the folder alone; the data is built the first time `data` (or a model)
+    is asked for, and models are rebuilt by `spurcore.building.ModelBuilder`."""
 
-    def __init__(self, runner: Any) -> None:
-        self._runner = runner
-        out = runner.run.out
+    def __init__(self, plan: Plan, out: RunDir, plugins: Registry, device: Device) -> None:
+        self.plan = plan
+        self.run = RunContext(plan=plan, device=device, out=out, plugins=plugins, models=ModelBuilder(plan, plugins),
+                              build_data=lambda: build_data(plan, plugins), resumed=True, log=lambda message: None)
         stages = []
-        for planned in runner.plan.stages:
+        for planned in plan.stages:
             result = out.stage_result(planned.key)
             stages.append(FinishedStage(
                 index=planned.index, key=planned.key, name=planned.config.label, method=planned.spec.name,
@@ -67,19 +75,19 @@ class FinishedRun:
 
     @property
     def out(self) -> RunDir:
-        return self._runner.run.out
+        return self.run.out
 
     @property
     def config(self) -> PipelineConfig:
-        return self._runner.plan.config
+        return self.plan.config
 
     @property
     def data(self) -> SpuriousData:
-        return self._runner.run.data
+        return self.run.data
 
     @property
     def device(self) -> Device:
-        return self._runner.run.device
+        return self.run.device
 
     def stage(self, stage: int | str = -1) -> FinishedStage:
         """A stage by index (negative counts from the end), key (`0-erm`) or name."""
@@ -115,15 +123,25 @@ class FinishedRun:
         """The model this run started from before its first stage (its `[init]` model, or a fresh
         backbone and head seeded by its seed), on the run's device: what a method that retrains
         "from the same initialization" as this run restarts from."""
-        return self._runner.run.initial_model()
+        return self.run.initial_model()
 
     def load_model(self, stage: int | str = -1, epoch: int | str = "selected") -> SpurModel:
         """The model of `stage` at `epoch` (see `resolve_epoch`), rebuilt with the layers its
         stages inserted, on the run's device, in eval mode."""
         found = self.stage(stage)
-        return self._runner.load_model(found.index, self.resolve_epoch(found.index, epoch))
+        return self.run.models.load_model(self.run, found.index, self.resolve_epoch(found.index, epoch))
 
     def load_weights(self, stage: int | str, epoch: int | str) -> dict[str, Any]:
         """The model state dict saved at `epoch` of `stage` (on the CPU)."""
         found = self.stage(stage)
         return self.out.load_checkpoint(found.key, self.resolve_epoch(found.index, epoch))["model"]
+
+
+def open_run(path: Any, plugins: Registry, *, device: str = "cpu") -> FinishedRun:
+    """A finished (or interrupted) run, read back for analysis: `open_run(p, plugins).load_model()`;
+    `plugins` is the plugin manager, or a hook's `run.plugins`."""
+    out = RunDir(path)
+    if not out.config.exists():
+        raise RunError(f"{out.path}: not a run directory (no config.toml)")
+    planned = plan_saved(out.path, plugins, [f"device={json.dumps(device)}"])
+    return FinishedRun(planned, out, plugins, Device.from_config(planned.config.device, planned.config.amp))

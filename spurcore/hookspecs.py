@@ -11,16 +11,23 @@ Three kinds of hook, each with one calling style:
   activation logging, experiment tracking) are objects built for one run from its
   `[settings.<name>]` table and registered for that run only; they use these hooks and never
   change what the run computes. `spurcore_run_check` may refuse a run before it writes anything.
-* **Stage hooks** shape a stage. The runner registers the stage's method object (built by
-  its `MitigationSpec.factory`) as a plugin when the stage starts and unregisters it when the
-  stage ends, so a method's implementations act only in its own stage. A method object that
-  keeps training state across batches (Group DRO's group weights) defines `state_dict()`
-  (tensors and plain data) and `load_state_dict(state)`: the state goes into every epoch's
-  checkpoint and comes back on `--resume`.
+* **Stage hooks** (`STAGE_HOOKS`: prepare_model, train_sampler, train_loss, posthoc_head)
+  shape a stage, and only a stage's method object implements them: the runner registers the
+  object (built by its `MitigationSpec.factory`) as a plugin when the stage starts and
+  unregisters it when the stage ends, so a method acts only in its own stage. A module-level
+  plugin or an observer that implements one is refused at registration, naming the plugin and
+  the hook: what a run computes comes from its stages alone. Where no stage hook answers, the
+  kernel's default applies (a plain shuffle; the mean cross-entropy of the batch). A method
+  object that keeps training state across batches (Group DRO's group weights) defines
+  `state_dict()` (tensors and plain data) and `load_state_dict(state)`: the state goes into
+  every epoch's checkpoint and comes back on `--resume`. A method object may implement
+  lifecycle hooks too (pruned-twin draws its mask in `spurcore_epoch_start`); like its stage
+  hooks, they reach it only while its stage runs.
 
 Observers (`ObserverSpec`) are registered for a run before its first hook and unregistered
 after its last. The calling sequence of `spur run`::
 
+    for each train stage: spurcore_prepare_model(run, stage, model)   # on a copy: fails before anything is written
     spurcore_run_check(run, models)                # data and models built and tried, nothing written
     (the run directory is locked and config.toml written)
     spurcore_run_start(run)
@@ -46,9 +53,9 @@ after its last. The calling sequence of `spur run`::
     on an exception after spurcore_run_start: spurcore_run_error(run, stage, error), then it
     propagates.
 
-`run` is a `spurcore.context.RunContext` (config, data, device, run directory, the registry
-as `run.plugins`, read only: `get(kind, name)` and `names(kind)`, and `initial_model()`, a
-fresh copy of the model the pipeline started from);
+`run` is a `spurcore.context.RunContext` (its plan and config, data, device, run directory,
+the registry as `run.plugins`, read only: `get(kind, name)`, `names(kind)`, `specs(kind)`, and
+`initial_model()`, a fresh copy of the model the pipeline started from);
 `stage` is a `spurcore.context.StageContext` (its index, name, method spec and options, the
 effective training settings, the model, optimizer and scheduler). An implementation may take
 fewer arguments than its spec.
@@ -68,8 +75,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from spurcore.data import Batch
     from spurcore.embeddings import Embeddings
     from spurcore.model import SpurModel
-    from spurcore.specs import (BackboneSpec, DatasetSpec, LauncherSpec, MetricSpec, MitigationSpec, ObserverSpec,
-                                SelectorSpec, TracerSpec)
+    from spurcore.specs import (BackboneSpec, DatasetSpec, KindSpec, MetricSpec, MitigationSpec, ObserverSpec,
+                                SelectorSpec)
 
 PROJECT = "spurcore"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -109,29 +116,6 @@ def spurcore_register_backbones() -> list[BackboneSpec]:
         @hookimpl
         def spurcore_register_backbones():
             return [BackboneSpec(name="mlp", build=lambda opts, data: Backbone(make_mlp(), 64))]
-    """
-
-
-@hookspec
-def spurcore_register_tracers() -> list[TracerSpec]:
-    """Return the memorization tracers this plugin provides.
-
-    Called once when the registry is gathered. `spur trace RUN_DIR --tracer NAME` opens the
-    run and calls `TracerSpec.trace(run, options, out, log)` with the finished run
-    (`spurcore.finished.FinishedRun`), the validated options, the output folder (default
-    `RUN_DIR/trace/NAME`) and a printer of progress lines (None under `--quiet`); it writes
-    into the folder and returns a few lines for the user, which `spur trace` prints.
-
-    Example::
-
-        def trace_by_gradient(run, options, out, log):
-            model = run.load_model(options.stage, "selected")
-            ...  # score, change, measure; write into `out`
-            return f"wrote {out / 'gradient.json'}"
-
-        @hookimpl
-        def spurcore_register_tracers():
-            return [TracerSpec(name="gradient", trace=trace_by_gradient, options=GradientOptions)]
     """
 
 
@@ -221,20 +205,27 @@ def spurcore_register_observers() -> list[ObserverSpec]:
 
 
 @hookspec
-def spurcore_register_launchers() -> list[LauncherSpec]:
-    """Return the sweep launchers this plugin provides.
+def spurcore_register_kinds() -> list[KindSpec]:
+    """Return the kinds of registration this plugin owns, with their hook specifications.
 
-    Called once when the registry is gathered. `spur sweep --launcher NAME` (plugin
-    `spurcore-sweep`) calls `LauncherSpec.factory(jobs, threads, address, plugins)` and hands
-    each trial to the launcher it returns, which runs `spurcore_sweep.trials.run_trial(spec)` wherever
-    it schedules work (a process pool, Ray, a cluster queue).
+    Called when the plugin is registered, before any registry is gathered (as pytest's
+    `pytest_addhooks`): each `KindSpec(name, record, hookspecs)` adds the hook
+    `spurcore_register_<name>`, returning a list of `record`s, which other plugins then
+    implement. A kind belongs to the plugin that uses it: `spurcore-tracer` owns "tracers"
+    (`spurcore_tracer.TracerSpec`, read by `spur trace`), `spurcore-sweep` owns "launchers"
+    (`spurcore_sweep.LauncherSpec`, read by `spur sweep`). A plugin implementing a hook that no
+    loaded plugin declares is listed among the plugins that failed, once every plugin has loaded.
 
     Example::
 
+        class ReporterHooks:
+            @hookspec
+            def spurcore_register_reporters() -> list[ReporterSpec]:
+                ...  # its docstring says when it is called and what the records mean
+
         @hookimpl
-        def spurcore_register_launchers():
-            return [LauncherSpec(name="slurm", factory=lambda jobs, threads, address, plugins:
-                                 SlurmLauncher(jobs, threads, partition=address))]
+        def spurcore_register_kinds():
+            return [KindSpec(name="reporters", record=ReporterSpec, hookspecs=ReporterHooks)]
     """
 
 
@@ -456,6 +447,8 @@ def spurcore_evaluation_end(run: RunContext, stage: StageContext, epoch: int, sp
 
 # --- stage hooks ----------------------------------------------------------------------------------
 
+STAGE_HOOKS = ("spurcore_prepare_model", "spurcore_train_sampler", "spurcore_train_loss", "spurcore_posthoc_head")
+
 
 @hookspec
 def spurcore_prepare_model(run: RunContext, stage: StageContext, model: SpurModel) -> None:
@@ -498,9 +491,10 @@ def spurcore_train_loss(run: RunContext, stage: StageContext, model: SpurModel, 
     and the forward pass.
 
     Called once per training batch, inside autocast when AMP is on, with `batch` on the
-    device and the model in train mode. The first non-None result is used; the built-in
-    ERM implementation (cross-entropy on `model(batch.x, index=batch.index)`) runs last.
-    Pass `index=batch.index` to the model so example-tied layers see it.
+    device and the model in train mode. The first non-None result is used; when no stage
+    returns one, the kernel's default is the loss (ERM's: the mean cross-entropy of
+    `model(batch.x, index=batch.index)`). Pass `index=batch.index` to the model so
+    example-tied layers see it.
 
     Example::
 

@@ -5,7 +5,9 @@ same way, through the same hooks. A plugin that fails to import (or exits while 
 whose registration hook raises, is reported by name and skipped; it becomes an error only when
 a pipeline needs it. So does a name two plugins register: the error names the kind, the name and
 both plugins, and every other name works. A function named `spurcore_*`
-that matches no hook is rejected, naming the plugin and the closest hook.
+that matches no hook is rejected, naming the plugin and the closest hook; a plugin may add hooks
+of its own with a new kind of registration (`KindSpec`), so plugins loaded at start-up are
+checked once all of them have loaded.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import importlib
 import importlib.metadata
 import inspect
 import os
-import sys
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -23,16 +24,14 @@ from typing import Any
 import attrs
 import pluggy
 
-from spurcore import hookspecs
+from spurcore import hooktrace, hookspecs
 from spurcore.config import structure
 from spurcore.errors import ConfigError, SpurcoreError
 from spurcore.lazy import Lazy
-from spurcore.specs import KINDS, SPEC_TYPES
+from spurcore.specs import SPEC_TYPES, KindSpec
 
 ENTRY_POINT_GROUP = "spurcore"
 ALLOW_ENV = "SPURCORE_PLUGINS"
-TRACE_ENV = "SPURCORE_TRACE_HOOKS"
-ESSENTIAL = {"erm": "the default training loss of every stage"}
 BUILTIN_MODULES = (
     "spurcore.builtins.erm",
     "spurcore.builtins.metrics",
@@ -97,30 +96,6 @@ class _Manager(pluggy.PluginManager):
         return opts
 
 
-def _short(value: Any) -> str:
-    """A one-word picture of a hook argument: stages by key, tensors by shape, runs by folder."""
-    if isinstance(value, (bool, int, float, str)) or value is None:
-        return repr(value)
-    for attr, show in (("key", str), ("shape", lambda s: "x".join(map(str, s)) or "scalar"), ("out", lambda o: str(o.path))):
-        if hasattr(value, attr) and not callable(getattr(value, attr)):
-            try:
-                return f"{type(value).__name__}({show(getattr(value, attr))})"
-            except (AttributeError, TypeError):
-                pass
-    if hasattr(value, "__len__") and not isinstance(value, type):
-        return f"{type(value).__name__}[{len(value)}]"
-    return type(value).__name__
-
-
-def _trace_call(hook_name: str, impls: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
-    """`SPURCORE_TRACE_HOOKS=1`: one stderr line per hook call, with its arguments and the
-    plugins that implement it in the order they run (a first-result hook stops at the first
-    answer)."""
-    args = ", ".join(f"{k}={_short(v)}" for k, v in kwargs.items())
-    order = ", ".join(impl.plugin_name for impl in reversed(impls))
-    sys.stderr.write(f"[spurcore] {hook_name}({args}) -> [{order}]\n")
-
-
 class PluginManager:
     """Loads plugins and answers: which hooks, which specs of each kind, which failed."""
 
@@ -139,10 +114,13 @@ class PluginManager:
             self.block(name)
         self._versions: dict[str, str] = {}
         self._builtin: set[str] = set()
+        self._records: dict[str, type] = dict(SPEC_TYPES)  # kind -> its record class
+        self._kind_owners: dict[str, str] = {}  # a plugin's kind -> that plugin
+        self._unchecked: list[str] | None = []  # plugins loaded at start-up, checked once all have
         self._registry: dict[str, dict[str, Registered]] | None = None
         self._clashes: dict[str, dict[str, list[str]]] = {}  # kind -> name -> the plugins that register it
-        if os.environ.get(TRACE_ENV):
-            self.pm.add_hookcall_monitoring(_trace_call, lambda outcome, name, impls, kwargs: None)
+        if os.environ.get(hooktrace.ENV):
+            self.pm.add_hookcall_monitoring(hooktrace.print_call, lambda outcome, name, impls, kwargs: None)
         for module in BUILTIN_MODULES:
             name = module.rsplit(".", 1)[-1]
             if not self.pm.is_blocked(name):
@@ -157,6 +135,14 @@ class PluginManager:
         for name in enable:
             if name not in found and not self.pm.is_blocked(name) and self.pm.get_plugin(name) is None:
                 self._load(name, name, lambda n=name: importlib.import_module(n), version="")
+        unchecked, self._unchecked = self._unchecked, None
+        for name in unchecked:
+            plugin = self.pm.get_plugin(name)
+            if plugin is not None:
+                try:
+                    self._check_known(plugin, name)
+                except PluginError as exc:
+                    self._isolate(name, str(exc))
 
     @classmethod
     def from_args(cls, plugin_args: Sequence[str]) -> PluginManager:
@@ -199,37 +185,78 @@ class PluginManager:
             return
         self._versions[name] = version
 
-    def register(self, plugin: object, name: str | None = None) -> str:
-        """Register a plugin (a module or an object); refuse hooks that match no spec."""
+    def register(self, plugin: object, name: str | None = None, *, stage: bool = False) -> str:
+        """Register a plugin (a module or an object) and the kinds it declares; refuse hooks that
+        match no spec (at once, or for plugins loaded at start-up once all have loaded), and
+        stage hooks (`hookspecs.STAGE_HOOKS`) unless `plugin` is a stage's method object (`stage`)."""
         name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
+        hooks = self._implemented(plugin)
+        if "spurcore_register_kinds" in hooks:
+            self._add_kinds(plugin, name)
+        if self._unchecked is None:
+            self._check_known(plugin, name)
+        shaping = [h for h in hooks if h in hookspecs.STAGE_HOOKS]
+        if shaping and not stage:
+            raise PluginError(f"plugin {name!r} implements {shaping[0]!r}, a stage hook: only a stage's method object "
+                              f"(what a MitigationSpec's factory builds) shapes a run, while its stage runs; move it "
+                              f"onto the method's object")
         try:
             registered = self.pm.register(plugin, name)
         except (pluggy.PluginValidationError, ValueError) as exc:
             raise PluginError(f"plugin {name!r} is invalid: {exc}") from None
-        unknown = [
-            hook_name
-            for hook_name in dir(plugin)
-            if hook_name.startswith(f"{hookspecs.PROJECT}_")
-            and not self._has_spec(hook_name)
-            and self.pm.parse_hookimpl_opts(plugin, hook_name) is not None
-        ]
-        if unknown:
-            self.pm.unregister(plugin)
-            close = difflib.get_close_matches(unknown[0], self.hook_names(), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise PluginError(f"plugin {name!r} implements unknown hook {unknown[0]!r}{hint}")
+        if self._unchecked is not None:
+            self._unchecked.append(registered)
         self._registry = None
         return registered
+
+    def _implemented(self, plugin: object) -> list[str]:
+        return [h for h in dir(plugin) if h.startswith(f"{hookspecs.PROJECT}_")
+                and self.pm.parse_hookimpl_opts(plugin, h) is not None]
+
+    def _check_known(self, plugin: object, name: str) -> None:
+        unknown = [h for h in self._implemented(plugin) if not self._has_spec(h)]
+        if unknown:
+            prefix = f"{hookspecs.PROJECT}_register_"
+            kind_hook = unknown[0].startswith(prefix)  # a kind's hook: a typo only when nearly the same
+            close = difflib.get_close_matches(unknown[0], self.hook_names(), n=1, cutoff=0.9 if kind_hook else 0.6)
+            if kind_hook and not close:
+                hint = (f": no loaded plugin declares the kind {unknown[0][len(prefix):]!r} (a KindSpec); is the "
+                        f"plugin that owns it installed and not blocked?")
+            else:
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise PluginError(f"plugin {name!r} implements unknown hook {unknown[0]!r}{hint}")
+
+    def _add_kinds(self, plugin: object, name: str) -> None:
+        """Add the kinds `plugin` declares (`spurcore_register_kinds`) and their hook specs."""
+        for kind in getattr(plugin, "spurcore_register_kinds")() or ():
+            if not isinstance(kind, KindSpec):
+                raise PluginError(f"plugin {name!r} returned {type(kind).__name__} from spurcore_register_kinds; "
+                                  f"expected KindSpec")
+            owner = "the kernel" if kind.name in SPEC_TYPES else self._kind_owners.get(kind.name)
+            if owner is not None and owner != name:
+                raise PluginError(f"plugin {name!r} declares the kind {kind.name!r}, which {owner} declares already")
+            if not callable(getattr(kind.hookspecs, kind.hook, None)):
+                raise PluginError(f"plugin {name!r} declares the kind {kind.name!r} without its hook "
+                                  f"specification {kind.hook!r} in {kind.hookspecs!r}")
+            if not self._has_spec(kind.hook):
+                self.pm.add_hookspecs(kind.hookspecs)
+            self._records[kind.name] = kind.record
+            self._kind_owners[kind.name] = name
+        self._registry = None
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """Every kind of registration: the kernel's, then those the loaded plugins declare."""
+        owners = {name for name, plugin in self.pm.list_name_plugin() if plugin is not None}
+        return tuple(k for k in self._records if k in SPEC_TYPES or self._kind_owners[k] in owners)
 
     def unregister(self, plugin: object) -> None:
         self.pm.unregister(plugin)
         self._registry = None
 
     def block(self, name: str) -> None:
-        """Unregister the plugin called `name`, if loaded, and keep it out (`-p no:name`); the
-        essential built-ins (the default training loss) cannot be blocked."""
-        if name in ESSENTIAL:
-            raise PluginError(f"plugin {name!r} is essential ({ESSENTIAL[name]}) and cannot be blocked")
+        """Unregister the plugin called `name`, if loaded, and keep it out (`-p no:name`): what it
+        registered is then unknown to every pipeline, which says so by name."""
         self.pm.set_blocked(name)  # unregisters it if loaded
         self._registry = None
 
@@ -242,7 +269,8 @@ class PluginManager:
         return caller is not None and caller.spec is not None
 
     def hook_names(self) -> list[str]:
-        return sorted(n for n in dir(hookspecs) if n.startswith(f"{hookspecs.PROJECT}_"))
+        """Every hook with a specification: the kernel's and those plugins' kinds added."""
+        return sorted(n for n in dir(self.pm.hook) if n.startswith(f"{hookspecs.PROJECT}_") and self._has_spec(n))
 
     # --- the registry ------------------------------------------------------------------------
 
@@ -250,12 +278,14 @@ class PluginManager:
         """Every spec of one kind by name. A name two plugins register is left out (`get` names
         both); a plugin whose registration hook raises, exits or returns something other than
         specs is unregistered and listed in `failed`, so the other plugins work on."""
-        if kind not in KINDS:
-            raise PluginError(f"unknown kind {kind!r}: use one of {', '.join(KINDS)}")
+        kinds = self.kinds
+        if kind not in kinds:
+            owner = f" (declared by plugin {self._kind_owners[kind]!r}, not loaded)" if kind in self._kind_owners else ""
+            raise PluginError(f"unknown kind {kind!r}{owner}: use one of {', '.join(kinds)}")
         while self._registry is None:
             try:
                 self._clashes = {}
-                self._registry = {k: self._gather(k) for k in KINDS}
+                self._registry = {k: self._gather(k) for k in self.kinds}
             except _BrokenRegistration as broken:
                 self._isolate(broken.plugin, broken.message)
         return self._registry[kind]
@@ -271,7 +301,7 @@ class PluginManager:
 
     def _gather(self, kind: str) -> dict[str, Registered]:
         caller = getattr(self.pm.hook, f"spurcore_register_{kind}")
-        expected = SPEC_TYPES[kind]
+        expected = self._records[kind]
         found: dict[str, Registered] = {}
         for impl in caller.get_hookimpls():  # registration order
             try:
@@ -292,6 +322,19 @@ class PluginManager:
                     found[spec.name] = Registered(spec, impl.plugin_name)
         return found
 
+    def names(self, kind: str) -> tuple[str, ...]:
+        """The names registered for `kind` (e.g. "mitigations"), sorted."""
+        return tuple(sorted(self.registry(kind)))
+
+    def specs(self, kind: str) -> Mapping[str, Any]:
+        """Every spec of `kind` by name, in registration order."""
+        return {name: entry.spec for name, entry in self.registry(kind).items()}
+
+    @property
+    def view(self) -> Registry:
+        """The read-only view of this manager that hooks get as `run.plugins`."""
+        return Registry(self)
+
     def get(self, kind: str, name: str) -> Any:
         """The spec called `name`, or an error that lists what exists and what failed."""
         entries = self.registry(kind)
@@ -307,6 +350,8 @@ class PluginManager:
         if close:
             message += f" (did you mean {close[0]!r}?)"
         message += f"; available: {', '.join(sorted(entries)) or 'none'}"
+        if self.blocked:
+            message += f" (blocked with -p no:NAME: {', '.join(sorted(self.blocked))})"
         if self.failed:
             failures = "; ".join(f"{p!r}: {e}" for p, e in self.failed.items())
             message += f". Plugins that failed to load: {failures}"
@@ -368,7 +413,8 @@ class PluginManager:
 class Registry:
     """What hooks see of the plugins, as `run.plugins`: the registered specs by kind and name,
     read only. Loading, blocking and registering plugins, and calling hooks, stay with the
-    kernel, so a hook cannot change which plugins the rest of its run sees."""
+    kernel, so a hook cannot change which plugins the rest of its run sees. The kernel's
+    functions that read specs (planning, `open_run`) take it as they take the manager."""
 
     def __init__(self, manager: PluginManager) -> None:
         self._manager = manager
@@ -379,10 +425,12 @@ class Registry:
 
     def names(self, kind: str) -> tuple[str, ...]:
         """The names registered for `kind` (e.g. "mitigations"), sorted."""
-        return tuple(sorted(self._manager.registry(kind)))
+        return self._manager.names(kind)
 
+    def specs(self, kind: str) -> Mapping[str, Any]:
+        """Every spec of `kind` by name."""
+        return self._manager.specs(kind)
 
-def manager_of(plugins: PluginManager | Registry) -> PluginManager:
-    """The manager behind a hook's `run.plugins`, for kernel functions a hook may hand it to
-    (`open_run`, planning a pipeline), which register stage objects while they work."""
-    return plugins._manager if isinstance(plugins, Registry) else plugins
+    def require(self, names: Iterable[str]) -> None:
+        """Stop unless every named plugin is loaded (a pipeline's `requires`)."""
+        self._manager.require(names)

@@ -72,7 +72,7 @@ class RunDir:
                 path.unlink(missing_ok=True)
 
     def trace_dir(self, tracer: str) -> Path:
-        """The default output folder of a tracer (`TracerSpec.name`) on this run."""
+        """The default output folder of the tracer called `name` on this run."""
         return self.path / "trace" / tracer
 
     def stage_dir(self, stage_key: str) -> Path:

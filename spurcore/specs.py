@@ -11,12 +11,14 @@ from typing import Any
 
 import attrs
 
-KINDS = ("datasets", "backbones", "tracers", "mitigations", "selectors", "metrics", "observers", "launchers")
+KINDS = ("datasets", "backbones", "mitigations", "selectors", "metrics", "observers")
+"""The kernel's own kinds; a plugin adds its own with a `KindSpec` (tracers, launchers)."""
 
 STAGE_KINDS = ("train", "posthoc")
 
 
-def _name(instance: Any, attribute: attrs.Attribute, value: str) -> None:
+def record_name(instance: Any, attribute: attrs.Attribute, value: str) -> None:
+    """The validator of every record's `name`: one word, as pipelines and `spur list` write it."""
     if not isinstance(value, str) or not value or value.strip() != value or " " in value:
         raise ValueError(f"{type(instance).__name__}.name must be a non-empty word, got {value!r}")
 
@@ -33,7 +35,7 @@ class DatasetSpec:
     (None when the dataset takes none).
     """
 
-    name: str = attrs.field(validator=_name)
+    name: str = attrs.field(validator=record_name)
     build: Callable[[Any], Any]
     options: type | None = None
     description: str = ""
@@ -46,7 +48,7 @@ class BackboneSpec:
     `data` is the `SpuriousData` it will be trained on (input shape, number of classes).
     """
 
-    name: str = attrs.field(validator=_name)
+    name: str = attrs.field(validator=record_name)
     build: Callable[[Any, Any], Any]
     options: type | None = None
     description: str = ""
@@ -75,7 +77,7 @@ class MitigationSpec:
     names the option; it runs before the run writes anything.
     """
 
-    name: str = attrs.field(validator=_name)
+    name: str = attrs.field(validator=record_name)
     factory: Callable[[Any], object]
     kind: str = attrs.field(default="train", validator=attrs.validators.in_(STAGE_KINDS))
     options: type | None = None
@@ -106,7 +108,7 @@ class SelectorSpec:
     whose data (or `train_eval = "none"`) lacks one is refused before it runs.
     """
 
-    name: str = attrs.field(validator=_name)
+    name: str = attrs.field(validator=record_name)
     score: Callable[[Any], float]
     needs_attributes: bool = False
     metrics: tuple[str, ...] = attrs.field(default=(), converter=tuple)
@@ -126,30 +128,9 @@ class MetricSpec:
     labels is left out, with a note, on splits that have none.
     """
 
-    name: str = attrs.field(validator=_name)
+    name: str = attrs.field(validator=record_name)
     compute: Callable[[Any], Mapping[str, Any]]
     needs_attributes: bool = False
-    description: str = ""
-
-
-@attrs.frozen(kw_only=True)
-class TracerSpec:
-    """A memorization tracer: `trace(run, options, out, log)` analyses a finished run and writes
-    what it finds into the folder `out`.
-
-    `spur trace RUN_DIR --tracer NAME` runs it: `run` is the `spurcore.finished.FinishedRun`
-    that `spurcore.runner.open_run` returns (stages, epochs, data, `load_model(stage, epoch)`
-    on the `--device` asked for); `options` an instance of `options` (an attrs class) validated
-    from the command's `-o KEY=VALUE`s and flags, or None when the tracer takes none; `out`
-    `--out`, by default `RUN_DIR/trace/NAME` (it may not exist yet); `log(line)` prints progress
-    and is None under `--quiet` (show nothing while working, progress bars included). It returns
-    a few lines for the user (what it found, what it wrote), which `spur trace` prints, under
-    `--quiet` too. Tracers read a run's checkpoints and never change what the run computed.
-    """
-
-    name: str = attrs.field(validator=_name)
-    trace: Callable[[Any, Any, Any, Any], str]
-    options: type | None = None
     description: str = ""
 
 
@@ -166,33 +147,37 @@ class ObserverSpec:
     Its hook implementations receive the run's lifecycle events, `spurcore_run_check` first.
     """
 
-    name: str = attrs.field(validator=_name)
+    name: str = attrs.field(validator=record_name)
     factory: Callable[[Any], object | None]
     settings: type | None = None
     description: str = ""
 
 
 @attrs.frozen(kw_only=True)
-class LauncherSpec:
-    """Where a sweep runs its trials (this process, a process pool, Ray, a cluster scheduler).
-
-    `factory(jobs, threads, address, plugins)` returns the launcher a sweep hands its trials to:
-    `jobs` trials at a time, each with `threads` torch threads, `address` the scheduler's (or
-    None); the launcher protocol (`capacity`, `submit`, `wait`, `close`) is `spurcore-sweep`'s.
+class KindSpec:
+    """A kind of registration a plugin owns (as `spurcore-tracer` owns "tracers"): other plugins
+    register records of `record` through the hook `spurcore_register_<name>`, whose
+    specification (a function marked with `spurcore.api.hookspec`) is in `hookspecs`, a module or
+    class. The kernel adds the specification when the owning plugin loads, gathers the records
+    like its own kinds (`get("tracers", name)`, `spur list tracers`), and checks the hooks of
+    plugins that loaded before the owner once every plugin has loaded.
     """
 
-    name: str = attrs.field(validator=_name)
-    factory: Callable[[int, int, Any, Any], Any]
+    name: str = attrs.field(validator=record_name)
+    record: type
+    hookspecs: Any
     description: str = ""
+
+    @property
+    def hook(self) -> str:
+        return f"spurcore_register_{self.name}"
 
 
 SPEC_TYPES: Mapping[str, type] = {
     "datasets": DatasetSpec,
     "backbones": BackboneSpec,
-    "tracers": TracerSpec,
     "mitigations": MitigationSpec,
     "selectors": SelectorSpec,
     "metrics": MetricSpec,
     "observers": ObserverSpec,
-    "launchers": LauncherSpec,
 }

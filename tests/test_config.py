@@ -325,7 +325,7 @@ def test_numbers_that_are_not_finite_are_refused_naming_the_key(override):
     key = override.split("=")[0].replace("stages.0", "stages[0]")
     with pytest.raises(ConfigError, match=rf"{re.escape(key)}: expected a finite number, got"):
         from spurcore.plugins import PluginManager
-        from spurcore.runner import plan
+        from spurcore.planning import plan
 
         plan(pipeline_from_dict(ERM_DATA, [override], source="erm.toml"), PluginManager(entry_points=False))
 
@@ -337,7 +337,7 @@ def test_numbers_that_are_not_finite_are_refused_naming_the_key(override):
 ])
 def test_plugin_options_and_momentum_out_of_range_are_refused_at_planning(override, message):
     from spurcore.plugins import PluginManager
-    from spurcore.runner import plan
+    from spurcore.planning import plan
 
     with pytest.raises(ConfigError, match=re.escape(f"erm.toml: {message}")):
         plan(pipeline_from_dict(ERM_DATA, [override], source="erm.toml"), PluginManager(entry_points=False))

@@ -264,7 +264,9 @@ def test_a_data_error_in_a_worker_keeps_its_one_line_message(workers):
 
 def test_holdout_moves_a_seeded_share_of_every_training_group_to_a_split_of_its_own(spur_tiny_config, spur_plugins, tmp_path):
     from spurcore.data import hold_out
-    from spurcore.runner import plan, build_data, run_pipeline
+    from spurcore.building import build_data
+    from spurcore.planning import plan
+    from spurcore.runner import run_pipeline
 
     data = build_data(plan(spur_tiny_config(), spur_plugins), spur_plugins)
     held = hold_out(data, 0.25, seed=3)
@@ -296,7 +298,9 @@ def test_holdout_must_leave_a_training_split(spur_tiny_config):
 def test_train_subset_keeps_a_seeded_uniform_share_of_the_training_split_and_nothing_else(spur_tiny_config, spur_plugins,
                                                                                           tmp_path):
     from spurcore.api import open_run, train_subset_positions
-    from spurcore.runner import build_data, plan, run_pipeline
+    from spurcore.building import build_data
+    from spurcore.planning import plan
+    from spurcore.runner import run_pipeline
 
     full = build_data(plan(spur_tiny_config(), spur_plugins), spur_plugins)
     kept = train_subset_positions(200, 0.7, 5)

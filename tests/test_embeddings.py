@@ -14,7 +14,9 @@ import spurcore.embeddings
 from spurcore import hookimpl
 from spurcore.embeddings import extract
 from spurcore.data import SplitData, SpuriousData
-from spurcore.runner import RunError, open_run, run_pipeline
+from spurcore.finished import open_run
+from spurcore.planning import RunError
+from spurcore.runner import run_pipeline
 from spurcore.specs import DatasetSpec, MitigationSpec
 
 

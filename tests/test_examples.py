@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from spurcore.cli import cli
 from spurcore.config import load_pipeline
 from spurcore.plugins import PluginManager
-from spurcore.runner import open_run, plan
+from spurcore.finished import open_run
+from spurcore.planning import plan
 
 EXAMPLES = sorted([*(Path(__file__).parents[1] / "examples").glob("*.toml"),
                    *(Path(__file__).parents[1] / "examples" / "memorization").glob("*.toml")])

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from spurcore.finished import FinishedRunError
-from spurcore.runner import open_run, run_pipeline
+from spurcore.finished import open_run
+from spurcore.runner import run_pipeline
 
 
 @pytest.fixture

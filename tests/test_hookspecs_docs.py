@@ -172,22 +172,8 @@ class Recorder:
         self.calls.append(("stage_start", stage.index))
 
     @hookimpl
-    def spurcore_prepare_model(self, stage, model):
-        assert model is stage.model
-        self.calls.append(("prepare_model", stage.index))
-
-    @hookimpl
     def spurcore_epoch_start(self, epoch):
         self.calls.append(("epoch_start", epoch))
-
-    @hookimpl(tryfirst=True)
-    def spurcore_train_sampler(self, epoch, generator):
-        self.calls.append(("train_sampler", epoch))
-
-    @hookimpl(tryfirst=True)
-    def spurcore_train_loss(self, model, batch):
-        assert model.training
-        self.calls.append(("train_loss",))
 
     @hookimpl
     def spurcore_batch_end(self, epoch, step):
@@ -213,11 +199,6 @@ class Recorder:
         assert list(metrics) == ["train", "val", "test", "train_loss"]
         self.calls.append(("epoch_end", epoch))
 
-    @hookimpl(tryfirst=True)
-    def spurcore_posthoc_head(self, stage, embeddings):
-        assert embeddings["val"].features.shape == (120, 16)
-        self.calls.append(("posthoc_head", stage.index))
-
     @hookimpl
     def spurcore_stage_end(self, stage, result):
         assert result["name"] == stage.name
@@ -234,21 +215,51 @@ class Recorder:
         self.calls.append(("run_error", type(error).__name__))
 
 
+class RecordedTrain:
+    """A train method that records its stage hooks (only a stage's object may implement them)
+    and leaves the kernel's defaults in place (a plain shuffle, cross-entropy)."""
+
+    def __init__(self, calls):
+        self.calls = calls
+
+    @hookimpl
+    def spurcore_prepare_model(self, stage, model):
+        assert model is stage.model
+        self.calls.append(("prepare_model", stage.index))
+
+    @hookimpl
+    def spurcore_train_sampler(self, epoch, generator):
+        self.calls.append(("train_sampler", epoch))
+
+    @hookimpl
+    def spurcore_train_loss(self, model, batch):
+        assert model.training
+        self.calls.append(("train_loss",))
+
+
 class Refit:
     """A post-hoc method: a fresh linear head."""
 
-    def __init__(self, options):
-        pass
+    def __init__(self, calls):
+        self.calls = calls
 
     @hookimpl
-    def spurcore_posthoc_head(self, model, embeddings):
+    def spurcore_posthoc_head(self, stage, model, embeddings):
+        assert embeddings["val"].features.shape == (120, 16)
+        self.calls.append(("posthoc_head", stage.index))
         return nn.Linear(model.feature_dim, 2)
 
 
 class RefitPlugin:
+    """`recorded` and `refit`, both recording into `calls` (a Recorder's)."""
+
+    def __init__(self, calls=None):
+        self.calls = [] if calls is None else calls
+
     @hookimpl
     def spurcore_register_mitigations(self):
-        return [MitigationSpec(name="refit", factory=Refit, kind="posthoc")]
+        return [MitigationSpec(name="recorded", factory=lambda options: RecordedTrain(self.calls)),
+                MitigationSpec(name="refit", factory=lambda options: Refit(self.calls), kind="posthoc")]
 
 
 def documented_sequence(epochs: int, train_batches: int, eval_batches: dict[str, int]) -> list[tuple]:
@@ -262,7 +273,7 @@ def documented_sequence(epochs: int, train_batches: int, eval_batches: dict[str,
             calls.append(("evaluation_end", epoch, split))
         return calls
 
-    calls = [("run_start",), ("stage_start", 0), ("prepare_model", 0)]
+    calls = [("prepare_model", 0), ("run_start",), ("stage_start", 0), ("prepare_model", 0)]
     for epoch in range(1, epochs + 1):
         calls += [("epoch_start", epoch), ("train_sampler", epoch)]
         for step in range(train_batches):
@@ -277,11 +288,11 @@ def documented_sequence(epochs: int, train_batches: int, eval_batches: dict[str,
 
 def test_runner_calls_hooks_in_the_documented_order(spur_plugins, spur_tiny_config, tmp_path):
     recorder = Recorder()
-    spur_plugins.register(RefitPlugin(), "refit")
+    spur_plugins.register(RefitPlugin(recorder.calls), "refit")
     spur_plugins.register(recorder, "recorder")
     config = spur_tiny_config(
         train={"epochs": 2, "batch_size": 100, "eval_batch_size": 100, "lr": 0.01},
-        stages=[{"method": "erm"}, {"method": "refit"}],
+        stages=[{"method": "recorded"}, {"method": "refit"}],
     )
     run_pipeline(config, tmp_path / "run", spur_plugins, log=lambda message: None)
     # tiny: 200 train examples (2 batches of 100), val 120 and test 160 (2 batches each); train
@@ -292,15 +303,23 @@ def test_runner_calls_hooks_in_the_documented_order(spur_plugins, spur_tiny_conf
 
 def test_run_error_is_called_once_when_a_stage_fails(spur_plugins, spur_tiny_config, tmp_path):
     class Boom:
-        @hookimpl(tryfirst=True)
+        def __init__(self, options):
+            pass
+
+        @hookimpl
         def spurcore_train_loss(self):
             raise RuntimeError("loss exploded")
 
+    class BoomPlugin:
+        @hookimpl
+        def spurcore_register_mitigations(self):
+            return [MitigationSpec(name="boom", factory=Boom)]
+
     recorder = Recorder()
     spur_plugins.register(recorder, "recorder")
-    spur_plugins.register(Boom(), "boom")
+    spur_plugins.register(BoomPlugin(), "boom")
     with pytest.raises(RuntimeError, match="loss exploded"):
-        run_pipeline(spur_tiny_config(), tmp_path / "run", spur_plugins, log=lambda message: None)
+        run_pipeline(spur_tiny_config(stages=[{"method": "boom"}]), tmp_path / "run", spur_plugins, log=lambda message: None)
     assert recorder.calls[-1] == ("run_error", "RuntimeError")
     assert [c for c in recorder.calls if c[0] in ("run_error", "run_end", "stage_end")] == [("run_error", "RuntimeError")]
 
@@ -336,7 +355,7 @@ def test_hook_reference_documents_every_hook_with_its_signature_and_example():
         firstresult = getattr(hookspecs, hook).spurcore_spec["firstresult"]
         assert ("*firstresult*" in section) == firstresult, hook
     assert text.index("## Registration hooks") < text.index("## Lifecycle hooks") < text.index("## Stage hooks")
-    assert "```text\nspurcore_run_check(run, models)" in text  # the calling sequence, as a code block
+    assert "```text\nfor each train stage: spurcore_prepare_model(run, stage, model)" in text  # the calling sequence, as a code block
 
 
 def test_hook_reference_check_mode_reports_drift(tmp_path, monkeypatch, capsys):

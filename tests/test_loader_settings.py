@@ -11,7 +11,8 @@ import torch
 from spurcore.config import ConfigError, TrainConfig, structure
 from spurcore.data import SplitData, iterate_batches
 from spurcore.device import MAX_AUTO_WORKERS, Device, available_cores
-from spurcore.runner import RunError, run_pipeline
+from spurcore.planning import RunError
+from spurcore.runner import run_pipeline
 
 
 @pytest.mark.parametrize("value", [0, 3, "auto"])

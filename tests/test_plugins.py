@@ -9,13 +9,15 @@ import textwrap
 import types
 from pathlib import Path
 
+import attrs
 import pytest
 
 import spurcore
 import spurcore.builtins.erm
 from spurcore import hookimpl
+from spurcore.hookspecs import hookspec
 from spurcore.plugins import ALLOW_ENV, PluginError, PluginManager
-from spurcore.specs import DatasetSpec, MetricSpec, MitigationSpec
+from spurcore.specs import DatasetSpec, KindSpec, MetricSpec, MitigationSpec
 
 DATASET_PLUGIN = """
 from spurcore import hookimpl
@@ -90,8 +92,8 @@ def test_builtins_are_registered_through_the_hooks():
     # the built-in is an ordinary plugin: its module answers the registration hook
     impls = manager.hook.spurcore_register_mitigations.get_hookimpls()
     assert [i.plugin for i in impls if i.plugin_name == "erm"] == [spurcore.builtins.erm]
-    # and its default loss is an implementation of the stage hook like any other
-    assert "erm" in [i.plugin_name for i in manager.hook.spurcore_train_loss.get_hookimpls()]
+    # ERM answers no stage hook: the plain loss is the kernel's fallback when no stage answers
+    assert manager.hook.spurcore_train_loss.get_hookimpls() == []
 
 
 def test_blocking_a_builtin_removes_what_it_registers():
@@ -120,7 +122,8 @@ def test_unknown_kind_is_an_error():
 
 def test_hooks_see_a_read_only_registry_that_reopens_runs(spur_plugins, spur_register_plugin, spur_tiny_config,
                                                           tmp_path):
-    from spurcore.runner import open_run, run_pipeline
+    from spurcore.finished import open_run
+    from spurcore.runner import run_pipeline
 
     seen = {}
 
@@ -140,7 +143,7 @@ def test_hooks_see_a_read_only_registry_that_reopens_runs(spur_plugins, spur_reg
     spur_register_plugin(Peek(), "peek")
     train = {"epochs": 2, "batch_size": 32, "lr": 0.01}
     run_pipeline(spur_tiny_config(train=train), tmp_path / "first", spur_plugins, log=lambda m: None)
-    assert seen["public"] == {"get", "names"}
+    assert seen["public"] == {"get", "names", "require", "specs"}
     assert seen["mitigations"] == tuple(sorted(spur_plugins.registry("mitigations")))
     assert {"erm", "tiny-refit"} <= set(seen["mitigations"])
     assert seen["erm"] == spur_plugins.get("mitigations", "erm")
@@ -273,7 +276,7 @@ def test_same_dataset_from_two_plugins_names_kind_name_and_both_and_every_other_
         spur_tiny_config):
     """Issue 25, item 11: a clash made every look-up of the registry fail, and a pipeline with
     `dataset.name` = "tiny" was told its dataset.name was to blame."""
-    from spurcore.runner import plan
+    from spurcore.planning import plan
     from spurcore.testing import TinyPlugin
 
     manager = PluginManager(entry_points=False)
@@ -469,7 +472,7 @@ def test_infos_lists_name_version_hooks():
     for name in builtins:
         assert by_name[name].builtin is True
         assert by_name[name].version == spurcore.__version__
-    assert by_name["erm"].hooks == ("spurcore_register_mitigations", "spurcore_train_loss")
+    assert by_name["erm"].hooks == ("spurcore_register_mitigations",)
     assert by_name["metrics"].hooks == ("spurcore_register_metrics",)
     assert by_name["progress"].hooks == ("spurcore_register_observers",)  # its bar is an object per run
     assert (by_name["listed"].version, by_name["listed"].hooks, by_name["listed"].builtin) == (
@@ -498,14 +501,15 @@ def test_trace_hooks_prints_every_hook_call_with_its_implementations(monkeypatch
     lines = [l for l in capsys.readouterr().err.splitlines() if l.startswith("[spurcore] ")]
     names = [l.split(" ", 1)[1].split("(", 1)[0] for l in lines]
     # tiny: 200 training examples in 2 batches; train, val and test evaluated in one batch each
-    # before anything is written: the stage's prepare_model replayed on a copy, then the run check
-    assert names == ["spurcore_prepare_model", "spurcore_run_check",
+    # before anything is written: the run check (ERM has no prepare_model to replay on a copy)
+    assert names == ["spurcore_run_check",
                      "spurcore_run_start", "spurcore_stage_start", "spurcore_prepare_model", "spurcore_epoch_start",
                      "spurcore_train_sampler", *["spurcore_train_loss", "spurcore_batch_end"] * 2,
                      *["spurcore_evaluation_start", "spurcore_evaluation_batch", "spurcore_evaluation_end"] * 3,
                      "spurcore_epoch_end", "spurcore_stage_end", "spurcore_run_end"]
     loss = lines[names.index("spurcore_train_loss")]
-    assert "stage=StageContext(0-erm)" in loss and "batch=Batch[100]" in loss and loss.endswith("-> [erm]")
+    # no stage answers the loss hook under ERM: the kernel's cross-entropy is the fallback
+    assert "stage=StageContext(0-erm)" in loss and "batch=Batch[100]" in loss and loss.endswith("-> []")
     evaluation_batches = [line for name, line in zip(names, lines) if name == "spurcore_evaluation_batch"]
     assert "split='train', batch=Batch[200], logits=Tensor(200x2)" in evaluation_batches[0]
     assert "split='val', batch=Batch[120], logits=Tensor(120x2)" in evaluation_batches[1]
@@ -541,16 +545,36 @@ def test_stage_hooks_are_read_off_a_factory_class_without_building_it():
     assert manager.stage_hooks(spec) == ("spurcore_train_loss", "spurcore_train_sampler")
 
 
-def test_the_default_loss_is_essential_and_cannot_be_blocked(spur_cli):
-    with pytest.raises(PluginError, match=r"plugin 'erm' is essential \(the default training loss of every stage\)"):
-        PluginManager(entry_points=False, block=["erm"])
-    manager = PluginManager(entry_points=False, block=["progress"])
-    assert manager.blocked == {"progress"} and "progress" not in manager.registry("observers")
+@pytest.mark.parametrize("blocked, key, message", [
+    ("erm", "stages[0].method", "no mitigation named 'erm'"),
+    ("metrics", "metrics[0]", "no metric named 'avg_acc'; available: none"),
+    ("selectors", "selector", "no selector named 'val-worst-class'"),
+    ("backbones", "backbone.name", "no backbone named 'small-cnn'"),
+    ("waterdigits", "dataset.name", "no dataset named 'waterdigits'"),
+])
+def test_blocking_any_builtin_gives_one_line_naming_what_is_missing(capsys, tmp_path, blocked, key, message):
+    from spurcore.cli import main
+
+    pipeline = Path(__file__).resolve().parents[1] / "examples" / "erm.toml"
+    with pytest.raises(SystemExit) as help_exit:
+        main(["-p", f"no:{blocked}", "--help"])
+    assert help_exit.value.code == 0
+    capsys.readouterr()
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as run_exit:
+        main(["-p", f"no:{blocked}", "run", str(pipeline), "--out", str(out)])
+    captured = capsys.readouterr()
+    assert run_exit.value.code != 0 and not out.exists()
+    lines = (captured.out + captured.err).strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"Error: {pipeline}: {key}: {message}")
+    assert f"(blocked with -p no:NAME: {blocked})" in lines[0]
 
 
 def test_a_loss_hook_that_returns_nothing_stops_the_run_naming_the_stage(spur_plugins, spur_register_plugin, spur_tiny_config,
                                                                          tmp_path):
-    from spurcore.runner import RunError, run_pipeline
+    from spurcore.planning import RunError
+    from spurcore.runner import run_pipeline
 
     class NoLoss:
         def __init__(self, options):
@@ -566,6 +590,161 @@ def test_a_loss_hook_that_returns_nothing_stops_the_run_naming_the_stage(spur_pl
             return [MitigationSpec(name="no-loss", factory=NoLoss)]
 
     spur_register_plugin(Plugin(), "no-loss")
-    with pytest.raises(RunError, match=r"stages\[0\]: no spurcore_train_loss implementation returned a loss for "
-                                       r"stage '0-no-loss' \(got float\)"):
+    with pytest.raises(RunError, match=r"stages\[0\]: spurcore_train_loss of method 'no-loss' returned float for "
+                                       r"stage '0-no-loss'; a loss hook returns a scalar tensor"):
         run_pipeline(spur_tiny_config(stages=[{"method": "no-loss"}]), tmp_path / "run", spur_plugins, log=lambda m: None)
+
+
+# --- stage hooks belong to stages ---------------------------------------------------------------
+
+
+class LossCheat:
+    """Would replace every stage's loss: a stage hook outside a stage."""
+
+    @hookimpl(tryfirst=True)
+    def spurcore_train_loss(self, model, batch):
+        return model(batch.x).sum() * 0
+
+
+def test_an_observer_with_a_stage_hook_is_refused_before_the_run_writes(spur_plugins, spur_register_plugin,
+                                                                         spur_tiny_config, tmp_path):
+    from spurcore.runner import run_pipeline
+    from spurcore.specs import ObserverSpec
+
+    class Plugin:
+        @hookimpl
+        def spurcore_register_observers(self):
+            return [ObserverSpec(name="cheat", factory=lambda settings: LossCheat())]
+
+    spur_register_plugin(Plugin(), "cheat")
+    with pytest.raises(PluginError, match=r"^plugin 'observer:cheat' implements 'spurcore_train_loss', a stage hook: "
+                                          r"only a stage's method object"):
+        run_pipeline(spur_tiny_config(), tmp_path / "run", spur_plugins, log=lambda m: None)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_module_level_plugin_with_a_stage_hook_is_refused_at_registration(monkeypatch):
+    module = types.ModuleType("cheat_plugin")
+    module.spurcore_train_loss = LossCheat.spurcore_train_loss
+    monkeypatch.setitem(sys.modules, "cheat_plugin", module)
+    manager = PluginManager(entry_points=False)
+    with pytest.raises(PluginError, match=r"plugin 'cheat' implements 'spurcore_train_loss', a stage hook"):
+        manager.register(module, "cheat")
+    assert manager.hook.spurcore_train_loss.get_hookimpls() == []
+
+
+# --- kinds owned by plugins -----------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class ReporterSpec:
+    name: str
+    render: object = None
+
+
+class ReporterHooks:
+    @hookspec
+    def spurcore_register_reporters(self) -> list[ReporterSpec]:
+        """Return the reporters this plugin provides."""
+
+
+class Owner:
+    """Owns the kind "reporters" and registers one."""
+
+    @hookimpl
+    def spurcore_register_kinds(self):
+        return [KindSpec(name="reporters", record=ReporterSpec, hookspecs=ReporterHooks)]
+
+    @hookimpl
+    def spurcore_register_reporters(self):
+        return [ReporterSpec(name="plain")]
+
+
+class User:
+    """Registers a reporter into a kind another plugin owns."""
+
+    @hookimpl
+    def spurcore_register_reporters(self):
+        return [ReporterSpec(name="fancy")]
+
+
+def entry_point_manager(monkeypatch, plugins):
+    """A manager that loads `plugins` ({name: object}) as entry points, in this order."""
+
+    class EntryPoint:
+        def __init__(self, name, plugin):
+            self.name, self.value, self.dist, self.plugin = name, f"{name}_module", None, plugin
+
+        def load(self):
+            return self.plugin
+
+    found = [EntryPoint(name, plugin) for name, plugin in plugins.items()]
+    monkeypatch.setattr("importlib.metadata.entry_points", lambda group: found if group == "spurcore" else [])
+    return PluginManager()
+
+
+def test_a_plugin_declares_a_kind_others_register_into_loaded_in_any_order(monkeypatch):
+    manager = entry_point_manager(monkeypatch, {"user": User(), "owner": Owner()})  # the user loads first
+    assert manager.failed == {}
+    assert manager.kinds[-1] == "reporters"
+    assert manager.names("reporters") == ("fancy", "plain")
+    assert manager.registry("reporters")["fancy"].plugin == "user"
+    assert "spurcore_register_reporters" in manager.hook_names()
+
+
+def test_a_hook_of_a_kind_whose_owner_is_absent_fails_that_plugin_alone(monkeypatch):
+    with pytest.warns(UserWarning, match=r"^spurcore plugin 'user' is skipped: "):
+        manager = entry_point_manager(monkeypatch, {"user": User(), "tiny": dataset_plugin("tiny")})
+    assert manager.failed == {"user": "plugin 'user' implements unknown hook 'spurcore_register_reporters': no loaded "
+                                      "plugin declares the kind 'reporters' (a KindSpec); is the plugin that owns it "
+                                      "installed and not blocked?"}
+    assert "tiny" in manager.names("datasets")
+    with pytest.raises(PluginError, match=r"^unknown kind 'reporters': use one of datasets, backbones, "):
+        manager.registry("reporters")
+
+
+def test_a_kind_is_declared_once():
+    manager = PluginManager(entry_points=False)
+    manager.register(Owner(), "owner")
+
+    class Thief:
+        @hookimpl
+        def spurcore_register_kinds(self):
+            return [KindSpec(name="reporters", record=ReporterSpec, hookspecs=ReporterHooks)]
+
+    with pytest.raises(PluginError, match=r"^plugin 'thief' declares the kind 'reporters', which owner declares already$"):
+        manager.register(Thief(), "thief")
+
+    class Kernel:
+        @hookimpl
+        def spurcore_register_kinds(self):
+            return [KindSpec(name="metrics", record=ReporterSpec, hookspecs=ReporterHooks)]
+
+    with pytest.raises(PluginError, match=r"declares the kind 'metrics', which the kernel declares already"):
+        manager.register(Kernel(), "kernel")
+
+
+def test_the_tracer_and_the_sweep_own_their_kinds():
+    import spurcore_sweep
+    import spurcore_tracer
+
+    manager = PluginManager(entry_points=False)
+    manager.register(spurcore_tracer, "tracer")
+    manager.register(spurcore_sweep, "sweep")
+    assert manager.kinds == ("datasets", "backbones", "mitigations", "selectors", "metrics", "observers",
+                             "tracers", "launchers")
+    assert manager.names("tracers") == ("memorization",)
+    assert manager.names("launchers") == ("local", "ray")
+    assert isinstance(manager.get("tracers", "memorization"), spurcore_tracer.TracerSpec)
+    assert not hasattr(spurcore.hookspecs, "spurcore_register_tracers")
+
+
+def test_a_typo_in_a_registration_hook_is_still_named_as_one():
+    class Typo:
+        @hookimpl
+        def spurcore_register_mitigation(self):
+            return []
+
+    with pytest.raises(PluginError, match=r"unknown hook 'spurcore_register_mitigation'; did you mean "
+                                          r"'spurcore_register_mitigations'\?$"):
+        PluginManager(entry_points=False).register(Typo(), "typo")

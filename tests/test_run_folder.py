@@ -18,7 +18,8 @@ from spurcore import atomic, hookimpl
 from spurcore.config import ConfigError, positive
 from spurcore.rundir import RunDir
 from spurcore.runlock import LOCK_FILE, RunLockedError, locked
-from spurcore.runner import RunError, run_pipeline
+from spurcore.planning import RunError
+from spurcore.runner import run_pipeline
 from spurcore.specs import MitigationSpec, ObserverSpec
 from spurcore.testing import tiny_pipeline
 from spurcore.tomlwriter import dumps as toml_dumps

@@ -13,7 +13,8 @@ from torch import nn
 
 from spurcore import hookimpl
 from spurcore.rundir import RunDir
-from spurcore.runner import RunError, run_pipeline
+from spurcore.planning import RunError
+from spurcore.runner import run_pipeline
 from spurcore.specs import MitigationSpec
 
 
@@ -277,7 +278,7 @@ def test_selected_epoch_is_the_selectors_best_and_its_weights_are_kept(tmp_path,
 
 def test_a_finished_run_can_be_reopened_and_its_models_rebuilt(tmp_path, spur_plugins, spur_tiny_config):
     from spurcore.evaluation import Predictions, compute_metrics
-    from spurcore.runner import open_run
+    from spurcore.finished import open_run
 
     spur_plugins.register(_ShapingPlugin(), "shaping-plugin")
     config = spur_tiny_config(train={"epochs": 3}, stages=[{"method": "shaping"}, {"method": "erm", "name": "after"}])

@@ -17,7 +17,9 @@ from spurcore.config import ConfigError
 from spurcore.data import SpuriousData
 from spurcore.testing import StopAtEpoch
 from spurcore.rundir import RunDir
-from spurcore.runner import RunError, open_run, run_pipeline
+from spurcore.finished import open_run
+from spurcore.planning import RunError
+from spurcore.runner import run_pipeline
 from spurcore.specs import DatasetSpec, SelectorSpec
 from spurcore.testing import TinyOptions, make_tiny
 

@@ -35,7 +35,8 @@ from spurcore.config import pipeline_from_dict
 from spurcore.data import REQUIRED_SPLITS
 from spurcore.plugins import PluginManager
 from spurcore.rundir import RunDir
-from spurcore.runner import RunError, plan, run_pipeline
+from spurcore.planning import plan, RunError
+from spurcore.runner import run_pipeline
 from spurcore.testing.tiny import TinyPlugin
 
 CONFORMANCE_TRAIN = {"epochs": 2, "batch_size": 32, "eval_batch_size": 256, "lr": 0.01}

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from spurcore import hookimpl
-from spurcore.api import ConfigError, atomic, plan, to_dict
+from spurcore.api import ConfigError, atomic, to_dict
 
 from spurcore_activations.hooks import ActivationError, ModuleRecorder, resolve_modules
 from spurcore_activations.options import SETTINGS_KEY, ActivationOptions
@@ -39,7 +39,7 @@ def pipeline_hash(config: Any) -> str:
 
 def evaluated_splits(run: Any) -> list[str]:
     """The splits the runner evaluates: train when some stage's `train_eval` is not "none"."""
-    trains = any(stage.train.train_eval != "none" for stage in plan(run.config, run.plugins).stages)
+    trains = any(stage.train.train_eval != "none" for stage in run.plan.stages)
     return [s for s in run.data.splits if s != "train" or trains]
 
 

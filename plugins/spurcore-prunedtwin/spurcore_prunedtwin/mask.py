@@ -23,7 +23,7 @@ from torch import nn
 from spurcore.api import SplitData, iterate_batches
 from spurcore_tracer import NeuronIndex, lowest_confidence, score_neurons, split_logits, top_percent
 
-PROJECTION = "prunedtwin_projection"  # the attribute name of the optional projection head
+PROJECTION = "prunedtwin_projection"  # the name of the optional projection head, an auxiliary network of the stage
 
 
 class NeuronMask:
@@ -102,8 +102,8 @@ class WeightMask:
 
 def neuron_index(model: nn.Module, include_head: bool = False) -> NeuronIndex:
     """The neurons the mask may cover: the embedding's, plus the head's when the contrastive
-    loss works in output space. The projection head is never masked."""
-    exclude = [PROJECTION] + ([] if include_head else ["head"])
+    loss works in output space. (The projection head is no part of the model.)"""
+    exclude = [] if include_head else ["head"]
     return NeuronIndex.of(model, exclude=exclude)
 
 

@@ -18,9 +18,10 @@ class PrunedTwinStage:
         self.options = options
         self.mask: NeuronMask | WeightMask | None = None
         self.generator: torch.Generator | None = None
+        self.projection: nn.Module | None = None
 
     @hookimpl
-    def spurcore_prepare_model(self, model):
+    def spurcore_prepare_model(self, stage, model):
         o = self.options
         if not o.projection:
             return
@@ -28,7 +29,8 @@ class PrunedTwinStage:
             torch.manual_seed(o.seed)
             head = nn.Sequential(nn.Linear(model.feature_dim, model.feature_dim), nn.ReLU(),
                                  nn.Linear(model.feature_dim, o.projection_dim))
-        setattr(model, PROJECTION, head)
+        # trained and checkpointed with the stage, never part of the model later stages see
+        self.projection = stage.add_auxiliary(PROJECTION, head)
 
     @hookimpl
     def spurcore_epoch_start(self, run, stage, epoch):
@@ -60,8 +62,7 @@ class PrunedTwinStage:
             contrast = nt_xent_stopgrad(logits.float().softmax(1), twin_logits.float().softmax(1), o.tau)
         else:
             twin = self.mask.features(model, x2, index=batch.index)
-            if o.projection:
-                project = getattr(model, PROJECTION)
-                features, twin = project(features), project(twin)
+            if self.projection is not None:
+                features, twin = self.projection(features), self.projection(twin)
             contrast = nt_xent(features, twin, o.tau)
         return contrast + o.lam * supervised(logits, batch.y, o.target, o.supervised)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import spurcore_prunedtwin as pt
-from spurcore.api import Batch, SpurModel, pipeline_from_dict, run_pipeline
+from spurcore.api import Batch, SpurModel, open_run, pipeline_from_dict, run_pipeline
 from spurcore.testing import TinyOptions, make_tiny, tiny_pipeline
 from spurcore_tracer import NeuronIndex, magnitude, top_percent
 
@@ -177,14 +177,16 @@ def test_the_loss_falls_on_a_tiny_problem(options):
     data, batch = tiny_batch(64)
     model = small_model()
     stage = pt.PrunedTwinStage(pt.PrunedTwinOptions(q=0.05, **options))
-    stage.spurcore_prepare_model(model)
 
     class Run:
         pass
 
-    run, ctx = Run(), Run()
+    run, ctx, auxiliary = Run(), Run(), {}
     run.data, ctx.model, ctx.index = data, model, 1
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    ctx.add_auxiliary = lambda name, module: auxiliary.setdefault(name, module)  # as StageContext's
+    stage.spurcore_prepare_model(ctx, model)
+    assert list(auxiliary) == ([pt.PROJECTION] if stage.options.projection else [])
+    opt = torch.optim.Adam([*model.parameters(), *(p for m in auxiliary.values() for p in m.parameters())], lr=0.01)
     losses = []
     for epoch in range(1, 6):
         stage.spurcore_epoch_start(run, ctx, epoch)
@@ -221,7 +223,16 @@ def test_stage_runs_after_erm_in_a_tiny_pipeline(tmp_path, spur_plugins):
     assert all(math.isfinite(h["train_loss"]) for h in result["history"] if h["epoch"] > 0)
     resolved = (tmp_path / "run" / "config.toml").read_text()
     assert "prunedtwin" in resolved
-    state = torch.load(tmp_path / "run" / "checkpoints" / "1-prunedtwin" / "epoch_002.pt", weights_only=True)
-    assert any(k.startswith(pt.PROJECTION) for k in state["model"])  # the projection head is trained
+    first, state = (torch.load(tmp_path / "run" / "checkpoints" / "1-prunedtwin" / f"epoch_00{e}.pt", weights_only=True)
+                    for e in (1, 2))
+    # the projection head is an auxiliary network of the stage: trained and checkpointed beside the
+    # model, with its own optimizer state, and no part of the model
+    assert not any(pt.PROJECTION in k for k in state["model"])
+    projection = state["auxiliary"][pt.PROJECTION]
+    assert not torch.equal(projection["module"]["0.weight"], first["auxiliary"][pt.PROJECTION]["module"]["0.weight"])
+    assert projection["optimizer"]["param_groups"][0]["lr"] <= 2e-4
     assert state["optimizer"]["param_groups"][0]["lr"] <= 2e-4  # the stage's own Adam 2e-4 (train_defaults)
+    model = open_run(tmp_path / "run", spur_plugins).load_model(1)  # what tracers and later stages get
+    assert not any(pt.PROJECTION in name for name, _ in model.named_modules())
+    assert not any(pt.PROJECTION in path for path in NeuronIndex.of(model).by_path)
     assert 0 <= summary["metrics"]["test"]["avg_acc"] <= 1

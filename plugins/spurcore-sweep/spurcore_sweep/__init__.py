@@ -5,6 +5,7 @@
 * `launchers`: the scheduler and the built-in launchers (`local`: this process or a process
   pool; `ray`), registered through `spurcore_register_launchers`, so a cluster launcher
   (SLURM, ...) is a plugin of its own;
+* `kind`: the kind "launchers" this plugin owns (`LauncherSpec` and its hook);
 * `comparison`: `spur report`, each method's settings chosen per selector, mean ± std;
 * `commands`: the two commands.
 
@@ -18,10 +19,11 @@ by `write_manifest`, with the command-line options `launcher_options` and `parse
 from __future__ import annotations
 
 from spurcore import hookimpl
-from spurcore.api import LauncherSpec, lazy_exports
+from spurcore.api import lazy_exports
+from spurcore_sweep.kind import LAUNCHERS, LauncherSpec
 
 __version__ = "0.1.0"
-__all__ = ["Sweep", "Trial", "execute", "launcher_options", "parse_seeds", "toml_value", "trial_at", "write_manifest"]
+__all__ = ["LauncherSpec", "Sweep", "Trial", "execute", "launcher_options", "parse_seeds", "toml_value", "trial_at", "write_manifest"]
 __getattr__, __dir__ = lazy_exports(__name__, {
     "Sweep": "spurcore_sweep.trials:Sweep",
     "Trial": "spurcore_sweep.trials:Trial",
@@ -32,6 +34,11 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "trial_at": "spurcore_sweep.trials:trial_at",
     "write_manifest": "spurcore_sweep.trials:write_manifest",
 })
+
+
+@hookimpl
+def spurcore_register_kinds():
+    return [LAUNCHERS]
 
 
 @hookimpl

@@ -7,17 +7,20 @@ The pieces are usable on their own: `NeuronIndex.of(model)` (what a neuron is),
 `score_neurons(model, batches, criterion)` (scores by global index), `top_k` /
 `top_k_per_layer` / `top_percent` (selection), `intervene(...)` (zero / init / noise, undone
 bitwise), `trace(run_dir, options)` / `trace_run(run, options)` (the whole study of a run
-directory or of an opened run, writing trace.json and figures).
+directory or of an opened run, writing trace.json and figures). The plugin owns the kind
+"tracers": another plugin adds a tracer to `spur trace` by returning `TracerSpec`s from
+`spurcore_register_tracers` (`spurcore_tracer.kind`).
 """
 
 from __future__ import annotations
 
 from spurcore import hookimpl
-from spurcore.api import TracerSpec, lazy, lazy_exports
+from spurcore.api import lazy, lazy_exports
+from spurcore_tracer.kind import TRACERS, TracerSpec
 from spurcore_tracer.options import NAME, TraceOptions, TracerError
 
 __all__ = [
-    "Neuron", "NeuronIndex", "TraceOptions", "TracerError", "gradient_norms", "group_gradient_scores",
+    "Neuron", "NeuronIndex", "TraceOptions", "TracerError", "TracerSpec", "gradient_norms", "group_gradient_scores",
     "intervene", "loss_gradient_scores", "lowest_confidence", "magnitude", "ranking", "score_neurons",
     "split_logits", "top_k", "top_k_per_layer", "top_percent", "trace", "trace_run",
 ]
@@ -32,6 +35,11 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "trace": "spurcore_tracer.trace:trace",
     "trace_run": "spurcore_tracer.trace:trace_run",
 })
+
+
+@hookimpl
+def spurcore_register_kinds():
+    return [TRACERS]
 
 
 @hookimpl

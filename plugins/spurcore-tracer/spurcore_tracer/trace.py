@@ -58,7 +58,7 @@ class Selection:
 
 
 def open_traced(run_dir: Any, plugins: Any, device: str = "cpu") -> Any:
-    """The finished run in `run_dir` (`spurcore.runner.open_run`), or a TracerError saying why not."""
+    """The finished run in `run_dir` (`spurcore.api.open_run`), or a TracerError saying why not."""
     from spurcore.api import open_run
 
     path = Path(run_dir)

@@ -14,8 +14,8 @@ from click.testing import CliRunner
 
 import spurcore_tracer
 from spurcore import hookimpl
-from spurcore.api import FinishedRun, TracerSpec, cli, open_run, run_pipeline
-from spurcore_tracer import NeuronIndex, TraceOptions, TracerError, intervene, trace, trace_run
+from spurcore.api import FinishedRun, cli, open_run, run_pipeline
+from spurcore_tracer import NeuronIndex, TraceOptions, TracerError, TracerSpec, intervene, trace, trace_run
 from spurcore_tracer.criteria import group_gradient_scores, split_logits
 from spurcore_tracer.effects import minority_groups
 from spurcore_tracer.marked import top_memorized

@@ -28,7 +28,7 @@ from typing import Any
 
 import attrs
 
-from spurcore.api import plan, to_dict
+from spurcore.api import to_dict
 
 EPOCH_MARKER = "epoch"
 STAGE_MARKER = "selected_epoch"
@@ -98,7 +98,7 @@ class Layout:
     @classmethod
     def of(cls, run: Any) -> Layout:
         stages, offset = {}, 0
-        for planned in plan(run.config, run.plugins).stages:
+        for planned in run.plan.stages:
             steps = planned.train.epochs if planned.spec.kind == "train" else 1
             stages[planned.key] = (offset, planned.spec.kind, steps)
             offset += steps

@@ -1,0 +1,50 @@
+"""The kind "launchers", owned by this plugin: its record, `LauncherSpec`, and its hook,
+`spurcore_register_launchers`, through which any plugin adds a place `spur sweep` runs trials."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from spurcore.api import KindSpec, hookspec, record_name
+
+
+@attrs.frozen(kw_only=True)
+class LauncherSpec:
+    """Where a sweep runs its trials (this process, a process pool, Ray, a cluster scheduler).
+
+    `factory(jobs, threads, address, plugins)` returns the launcher a sweep hands its trials to:
+    `jobs` trials at a time, each with `threads` torch threads, `address` the scheduler's (or
+    None); the launcher protocol (`capacity`, `submit`, `wait`, `close`) is in docs/sweeps.md.
+    """
+
+    name: str = attrs.field(validator=record_name)
+    factory: Callable[[int, int, Any, Any], Any]
+    description: str = ""
+
+
+class LauncherHooks:
+    """The hook specification of the kind."""
+
+    @hookspec
+    def spurcore_register_launchers(self) -> list[LauncherSpec]:
+        """Return the sweep launchers this plugin provides.
+
+        Called once when the registry is gathered. `spur sweep --launcher NAME` calls
+        `LauncherSpec.factory(jobs, threads, address, plugins)` and hands each trial to the
+        launcher it returns, which runs `spurcore_sweep.run_trial(spec)` wherever it schedules
+        work (a process pool, Ray, a cluster queue).
+
+        Example::
+
+            @hookimpl
+            def spurcore_register_launchers():
+                return [LauncherSpec(name="slurm", factory=lambda jobs, threads, address, plugins:
+                                     SlurmLauncher(jobs, threads, partition=address))]
+        """
+
+
+LAUNCHERS = KindSpec(name="launchers", record=LauncherSpec, hookspecs=LauncherHooks,
+                     description="where `spur sweep --launcher NAME` runs its trials")
