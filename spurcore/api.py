@@ -59,7 +59,8 @@ REFERENCE: tuple[tuple[str, str, dict[str, tuple[str, str | None]]], ...] = (
                          "`name`, `factory(settings) -> observer or None`, `settings` (an attrs class for "
                          "`[settings.<name>]`), `description`."),
         "LauncherSpec": ("spurcore.specs:LauncherSpec",
-                         "`name`, `factory(jobs, threads, address, plugins) -> launcher`, `description`."),
+                         "`name`, `factory(context) -> launcher` (`spurcore_sweep.LaunchContext`, "
+                         "`spurcore_sweep.Launcher`), `description`."),
     }),
     ("What hooks receive", "Built by the kernel; a plugin constructs a `Candidate` only to score a saved "
                            "model with a selector.", {

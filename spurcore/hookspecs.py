@@ -225,16 +225,17 @@ def spurcore_register_launchers() -> list[LauncherSpec]:
     """Return the sweep launchers this plugin provides.
 
     Called once when the registry is gathered. `spur sweep --launcher NAME` (plugin
-    `spurcore-sweep`) calls `LauncherSpec.factory(jobs, threads, address, plugins)` and hands
-    each trial to the launcher it returns, which runs `spurcore_sweep.trials.run_trial(spec)` wherever
-    it schedules work (a process pool, Ray, a cluster queue).
+    `spurcore-sweep`) calls `LauncherSpec.factory(context)` with a `spurcore_sweep.LaunchContext`
+    and hands each trial to the launcher it returns (`spurcore_sweep.Launcher`: `capacity`,
+    `submit`, `wait`, `close`), which runs `spurcore_sweep.run_trial(spec)` wherever it schedules
+    work (a process pool, Ray, a cluster queue). The protocol and a whole launcher plugin:
+    docs/sweeps.md, "Writing a launcher".
 
     Example::
 
         @hookimpl
         def spurcore_register_launchers():
-            return [LauncherSpec(name="slurm", factory=lambda jobs, threads, address, plugins:
-                                 SlurmLauncher(jobs, threads, partition=address))]
+            return [LauncherSpec(name="slurm", factory=lambda context: SlurmLauncher(context))]
     """
 
 

@@ -176,13 +176,15 @@ class ObserverSpec:
 class LauncherSpec:
     """Where a sweep runs its trials (this process, a process pool, Ray, a cluster scheduler).
 
-    `factory(jobs, threads, address, plugins)` returns the launcher a sweep hands its trials to:
-    `jobs` trials at a time, each with `threads` torch threads, `address` the scheduler's (or
-    None); the launcher protocol (`capacity`, `submit`, `wait`, `close`) is `spurcore-sweep`'s.
+    `factory(context)` returns the launcher a sweep hands its trials to; `context` is a
+    `spurcore_sweep.LaunchContext` (`jobs`, `threads`, `address`, `options` from
+    `--launcher-option`, the sweep's folder `out`, `plugins`). The launcher protocol (an integer
+    `capacity`, `submit`, `wait`, `close`) is `spurcore-sweep`'s: `spurcore_sweep.Launcher`,
+    docs/sweeps.md.
     """
 
     name: str = attrs.field(validator=_name)
-    factory: Callable[[int, int, Any, Any], Any]
+    factory: Callable[[Any], Any]
     description: str = ""
 
 

@@ -1,4 +1,5 @@
-"""Where a sweep's trials run: in this process, in a local process pool, or as Ray tasks.
+"""Where a sweep's trials run: the scheduler (`execute`) and the built-in launchers (this
+process, a local process pool, Ray); the protocol they follow is `protocol`'s.
 
 Every launcher runs the same `spurcore_sweep.trials.run_trial`; the scheduler here starts a trial as
 soon as the trial it starts from (its baseline) has finished, skips trials whose run is already
@@ -18,11 +19,9 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from spurcore.api import PluginManager, SpurcoreError
+from spurcore.api import PluginManager
+from spurcore_sweep.protocol import Launcher, LauncherError
 from spurcore_sweep.trials import Sweep, Trial, finished, run_trial
-
-class LauncherError(SpurcoreError):
-    pass
 
 
 class Inline:
@@ -111,7 +110,7 @@ class Ray:
         try:
             import ray
         except ImportError:
-            raise LauncherError("--launcher ray needs Ray: pip install 'spurcore[ray]'") from None
+            raise LauncherError("--launcher ray needs Ray: pip install 'spurcore-sweep[ray]'") from None
         self.ray = ray
         self.cpus = cpus_per_trial
         if not ray.is_initialized():
@@ -137,9 +136,10 @@ class Ray:
         pass
 
 
-def execute(sweep: Sweep, launcher: Inline, on_record: Callable[[Trial, dict[str, Any]], None]) -> dict[str, dict[str, Any]]:
+def execute(sweep: Sweep, launcher: Launcher, on_record: Callable[[Trial, dict[str, Any]], None]) -> dict[str, dict[str, Any]]:
     """Run every unfinished trial, a trial only after the one it starts from; returns the
-    record of every trial by path (`on_record` hears each as it arrives)."""
+    record of every trial by path (`on_record` hears each as it arrives); the launcher is closed
+    when this returns or raises."""
     records: dict[str, dict[str, Any]] = {}
     waiting = list(sweep.trials)
     running: dict[Any, Trial] = {}
@@ -168,6 +168,9 @@ def execute(sweep: Sweep, launcher: Inline, on_record: Callable[[Trial, dict[str
                     raise LauncherError(f"{waiting[0].path} waits for {waiting[0].after}, which this sweep lacks")
                 break
             for handle, record in launcher.wait(list(running)):
+                if handle not in running:
+                    raise LauncherError(f"{type(launcher).__qualname__}.wait returned {handle!r}, which is not "
+                                        f"one of the pending handles it was given")
                 settle(running.pop(handle), record)
     finally:
         launcher.close()

@@ -21,10 +21,12 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from spurcore.testing import TinyPlugin, TinyRefit, kit_manager, tiny_pipeline
 
-from spurcore.api import (ConfigError, MitigationSpec, PluginManager, SelectorSpec, cli, hookimpl, load_pipeline, runlock,
-                          toml_dumps)
+from spurcore.api import (ConfigError, LauncherSpec, MitigationSpec, PluginManager, SelectorSpec, cli, hookimpl,
+                          load_pipeline, runlock, toml_dumps)
 import spurcore_sweep
-from spurcore_sweep.trials import all_methods, expand, parse_grid, plan_sweep
+from spurcore_sweep.launchers import Inline, execute
+from spurcore_sweep.protocol import LaunchContext, LauncherError
+from spurcore_sweep.trials import Sweep, Trial, all_methods, expand, parse_grid, plan_sweep
 
 
 def manager() -> PluginManager:
@@ -249,6 +251,121 @@ def test_ray_launcher_runs_trials_as_ray_tasks(tmp_path, monkeypatch):
         ray.shutdown()
     assert result.exit_code == 0, result.output
     assert summaries(out) == ["dfr-class/default/seed0/summary.json", "erm/default/seed0/summary.json"]
+
+
+# --- launchers: what a factory receives, the protocol, options -----------------------------------
+
+
+class Recorded(Inline):
+    """A launcher from outside the sweep plugin: trials in this process, and every context its
+    factory was given kept on the class."""
+
+    contexts: list[LaunchContext] = []
+
+    def __init__(self, context):
+        super().__init__(context.plugins)
+        self.contexts.append(context)
+
+
+def with_launcher(pm, name, factory):
+    class Registers:
+        @hookimpl
+        def spurcore_register_launchers(self):
+            return [LauncherSpec(name=name, factory=factory)]
+
+    pm.register(Registers(), f"launcher-{name}")
+    return pm
+
+
+def test_a_launcher_factory_gets_the_command_line_and_the_sweeps_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(Recorded, "contexts", [])
+    monkeypatch.chdir(tmp_path)
+    result = invoke(with_launcher(manager(), "recorded", Recorded), "sweep", pipeline(tmp_path), "--out", "sweep",
+                    "--launcher", "recorded", "--jobs", "3", "--threads", "2", "--address", "head:6379",
+                    "--launcher-option", "partition=gpu", "--launcher-option", "gpus=2",
+                    "--launcher-option", 'setup=["module load cuda", "source env"]')
+    assert result.exit_code == 0, result.output
+    [context] = Recorded.contexts
+    assert (context.name, context.jobs, context.threads, context.address) == ("recorded", 3, 2, "head:6379")
+    assert context.options == {"partition": "gpu", "gpus": 2, "setup": ["module load cuda", "source env"]}
+    assert context.out == tmp_path / "sweep" and context.out.is_absolute()
+    assert context.plugins is not None and summaries(tmp_path / "sweep") == ["erm/default/seed0/summary.json"]
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["x=1"], "--launcher local takes no --launcher-option (given: x)"),
+    (["partition"], "--launcher-option 'partition': expected KEY=VALUE, e.g. partition=gpu"),
+    (["9lives=1"], "--launcher-option '9lives=1': expected KEY=VALUE"),
+    (["gpus=1", "gpus=2"], "--launcher-option gpus: given twice"),
+])
+def test_a_bad_launcher_option_stops_the_sweep_before_it_writes(tmp_path, options, message):
+    args = [arg for option in options for arg in ("--launcher-option", option)]
+    result = invoke(manager(), "sweep", pipeline(tmp_path), "--out", tmp_path / "sweep", *args)
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "sweep").exists()
+
+
+class CapacityMethod(Recorded):
+    """A launcher written from the old docs: `capacity()` a method."""
+
+    def capacity(self):
+        return 1
+
+
+class NoWait:
+    capacity = 2
+
+    def __init__(self, context):
+        pass
+
+    def submit(self, spec):
+        return spec["out"]
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize(("factory", "message"), [
+    (CapacityMethod, "launcher 'mine' (CapacityMethod): capacity must be an integer attribute >= 1 (trials submitted "
+                     "at a time), got <bound method CapacityMethod.capacity"),
+    (NoWait, "launcher 'mine' (NoWait) has no wait method"),
+])
+def test_a_launcher_that_breaks_the_protocol_is_refused_before_any_trial(tmp_path, factory, message):
+    result = invoke(with_launcher(manager(), "mine", factory), "sweep", pipeline(tmp_path), "--launcher", "mine",
+                    "--out", tmp_path / "sweep")
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert not (tmp_path / "sweep").exists()
+
+
+class Stray:
+    """Submits nothing anywhere, and answers `wait` with a handle it was never given."""
+
+    capacity = 2
+
+    def __init__(self):
+        self.closed = False
+
+    def submit(self, spec):
+        return spec["out"]
+
+    def wait(self, pending):
+        return [("elsewhere", {"status": "done"})]
+
+    def close(self):
+        self.closed = True
+
+
+def two_trials(tmp_path):
+    trials = tuple(Trial(method="erm", settings={}, seed=seed, path=f"erm/default/seed{seed}", overrides=())
+                   for seed in (0, 1))
+    return Sweep(pipeline=pipeline(tmp_path), out=tmp_path / "sweep", trials=trials)
+
+
+def test_a_handle_wait_was_not_given_stops_the_sweep_naming_it(tmp_path):
+    launcher = Stray()
+    with pytest.raises(LauncherError, match="Stray.wait returned 'elsewhere', which is not one of the pending"):
+        execute(two_trials(tmp_path), launcher, lambda trial, record: None)
+    assert launcher.closed
 
 
 @pytest.mark.parametrize(("grid", "trial", "error"), [
