@@ -12,14 +12,13 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import attrs
 import pytest
 import torch.nn.functional as F
 from click.testing import CliRunner
-from spurcore.testing import TinyPlugin, TinyRefit, kit_manager, tiny_pipeline
+from spurcore.testing import TinyPlugin, TinyRefit, kit_manager, run_folder_free, tiny_pipeline, wait_for
 
 from spurcore.api import (ConfigError, LauncherSpec, MitigationSpec, PluginManager, SelectorSpec, cli, hookimpl,
                           load_pipeline, runlock, toml_dumps)
@@ -253,7 +252,7 @@ def test_ray_launcher_runs_trials_as_ray_tasks(tmp_path, monkeypatch):
     assert summaries(out) == ["dfr-class/default/seed0/summary.json", "erm/default/seed0/summary.json"]
 
 
-# --- launchers: what a factory receives, the protocol, options -----------------------------------
+# --- launchers: what a factory receives, the protocol, options, an interrupted sweep --------------
 
 
 class Recorded(Inline):
@@ -355,10 +354,27 @@ class Stray:
         self.closed = True
 
 
+class Terminated(Stray):
+    """Its `wait` is interrupted as `kill PID` interrupts a sweep."""
+
+    def wait(self, pending):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not interrupt the sweep")
+
+
 def two_trials(tmp_path):
     trials = tuple(Trial(method="erm", settings={}, seed=seed, path=f"erm/default/seed{seed}", overrides=())
                    for seed in (0, 1))
     return Sweep(pipeline=pipeline(tmp_path), out=tmp_path / "sweep", trials=trials)
+
+
+def test_sigterm_interrupts_the_sweep_which_closes_its_launcher(tmp_path):
+    before = signal.getsignal(signal.SIGTERM)
+    launcher = Terminated()
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        execute(two_trials(tmp_path), launcher, lambda trial, record: None)
+    assert launcher.closed
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_a_handle_wait_was_not_given_stops_the_sweep_naming_it(tmp_path):
@@ -679,23 +695,6 @@ def children(pid):
     return [int(stat.parent.name) for stat in Path("/proc").glob("[0-9]*/stat") if parent_of(stat.parent.name) == pid]
 
 
-def wait_for(condition, seconds, what):
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {seconds} s: {what}")
-        time.sleep(0.1)
-
-
-def free(run):
-    """Whether no process holds the run folder's lock."""
-    try:
-        with runlock.locked(run):
-            return True
-    except runlock.RunLockedError:
-        return False
-
-
 def holder(run):
     """The pid that holds a run folder's lock once it trains there (it writes its pid after
     taking the lock, then checkpoints each epoch), or None before."""
@@ -707,7 +706,10 @@ def holder(run):
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds processes through /proc")
-def test_killing_the_sweep_ends_its_pool_workers(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
+def test_killing_the_sweep_ends_its_pool_workers(tmp_path, stop):
+    """Killed outright, the sweep's workers end themselves; terminated (SIGTERM, as Ctrl-C), the
+    sweep closes its pool, which kills them instead of waiting for their trials."""
     path = tmp_path / "slow.toml"  # trials of minutes: 1000 epochs of 20000 examples
     path.write_text(toml_dumps(tiny_pipeline(dataset={"name": "tiny", "options": {"n_train": 20000}},
                                                 train={"epochs": 1000, "batch_size": 50, "lr": 0.01})))
@@ -723,12 +725,12 @@ def test_killing_the_sweep_ends_its_pool_workers(tmp_path):
         workers = [holder(run) for run in runs]
         started = children(sweep.pid)
         assert set(workers) <= set(started)  # the pool's own processes
-        sweep.kill()
-        sweep.wait()
-        wait_for(lambda: not any(map(alive, workers)), 5, f"workers {workers} exit after their sweep was killed")
+        sweep.send_signal(stop)
+        assert sweep.wait(30) != 0
+        wait_for(lambda: not any(map(alive, workers)), 5, f"workers {workers} exit after their sweep was stopped")
         # A worker's leader thread turns zombie before its other threads have exited and closed
         # the lock's descriptor, so the folders come free a moment after, not at once.
-        wait_for(lambda: all(free(run) for run in runs), 5, "the killed workers' run folders come free")
+        wait_for(lambda: all(map(run_folder_free, runs)), 5, "the killed workers' run folders come free")
         for run in runs:  # free for the relaunch, which continues each run
             with runlock.locked(run):
                 assert not (run / "summary.json").exists()
