@@ -6,7 +6,7 @@
   `--launcher-option`) and `start_launcher`, which builds and checks it;
 * `launchers`: the scheduler and the built-in launchers (`local`: this process or a process
   pool; `ray`), registered through `spurcore_register_launchers`, so a cluster launcher
-  (SLURM, ...) is a plugin of its own;
+  (SLURM: spurcore-submitit) is a plugin of its own;
 * `comparison`: `spur report`, each method's settings chosen per selector, mean ± std;
 * `commands`: the two commands.
 
