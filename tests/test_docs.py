@@ -1,8 +1,9 @@
 """The documentation is built from, and checked against, the code: the metric and selector
 definitions cover every one of this repository's plugins, every mitigation of this repository
-has a page documenting each of its options, and every relative link and every repository path a
-page names resolves. (The hook reference and the plugin API page are generated, with their own
-drift tests in test_hookspecs_docs.py and test_public_api.py.)"""
+has a page documenting each of its options, every relative link and every repository path a
+page names resolves, and the examples marked as tested run (the tutorial's mitigations in a
+pipeline, the launcher of docs/sweeps.md in a sweep). (The hook reference and the plugin API
+page are generated, with their own drift tests in test_hookspecs_docs.py and test_public_api.py.)"""
 
 from __future__ import annotations
 
@@ -21,15 +22,20 @@ import attrs
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 
+import spurcore_sweep
 from spurcore import hookimpl
+from spurcore.cli import cli
 from spurcore.data import Batch
 from spurcore.model import build_model, linear_head
 from spurcore.plugins import ENTRY_POINT_GROUP, PluginManager, Registered
 from spurcore.runner import run_pipeline
 from spurcore_devtools.scaffold import KINDS, new_plugin
 from spurcore.specs import MitigationSpec
-from spurcore.testing import MLPOptions, make_mlp
+from spurcore.testing import MLPOptions, make_mlp, run_folder_free, tiny_pipeline, wait_for
+from spurcore.api import toml_dumps
+from spurcore_sweep import start_launcher
 
 ROOT = Path(__file__).parents[1]
 DOCS = ROOT / "docs"
@@ -324,3 +330,58 @@ def test_the_posthoc_contract_holds_as_documented(spur_plugins, spur_register_pl
     assert seen["splits"] == {"train": (float32, 16, int64, None), "val": (float32, 16, int64, int64),
                               "test": (float32, 16, int64, None)}
     assert seen["feature_dim"] == 16
+
+
+# --- docs/sweeps.md: the launcher example runs ---------------------------------------------------
+
+[LAUNCHER] = marked_examples(DOCS / "sweeps.md")
+
+
+def test_the_launcher_example_is_what_new_plugin_writes(tmp_path):
+    root = new_plugin("command", "launcher", tmp_path)
+    assert (root / "spurcore_command" / "__init__.py").read_text() == LAUNCHER
+
+
+@pytest.fixture
+def command(spur_plugins, spur_register_plugin):
+    """The page's launcher plugin, registered (as `command`) with the sweep on `spur_plugins`."""
+    example = types.ModuleType("launcher_example")
+    exec(compile(LAUNCHER, "docs/sweeps.md", "exec"), example.__dict__)
+    spur_register_plugin(spurcore_sweep, "sweep")
+    spur_register_plugin(example, "command")
+    return spur_plugins
+
+
+def test_the_launcher_example_runs_a_sweep_each_trial_in_a_process_of_its_own(command, tmp_path):
+    pipeline, out = tmp_path / "tiny.toml", tmp_path / "sweep"
+    pipeline.write_text(toml_dumps(tiny_pipeline(train={"epochs": 2})))
+    command.hook.spurcore_register_commands(cli=cli)
+    result = CliRunner().invoke(cli, ["sweep", str(pipeline), "--seeds", "0,1", "--jobs", "2", "--out", str(out),
+                                      "--launcher", "command", "--launcher-option", 'prefix=["nice", "-n", "10"]'],
+                                obj={"manager": command, "plugin_args": ["spurcore.testing.tinyplug"]})
+    assert result.exit_code == 0, result.output
+    assert "2 of 2 trials finished" in result.output
+    trials = json.loads((out / "sweep.json").read_text())["trials"]
+    assert [t["record"]["status"] for t in trials] == ["done", "done"]
+    logs = sorted((out / ".command").glob("*.log"))
+    assert len(logs) == 2 and all(log.read_text().startswith("nice -n 10 ") for log in logs)
+
+
+def test_closing_the_launcher_example_stops_its_trials(command, tmp_path):
+    """What an interrupted sweep does: `close` while a trial trains."""
+    pipeline, run = tmp_path / "slow.toml", tmp_path / "sweep" / "trial"
+    pipeline.write_text(toml_dumps(tiny_pipeline(dataset={"name": "tiny", "options": {"n_train": 20000}},
+                                                 train={"epochs": 1000})))  # a trial of minutes
+    launcher = start_launcher(command, "command", out=tmp_path / "sweep")
+    process = launcher.submit({"pipeline": str(pipeline), "overrides": [], "out": str(run),
+                               "plugin_args": ["spurcore.testing.tinyplug"], "threads": 1})
+    try:
+        wait_for(lambda: (run / "checkpoints" / "0-erm" / "epoch_001.pt").exists() or process.poll() is not None, 120,
+                 "the trial training")
+        assert process.poll() is None and not run_folder_free(run)
+        launcher.close()
+        wait_for(lambda: run_folder_free(run), 5, "the trial gone, its run folder free")
+        assert process.returncode != 0 and not (run / "summary.json").exists()
+    finally:
+        process.kill()
+        process.wait()

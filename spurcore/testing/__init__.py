@@ -16,7 +16,9 @@ with `spur_`:
 * `StopAtEpoch(epoch)`: a plugin that stops a run at the start of that epoch, as a Ctrl-C
   would, for tests of `--resume`;
 * `spur_read_only(path)`: makes a folder and everything in it read-only to this process until
-  the test ends (`chmod` for a user; `chattr +i` for root, whom modes do not stop).
+  the test ends (`chmod` for a user; `chattr +i` for root, whom modes do not stop);
+* `wait_for(condition, seconds, what)` and `run_folder_free(run)`: for tests that stop a
+  sweep or a run in another process and wait for its trials to be gone.
 
     def test_my_method(spur_plugins, spur_register_plugin, spur_tiny_config, tmp_path):
         spur_register_plugin(my_plugin)
@@ -31,6 +33,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -42,12 +45,13 @@ from spurcore.config import pipeline_from_dict
 from spurcore.data import SpuriousData
 from spurcore.model import Backbone
 from spurcore.plugins import PluginManager
+from spurcore.runlock import RunLockedError, locked
 from spurcore.testing.conformance import kit_manager, mitigation_conformance
 from spurcore.testing.tiny import MLPOptions, TinyOptions, TinyPlugin, TinyRefit, make_mlp, make_tiny
 
 __all__ = [
     "MLPOptions", "StopAtEpoch", "TinyOptions", "TinyPlugin", "TinyRefit", "kit_manager", "make_mlp", "make_tiny",
-    "mitigation_conformance", "tiny_pipeline",
+    "mitigation_conformance", "run_folder_free", "tiny_pipeline", "wait_for",
 ]
 
 
@@ -61,6 +65,26 @@ class StopAtEpoch:
     def spurcore_epoch_start(self, epoch: int) -> None:
         if epoch == self.epoch:
             raise KeyboardInterrupt
+
+
+def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    """Poll `condition` every 0.1 s until it holds; an AssertionError naming `what` when it
+    has not within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {seconds} s: {what}")
+        time.sleep(0.1)
+
+
+def run_folder_free(run: Path) -> bool:
+    """Whether no process holds the lock of the run folder `run` (the operating system drops
+    it when its holder dies, however it dies)."""
+    try:
+        with locked(run):
+            return True
+    except RunLockedError:
+        return False
 
 
 @pytest.fixture

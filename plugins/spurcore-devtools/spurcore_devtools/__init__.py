@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 @click.argument("name")
 @click.option("--kind", required=True, metavar="KIND",
               help="What the plugin registers: mitigation, posthoc-mitigation, dataset, backbone, selector, "
-                   "metric or tracer.")
+                   "metric, tracer, observer or launcher.")
 @click.option("--out", "out", default=".", show_default=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder to create spurcore-NAME in.")
 def new_plugin_cmd(name: str, kind: str, out: Path) -> None:

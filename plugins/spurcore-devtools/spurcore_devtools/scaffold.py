@@ -6,7 +6,8 @@ a README, and tests that use the test kit (`spurcore.testing`, which the pyproje
 `[tool.pytest.ini_options]` opts into), the first of which checks that the plugin is
 installed (as simonw/llm's and datasette's plugin templates do). A mitigation is
 a training stage that shapes the loss (`mitigation`) or a post-hoc stage that fits a new head
-on frozen embeddings (`posthoc-mitigation`).
+on frozen embeddings (`posthoc-mitigation`); an `observer` listens to a run's hooks, a
+`launcher` runs a sweep's trials (it depends on spurcore-sweep, whose protocol it implements).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from pathlib import Path
 
 from spurcore.api import SpurcoreError, atomic
 
-KINDS = ("mitigation", "posthoc-mitigation", "dataset", "backbone", "selector", "metric", "tracer")
+KINDS = ("mitigation", "posthoc-mitigation", "dataset", "backbone", "selector", "metric", "tracer", "observer",
+         "launcher")
 NAME = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 
 USAGE = {
@@ -32,7 +34,15 @@ USAGE = {
     "tracer": "On a finished run (`spur trace` comes with spurcore-tracer):\n\n```\n"
               "spur trace runs/erm --tracer $name            # writes runs/erm/trace/$name/$module.json\n"
               "spur trace runs/erm --tracer $name --stage 0 --out elsewhere\n```",
+    "observer": 'In a pipeline (it writes `$name.json` into the run folder):\n\n```toml\n[settings.$name]\n'
+                'split = "val"\nmetric = "worst_group_acc"\n```',
+    "launcher": "For a sweep (`spur sweep` comes with spurcore-sweep):\n\n```\n"
+                "spur sweep pipeline.toml --out runs/sweep --seeds 0,1 --launcher $name --jobs 2\n"
+                "spur sweep pipeline.toml --out runs/sweep --launcher $name --launcher-option 'prefix=[\"nice\"]'\n```\n\n"
+                "The launcher protocol it implements: `docs/sweeps.md`, \"Writing a launcher\".",
 }
+# what a kind needs besides what every plugin package depends on
+DEPENDENCIES = {"launcher": ("spurcore-sweep>=0.1",), "tracer": ("spurcore-tracer>=0.1",)}
 
 
 def registers(kind: str) -> str:
@@ -68,6 +78,7 @@ def new_plugin(name: str, kind: str, out: Path) -> Path:
         "summary": f"{name}: a spurcore {kind.replace('-', ' ')} plugin",
     }
     values["usage"] = string.Template(USAGE[kind]).substitute(values)
+    values["dependencies"] = "".join(f', "{requirement}"' for requirement in DEPENDENCIES.get(kind, ()))
     files = {
         "pyproject.toml": _render("pyproject.toml.tmpl", values),
         "README.md": _render("README.md.tmpl", values),

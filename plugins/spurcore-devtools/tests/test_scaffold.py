@@ -1,6 +1,7 @@
-"""`spur new-plugin`: every kind of generated package installs, passes its own tests, and the
-generated plugins run together in one `spur run` (the post-hoc mitigation after the training one),
-whose run `spur trace --tracer` traces with the generated tracer."""
+"""`spur new-plugin`: every kind of generated package installs, passes its own tests (the
+launcher's run a sweep with it), and the generated plugins run together in one `spur run` (the
+post-hoc mitigation after the training one, the observer watching), whose run `spur trace
+--tracer` traces with the generated tracer."""
 
 from __future__ import annotations
 
@@ -63,7 +64,10 @@ PIPELINE = """
 selector = "my-selector"
 metrics = ["avg_acc", "worst_group_acc", "worst_class_acc", "group_acc", "my-metric"]
 device = "cpu"
-requires = ["my-dataset", "my-backbone", "my-mitigation", "my-posthoc-mitigation", "my-selector", "my-metric"]
+requires = ["my-dataset", "my-backbone", "my-mitigation", "my-posthoc-mitigation", "my-selector", "my-metric",
+            "my-observer"]
+[settings.my-observer]
+metric = "my-metric"
 [dataset]
 name = "my-dataset"
 [backbone]
@@ -108,6 +112,9 @@ def test_generated_plugins_install_pass_their_tests_and_run_in_a_pipeline(tmp_pa
     assert [(s["method"], s["kind"]) for s in summary["stages"]] == [("my-mitigation", "train"),
                                                                      ("my-posthoc-mitigation", "posthoc")]
     assert 0 <= summary["metrics"]["test"]["my-metric"] <= 1
+    curve = json.loads((tmp_path / "run" / "my-observer.json").read_text())  # the training stage's epochs
+    assert [(point["stage"], point["epoch"]) for point in curve] == [(0, 1), (0, 2)]
+    assert all(0 <= point["my-metric"] <= 1 for point in curve)
     trace = subprocess.run([BIN / "spur", "trace", "run", "--tracer", "my-tracer"], cwd=tmp_path, env=env,
                            capture_output=True, text=True)
     assert trace.returncode == 0, trace.stderr[-2000:]

@@ -33,7 +33,7 @@ PAPER_MODELS = 2000  # as many as the authors' own MNIST example trains (heldout
 def memorization_cmd(ctx: click.Context, pipeline: Path, out: Path, models: int | None, subset: float,
                      epochs: int | None, pipeline_epochs: bool, final_epoch: bool, paper_scale: bool, seeds: str,
                      launcher: str,
-                     jobs: int, threads: int, address: str | None) -> None:
+                     jobs: int, threads: int, address: str | None, launcher_option: tuple[str, ...]) -> None:
     """Per-example memorization scores (Feldman): train K models of PIPELINE's first training
     stage, each on a random --subset of the training split, and score every training example
     by the accuracy of the models that trained on it minus that of those that did not. A
@@ -50,8 +50,8 @@ def memorization_cmd(ctx: click.Context, pipeline: Path, out: Path, models: int 
     settings = Settings(models=models, subset=subset, epochs=epochs, seeds=tuple(parse_seeds(seeds)),
                         final_epoch=final_epoch or paper_scale)
     result = memorization_scores(pipeline, out, manager, settings, launcher=launcher, jobs=jobs, threads=threads,
-                                 address=address, plugin_args=tuple(ctx.find_root().obj["plugin_args"]),
-                                 echo=click.echo)
+                                 address=address, launcher_option=launcher_option,
+                                 plugin_args=tuple(ctx.find_root().obj["plugin_args"]), echo=click.echo)
     if result["failed"]:
         click.echo(f"{len(result['failed'])} model(s) failed or did not run; launch again to retry them", err=True)
         ctx.exit(1)

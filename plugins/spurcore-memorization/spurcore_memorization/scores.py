@@ -10,11 +10,12 @@ from spurcore.api import PluginManager, atomic
 from spurcore_memorization.estimate import memorization
 from spurcore_memorization.outputs import across_seeds, figure, labels, seed_summary, table, write_scores
 from spurcore_memorization.procedure import Settings, collect, full_data, prepare
-from spurcore_sweep import execute, write_manifest
+from spurcore_sweep import execute, start_launcher, write_manifest
 
 
 def memorization_scores(pipeline: Path, out: Path, plugins: PluginManager, settings: Settings, *,
                         launcher: str = "local", jobs: int = 1, threads: int = 1, address: str | None = None,
+                        launcher_option: tuple[str, ...] = (),
                         plugin_args: tuple[str, ...] = (), echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Train (or, on a relaunch, finish) the K models of every seed through `launcher`, then
     write every seed's scores and the summary over seeds. Returns {"failed": [model paths],
@@ -33,8 +34,8 @@ def memorization_scores(pipeline: Path, out: Path, plugins: PluginManager, setti
         extra = f": {record['error']}" if "error" in record else ""
         echo(f"[{len(records)}/{total}] {trial.path}: {state}{extra}")
 
-    spec = plugins.get("launchers", launcher)
-    execute(sweep, spec.factory(jobs, threads, address, plugins), heard)
+    execute(sweep, start_launcher(plugins, launcher, jobs=jobs, threads=threads, address=address,
+                                  options=launcher_option, out=out), heard)
     failed = [path for path, record in records.items() if record["status"] != "done"]
     torch.set_num_threads(threads)  # predictions with the models' own thread count
     data = full_data(out, plugins)

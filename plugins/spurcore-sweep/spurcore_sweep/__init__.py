@@ -2,9 +2,11 @@
 
 * `trials`: a sweep's trials from grids, search spaces, seeds and methods; `sweep.json`;
   `run_trial`, which runs one trial in whatever process a launcher gives it;
+* `protocol`: what a launcher is (`Launcher`), what its factory receives (`LaunchContext`,
+  `--launcher-option`) and `start_launcher`, which builds and checks it;
 * `launchers`: the scheduler and the built-in launchers (`local`: this process or a process
   pool; `ray`), registered through `spurcore_register_launchers`, so a cluster launcher
-  (SLURM, ...) is a plugin of its own;
+  (SLURM: spurcore-submitit) is a plugin of its own;
 * `kind`: the kind "launchers" this plugin owns (`LauncherSpec` and its hook);
 * `comparison`: `spur report`, each method's settings chosen per selector, mean ± std;
 * `commands`: the two commands.
@@ -12,8 +14,11 @@
 Public to other plugins (`__all__`): `trial_at(run_dir)`, the sweep a run belongs to and its
 `Trial` (method, settings, seed), which experiment trackers tag their runs with. Other
 applications run their own trials through the same machinery (`spur memorization` trains its
-K models this way): `Trial`s in a `Sweep`, run by `execute` on a registered launcher, recorded
-by `write_manifest`, with the command-line options `launcher_options` and `parse_seeds`.
+K models this way): `Trial`s in a `Sweep`, run by `execute` on the launcher `start_launcher`
+builds, recorded by `write_manifest`, with the command-line options `launcher_options` and
+`parse_seeds`. Launcher plugins: a `LauncherSpec` whose factory takes a `LaunchContext` and
+returns a `Launcher` (the protocol, docs/sweeps.md) that runs `run_trial(spec)` where it
+schedules work.
 """
 
 from __future__ import annotations
@@ -23,13 +28,18 @@ from spurcore.api import lazy_exports
 from spurcore_sweep.kind import LAUNCHERS, LauncherSpec
 
 __version__ = "0.1.0"
-__all__ = ["LauncherSpec", "Sweep", "Trial", "execute", "launcher_options", "parse_seeds", "toml_value", "trial_at", "write_manifest"]
+__all__ = ["LaunchContext", "Launcher", "LauncherSpec", "Sweep", "Trial", "execute", "launcher_options", "parse_seeds",
+           "run_trial", "start_launcher", "toml_value", "trial_at", "write_manifest"]
 __getattr__, __dir__ = lazy_exports(__name__, {
+    "LaunchContext": "spurcore_sweep.protocol:LaunchContext",
+    "Launcher": "spurcore_sweep.protocol:Launcher",
     "Sweep": "spurcore_sweep.trials:Sweep",
     "Trial": "spurcore_sweep.trials:Trial",
     "execute": "spurcore_sweep.launchers:execute",
     "launcher_options": "spurcore_sweep.commands:launcher_options",
     "parse_seeds": "spurcore_sweep.commands:parse_seeds",
+    "run_trial": "spurcore_sweep.trials:run_trial",
+    "start_launcher": "spurcore_sweep.protocol:start_launcher",
     "toml_value": "spurcore_sweep.trials:toml_value",
     "trial_at": "spurcore_sweep.trials:trial_at",
     "write_manifest": "spurcore_sweep.trials:write_manifest",
@@ -49,16 +59,18 @@ def spurcore_register_commands(cli):
     cli.add_command(report_cmd)
 
 
-def _local(jobs, threads, address, plugins):
+def _local(context):
     from spurcore_sweep.launchers import Inline, Pool
 
-    return Inline(plugins) if jobs <= 1 else Pool(jobs)
+    context.settings(None)
+    return Inline(context.plugins) if context.jobs <= 1 else Pool(context.jobs)
 
 
-def _ray(jobs, threads, address, plugins):
+def _ray(context):
     from spurcore_sweep.launchers import Ray
 
-    return Ray(address, threads)
+    context.settings(None)
+    return Ray(context.address, context.threads)
 
 
 @hookimpl

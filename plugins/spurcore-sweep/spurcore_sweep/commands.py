@@ -18,8 +18,9 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def launcher_options(command):
-    """`--launcher`, `--jobs`, `--threads` and `--address`: where and how many trials run at a
-    time, for every command that runs trials (`spur sweep`, `spur memorization`)."""
+    """`--launcher`, `--jobs`, `--threads`, `--address` and `--launcher-option`: where and how many
+    trials run at a time, for every command that runs trials (`spur sweep`, `spur memorization`);
+    `start_launcher` builds the launcher from their values."""
     for option in reversed((
         click.option("--launcher", default="local", show_default=True, metavar="NAME",
                      help="Where trials run: a registered launcher (spur list launchers): local, ray, ..."),
@@ -27,6 +28,9 @@ def launcher_options(command):
         click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
                      help="Torch threads of every trial, whatever the machine and --jobs: CPU results depend on it."),
         click.option("--address", help="The launcher's scheduler address (Ray: the cluster; default: a local instance)."),
+        click.option("--launcher-option", "launcher_option", multiple=True, metavar="KEY=VALUE",
+                     help="An option of the launcher (repeatable; VALUE read as in -o), e.g. "
+                          "--launcher submitit --launcher-option partition=gpu --launcher-option gpus=1."),
     )):
         command = option(command)
     return command
@@ -47,13 +51,14 @@ def launcher_options(command):
 @launcher_options
 @click.pass_context
 def sweep_cmd(ctx: click.Context, pipeline: Path, grid: tuple[str, ...], random_draws: int | None, seeds: str,
-              methods: str, out: Path, launcher: str, jobs: int, threads: int, address: str | None) -> None:
+              methods: str, out: Path, launcher: str, jobs: int, threads: int, address: str | None,
+              launcher_option: tuple[str, ...]) -> None:
     """Run PIPELINE over settings x seeds, one run directory each under --out; finished runs are
     skipped when launched again, failed ones recorded in sweep.json. Then: spur report DIR."""
-    from spurcore_sweep import launchers, trials
+    from spurcore_sweep import launchers, protocol, trials
 
     manager = plugin_manager(ctx, quiet=True)
-    spec = manager.get("launchers", launcher)
+    manager.get("launchers", launcher)  # an unknown launcher stops the sweep before it plans
     names = [m for m in methods.split(",") if m]
     settings = trials.parse_grid(grid)
 
@@ -66,6 +71,8 @@ def sweep_cmd(ctx: click.Context, pipeline: Path, grid: tuple[str, ...], random_
     plan = trials.plan_sweep(pipeline, out, manager, grid=settings, seeds=parse_seeds(seeds), methods=names,
                              random_draws=random_draws, plugin_args=ctx.find_root().obj["plugin_args"],
                              threads=threads)
+    chosen = protocol.start_launcher(manager, launcher, jobs=jobs, threads=threads, address=address,
+                                     options=launcher_option, out=out)
     out.mkdir(parents=True, exist_ok=True)
     trials.write_manifest(plan, {})
     records: dict[str, dict] = {}
@@ -78,7 +85,7 @@ def sweep_cmd(ctx: click.Context, pipeline: Path, grid: tuple[str, ...], random_
         extra = f": {record['error']}" if "error" in record else ""
         click.echo(f"[{len(records)}/{total}] {trial.path}: {state}{extra}")
 
-    launchers.execute(plan, spec.factory(jobs, threads, address, manager), heard)
+    launchers.execute(plan, chosen, heard)
     failed = [p for p, r in records.items() if r["status"] != "done"]
     click.echo(f"{total - len(failed)} of {total} trials finished; {len(failed)} failed or not run. "
                f"Next: spur report {out}")

@@ -15,13 +15,14 @@ from spurcore.api import KindSpec, hookspec, record_name
 class LauncherSpec:
     """Where a sweep runs its trials (this process, a process pool, Ray, a cluster scheduler).
 
-    `factory(jobs, threads, address, plugins)` returns the launcher a sweep hands its trials to:
-    `jobs` trials at a time, each with `threads` torch threads, `address` the scheduler's (or
-    None); the launcher protocol (`capacity`, `submit`, `wait`, `close`) is in docs/sweeps.md.
+    `factory(context)` returns the launcher a sweep hands its trials to; `context` is a
+    `spurcore_sweep.LaunchContext` (`jobs`, `threads`, `address`, `options` from
+    `--launcher-option`, the sweep's folder `out`, `plugins`). The launcher protocol (an integer
+    `capacity`, `submit`, `wait`, `close`) is `spurcore_sweep.Launcher`, docs/sweeps.md.
     """
 
     name: str = attrs.field(validator=record_name)
-    factory: Callable[[int, int, Any, Any], Any]
+    factory: Callable[[Any], Any]
     description: str = ""
 
 
@@ -33,16 +34,17 @@ class LauncherHooks:
         """Return the sweep launchers this plugin provides.
 
         Called once when the registry is gathered. `spur sweep --launcher NAME` calls
-        `LauncherSpec.factory(jobs, threads, address, plugins)` and hands each trial to the
-        launcher it returns, which runs `spurcore_sweep.run_trial(spec)` wherever it schedules
-        work (a process pool, Ray, a cluster queue).
+        `LauncherSpec.factory(context)` with a `spurcore_sweep.LaunchContext` and hands each trial
+        to the launcher it returns (`spurcore_sweep.Launcher`: `capacity`, `submit`, `wait`,
+        `close`), which runs `spurcore_sweep.run_trial(spec)` wherever it schedules work (a
+        process pool, Ray, a cluster queue). The protocol and a whole launcher plugin:
+        docs/sweeps.md, "Writing a launcher".
 
         Example::
 
             @hookimpl
             def spurcore_register_launchers():
-                return [LauncherSpec(name="slurm", factory=lambda jobs, threads, address, plugins:
-                                     SlurmLauncher(jobs, threads, partition=address))]
+                return [LauncherSpec(name="slurm", factory=lambda context: SlurmLauncher(context))]
         """
 
 

@@ -1,14 +1,17 @@
-"""Where a sweep's trials run: in this process, in a local process pool, or as Ray tasks.
+"""Where a sweep's trials run: the scheduler (`execute`) and the built-in launchers (this
+process, a local process pool, Ray); the protocol they follow is `protocol`'s.
 
 Every launcher runs the same `spurcore_sweep.trials.run_trial`; the scheduler here starts a trial as
 soon as the trial it starts from (its baseline) has finished, skips trials whose run is already
-finished, and records a failed trial without stopping the others. Process-pool workers die with
-the sweep that started them, so a killed sweep leaves no trial training unsupervised.
+finished, and records a failed trial without stopping the others. However the sweep ends (all
+trials done, an error, Ctrl-C, SIGTERM) it closes the launcher, which cancels what still runs:
+process-pool workers also die with the sweep that started them when it is killed outright.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as futures
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -18,11 +21,9 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from spurcore.api import PluginManager, SpurcoreError
+from spurcore.api import PluginManager
+from spurcore_sweep.protocol import Launcher, LauncherError
 from spurcore_sweep.trials import Sweep, Trial, finished, run_trial
-
-class LauncherError(SpurcoreError):
-    pass
 
 
 class Inline:
@@ -54,12 +55,22 @@ class Pool(Inline):
         self.pool = futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
                                                 initializer=exit_with_parent, initargs=(os.getpid(),))
         self.capacity = jobs
+        self.submitted: list[futures.Future] = []
 
     def submit(self, spec: dict[str, Any]) -> Any:
-        return self.pool.submit(run_trial, spec)
+        future = self.pool.submit(run_trial, spec)
+        self.submitted.append(future)
+        return future
 
     def close(self) -> None:
-        self.pool.shutdown(cancel_futures=True)
+        """Shut the pool down; on an interrupted sweep, kill the workers still training (their runs
+        keep their last checkpoints, and a relaunch continues them) instead of waiting for them."""
+        interrupted = any(not future.done() for future in self.submitted)
+        workers = list((getattr(self.pool, "_processes", None) or {}).values())
+        self.pool.shutdown(wait=not interrupted, cancel_futures=True)
+        if interrupted:
+            for worker in workers:
+                worker.kill()
 
 
 def exit_with_parent(parent: int) -> None:
@@ -111,7 +122,7 @@ class Ray:
         try:
             import ray
         except ImportError:
-            raise LauncherError("--launcher ray needs Ray: pip install 'spurcore[ray]'") from None
+            raise LauncherError("--launcher ray needs Ray: pip install 'spurcore-sweep[ray]'") from None
         self.ray = ray
         self.cpus = cpus_per_trial
         if not ray.is_initialized():
@@ -134,12 +145,34 @@ class Ray:
             return {"status": "failed", "error": f"ray: {type(error).__name__}: {error}"}
 
     def close(self) -> None:
-        pass
+        """Nothing to cancel here: Ray ends the tasks a driver owns when the driver (the sweep)
+        exits, however the sweep ended."""
 
 
-def execute(sweep: Sweep, launcher: Inline, on_record: Callable[[Trial, dict[str, Any]], None]) -> dict[str, dict[str, Any]]:
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """While the sweep runs, SIGTERM (`kill PID`, a scheduler ending the job that runs the sweep)
+    interrupts it as Ctrl-C does (KeyboardInterrupt), so that its launcher is closed and cancels
+    the trials still running; Python's default would end the process at once, leaving the jobs
+    of an external scheduler running. Only the main thread can set a signal handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def execute(sweep: Sweep, launcher: Launcher, on_record: Callable[[Trial, dict[str, Any]], None]) -> dict[str, dict[str, Any]]:
     """Run every unfinished trial, a trial only after the one it starts from; returns the
-    record of every trial by path (`on_record` hears each as it arrives)."""
+    record of every trial by path (`on_record` hears each as it arrives). The launcher is closed
+    when this returns or raises (Ctrl-C and SIGTERM included)."""
     records: dict[str, dict[str, Any]] = {}
     waiting = list(sweep.trials)
     running: dict[Any, Trial] = {}
@@ -149,26 +182,30 @@ def execute(sweep: Sweep, launcher: Inline, on_record: Callable[[Trial, dict[str
         on_record(trial, record)
 
     try:
-        while waiting or running:
-            for trial in list(waiting):
-                if len(running) >= launcher.capacity:
+        with sigterm_interrupts():
+            while waiting or running:
+                for trial in list(waiting):
+                    if len(running) >= launcher.capacity:
+                        break
+                    before = records.get(trial.after) if trial.after else {"status": "done"}
+                    if before is None:
+                        continue
+                    waiting.remove(trial)
+                    if before["status"] == "failed" or before["status"].startswith("not run"):
+                        settle(trial, {"status": f"not run: {trial.after} failed"})
+                    elif (earlier := finished(sweep, trial)) is not None:
+                        settle(trial, earlier)
+                    else:
+                        running[launcher.submit(trial.spec(sweep))] = trial
+                if not running:
+                    if waiting:  # pragma: no cover - a trial after one that is not in this sweep
+                        raise LauncherError(f"{waiting[0].path} waits for {waiting[0].after}, which this sweep lacks")
                     break
-                before = records.get(trial.after) if trial.after else {"status": "done"}
-                if before is None:
-                    continue
-                waiting.remove(trial)
-                if before["status"] == "failed" or before["status"].startswith("not run"):
-                    settle(trial, {"status": f"not run: {trial.after} failed"})
-                elif (earlier := finished(sweep, trial)) is not None:
-                    settle(trial, earlier)
-                else:
-                    running[launcher.submit(trial.spec(sweep))] = trial
-            if not running:
-                if waiting:  # pragma: no cover - a trial after one that is not in this sweep
-                    raise LauncherError(f"{waiting[0].path} waits for {waiting[0].after}, which this sweep lacks")
-                break
-            for handle, record in launcher.wait(list(running)):
-                settle(running.pop(handle), record)
+                for handle, record in launcher.wait(list(running)):
+                    if handle not in running:
+                        raise LauncherError(f"{type(launcher).__qualname__}.wait returned {handle!r}, which is not "
+                                            f"one of the pending handles it was given")
+                    settle(running.pop(handle), record)
     finally:
         launcher.close()
     return records

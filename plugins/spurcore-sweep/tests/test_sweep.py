@@ -12,19 +12,20 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import attrs
 import pytest
 import torch.nn.functional as F
 from click.testing import CliRunner
-from spurcore.testing import TinyPlugin, TinyRefit, kit_manager, tiny_pipeline
+from spurcore.testing import TinyPlugin, TinyRefit, kit_manager, run_folder_free, tiny_pipeline, wait_for
 
-from spurcore.api import (ConfigError, MitigationSpec, PluginManager, SelectorSpec, cli, hookimpl, load_pipeline, runlock,
-                          toml_dumps)
+from spurcore.api import (ConfigError, LauncherSpec, MitigationSpec, PluginManager, SelectorSpec, cli, hookimpl,
+                          load_pipeline, runlock, toml_dumps)
 import spurcore_sweep
-from spurcore_sweep.trials import all_methods, expand, parse_grid, plan_sweep
+from spurcore_sweep.launchers import Inline, execute
+from spurcore_sweep.protocol import LaunchContext, LauncherError
+from spurcore_sweep.trials import Sweep, Trial, all_methods, expand, parse_grid, plan_sweep
 
 
 def manager() -> PluginManager:
@@ -249,6 +250,138 @@ def test_ray_launcher_runs_trials_as_ray_tasks(tmp_path, monkeypatch):
         ray.shutdown()
     assert result.exit_code == 0, result.output
     assert summaries(out) == ["dfr-class/default/seed0/summary.json", "erm/default/seed0/summary.json"]
+
+
+# --- launchers: what a factory receives, the protocol, options, an interrupted sweep --------------
+
+
+class Recorded(Inline):
+    """A launcher from outside the sweep plugin: trials in this process, and every context its
+    factory was given kept on the class."""
+
+    contexts: list[LaunchContext] = []
+
+    def __init__(self, context):
+        super().__init__(context.plugins)
+        self.contexts.append(context)
+
+
+def with_launcher(pm, name, factory):
+    class Registers:
+        @hookimpl
+        def spurcore_register_launchers(self):
+            return [LauncherSpec(name=name, factory=factory)]
+
+    pm.register(Registers(), f"launcher-{name}")
+    return pm
+
+
+def test_a_launcher_factory_gets_the_command_line_and_the_sweeps_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(Recorded, "contexts", [])
+    monkeypatch.chdir(tmp_path)
+    result = invoke(with_launcher(manager(), "recorded", Recorded), "sweep", pipeline(tmp_path), "--out", "sweep",
+                    "--launcher", "recorded", "--jobs", "3", "--threads", "2", "--address", "head:6379",
+                    "--launcher-option", "partition=gpu", "--launcher-option", "gpus=2",
+                    "--launcher-option", 'setup=["module load cuda", "source env"]')
+    assert result.exit_code == 0, result.output
+    [context] = Recorded.contexts
+    assert (context.name, context.jobs, context.threads, context.address) == ("recorded", 3, 2, "head:6379")
+    assert context.options == {"partition": "gpu", "gpus": 2, "setup": ["module load cuda", "source env"]}
+    assert context.out == tmp_path / "sweep" and context.out.is_absolute()
+    assert context.plugins is not None and summaries(tmp_path / "sweep") == ["erm/default/seed0/summary.json"]
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["x=1"], "--launcher local takes no --launcher-option (given: x)"),
+    (["partition"], "--launcher-option 'partition': expected KEY=VALUE, e.g. partition=gpu"),
+    (["9lives=1"], "--launcher-option '9lives=1': expected KEY=VALUE"),
+    (["gpus=1", "gpus=2"], "--launcher-option gpus: given twice"),
+])
+def test_a_bad_launcher_option_stops_the_sweep_before_it_writes(tmp_path, options, message):
+    args = [arg for option in options for arg in ("--launcher-option", option)]
+    result = invoke(manager(), "sweep", pipeline(tmp_path), "--out", tmp_path / "sweep", *args)
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "sweep").exists()
+
+
+class CapacityMethod(Recorded):
+    """A launcher written from the old docs: `capacity()` a method."""
+
+    def capacity(self):
+        return 1
+
+
+class NoWait:
+    capacity = 2
+
+    def __init__(self, context):
+        pass
+
+    def submit(self, spec):
+        return spec["out"]
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize(("factory", "message"), [
+    (CapacityMethod, "launcher 'mine' (CapacityMethod): capacity must be an integer attribute >= 1 (trials submitted "
+                     "at a time), got <bound method CapacityMethod.capacity"),
+    (NoWait, "launcher 'mine' (NoWait) has no wait method"),
+])
+def test_a_launcher_that_breaks_the_protocol_is_refused_before_any_trial(tmp_path, factory, message):
+    result = invoke(with_launcher(manager(), "mine", factory), "sweep", pipeline(tmp_path), "--launcher", "mine",
+                    "--out", tmp_path / "sweep")
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert not (tmp_path / "sweep").exists()
+
+
+class Stray:
+    """Submits nothing anywhere, and answers `wait` with a handle it was never given."""
+
+    capacity = 2
+
+    def __init__(self):
+        self.closed = False
+
+    def submit(self, spec):
+        return spec["out"]
+
+    def wait(self, pending):
+        return [("elsewhere", {"status": "done"})]
+
+    def close(self):
+        self.closed = True
+
+
+class Terminated(Stray):
+    """Its `wait` is interrupted as `kill PID` interrupts a sweep."""
+
+    def wait(self, pending):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not interrupt the sweep")
+
+
+def two_trials(tmp_path):
+    trials = tuple(Trial(method="erm", settings={}, seed=seed, path=f"erm/default/seed{seed}", overrides=())
+                   for seed in (0, 1))
+    return Sweep(pipeline=pipeline(tmp_path), out=tmp_path / "sweep", trials=trials)
+
+
+def test_sigterm_interrupts_the_sweep_which_closes_its_launcher(tmp_path):
+    before = signal.getsignal(signal.SIGTERM)
+    launcher = Terminated()
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        execute(two_trials(tmp_path), launcher, lambda trial, record: None)
+    assert launcher.closed
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_handle_wait_was_not_given_stops_the_sweep_naming_it(tmp_path):
+    launcher = Stray()
+    with pytest.raises(LauncherError, match="Stray.wait returned 'elsewhere', which is not one of the pending"):
+        execute(two_trials(tmp_path), launcher, lambda trial, record: None)
+    assert launcher.closed
 
 
 @pytest.mark.parametrize(("grid", "trial", "error"), [
@@ -562,23 +695,6 @@ def children(pid):
     return [int(stat.parent.name) for stat in Path("/proc").glob("[0-9]*/stat") if parent_of(stat.parent.name) == pid]
 
 
-def wait_for(condition, seconds, what):
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {seconds} s: {what}")
-        time.sleep(0.1)
-
-
-def free(run):
-    """Whether no process holds the run folder's lock."""
-    try:
-        with runlock.locked(run):
-            return True
-    except runlock.RunLockedError:
-        return False
-
-
 def holder(run):
     """The pid that holds a run folder's lock once it trains there (it writes its pid after
     taking the lock, then checkpoints each epoch), or None before."""
@@ -590,7 +706,10 @@ def holder(run):
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds processes through /proc")
-def test_killing_the_sweep_ends_its_pool_workers(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
+def test_killing_the_sweep_ends_its_pool_workers(tmp_path, stop):
+    """Killed outright, the sweep's workers end themselves; terminated (SIGTERM, as Ctrl-C), the
+    sweep closes its pool, which kills them instead of waiting for their trials."""
     path = tmp_path / "slow.toml"  # trials of minutes: 1000 epochs of 20000 examples
     path.write_text(toml_dumps(tiny_pipeline(dataset={"name": "tiny", "options": {"n_train": 20000}},
                                                 train={"epochs": 1000, "batch_size": 50, "lr": 0.01})))
@@ -606,12 +725,12 @@ def test_killing_the_sweep_ends_its_pool_workers(tmp_path):
         workers = [holder(run) for run in runs]
         started = children(sweep.pid)
         assert set(workers) <= set(started)  # the pool's own processes
-        sweep.kill()
-        sweep.wait()
-        wait_for(lambda: not any(map(alive, workers)), 5, f"workers {workers} exit after their sweep was killed")
+        sweep.send_signal(stop)
+        assert sweep.wait(30) != 0
+        wait_for(lambda: not any(map(alive, workers)), 5, f"workers {workers} exit after their sweep was stopped")
         # A worker's leader thread turns zombie before its other threads have exited and closed
         # the lock's descriptor, so the folders come free a moment after, not at once.
-        wait_for(lambda: all(free(run) for run in runs), 5, "the killed workers' run folders come free")
+        wait_for(lambda: all(map(run_folder_free, runs)), 5, "the killed workers' run folders come free")
         for run in runs:  # free for the relaunch, which continues each run
             with runlock.locked(run):
                 assert not (run / "summary.json").exists()
