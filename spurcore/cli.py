@@ -6,6 +6,7 @@ before the subcommand. Plugins add their own subcommands through `spurcore_regis
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 from collections.abc import Sequence
@@ -63,17 +64,14 @@ def cli(ctx: click.Context, plugin_args: tuple[str, ...]) -> None:
     ctx.obj.setdefault("plugin_args", list(plugin_args))
 
 
-def plugin_manager(ctx: click.Context, quiet: bool = False) -> PluginManager:
+def plugin_manager(ctx: click.Context) -> PluginManager:
     """The plugin manager of this `spur` invocation (honouring -p); plugin commands use it."""
     ctx = ctx.find_root()
     ctx.ensure_object(dict)
     ctx.obj.setdefault("plugin_args", [])
     if "manager" not in ctx.obj:
         ctx.obj["manager"] = PluginManager.from_args(ctx.obj["plugin_args"])
-    manager = ctx.obj["manager"]
-    if quiet:
-        manager.block("progress")
-    return manager
+    return ctx.obj["manager"]
 
 
 @cli.command("plugins")
@@ -180,7 +178,7 @@ def run_cmd(ctx: click.Context, pipeline: Path, out: Path, overrides: tuple[str,
         extra.append(f"device={json.dumps(device)}")
     config = load_pipeline(pipeline, extra)
     quiet = quiet or not distributed.writes_files()  # under torchrun, rank 0 speaks for all
-    summary = run_pipeline(config, out, plugin_manager(ctx, quiet), resume=resume,
+    summary = run_pipeline(config, out, plugin_manager(ctx), resume=resume, quiet=quiet,
                            log=(lambda m: None) if quiet else click.echo)
     if not distributed.writes_files():
         return
@@ -225,10 +223,21 @@ def show_cmd(run_dir: Path) -> None:
         click.echo(report.group_table(stage["metrics"]))
 
 
+KERNEL_COMMANDS = dict(cli.commands)  # the kernel's own, before any plugin adds one
+
+
+def command_group() -> click.Group:
+    """A `spur` group with the kernel's commands only, for one invocation to add plugins' to."""
+    group = copy.copy(cli)
+    group.commands = dict(KERNEL_COMMANDS)
+    return group
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     portable.pin_environment()  # before torch is imported (by whatever command computes)
     argv = list(sys.argv[1:] if argv is None else argv)
     plugin_args = _plugin_args(argv)
     manager = PluginManager.from_args(plugin_args)
-    manager.hook.spurcore_register_commands(cli=cli)
-    cli.main(args=argv, prog_name="spur", obj={"manager": manager, "plugin_args": plugin_args})
+    group = command_group()
+    manager.hook.spurcore_register_commands(cli=group)
+    group.main(args=argv, prog_name="spur", obj={"manager": manager, "plugin_args": plugin_args})

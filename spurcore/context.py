@@ -34,6 +34,8 @@ class RunContext:
     none). `initial_model()` builds, on the run's device, the model the pipeline started from
     (the seeded fresh backbone and head, or `[init]`'s model) without touching any random state:
     for methods that retrain from scratch after an earlier stage (JTT's final model).
+    `quiet`: the run shows nothing while it works (`spur run --quiet`, a sweep's trials): an
+    observer that displays progress checks it; what the run computes and writes is the same.
     """
 
     plan: Plan
@@ -43,6 +45,7 @@ class RunContext:
     models: ModelBuilder
     build_data: Callable[[], SpuriousData] | None = attrs.field(default=None, repr=False)
     resumed: bool = False
+    quiet: bool = False
     log: Callable[[str], None] = print
     _data: SpuriousData | None = attrs.field(default=None, repr=False)
 

@@ -20,7 +20,13 @@ Three kinds of hook, each with one calling style:
   kernel's default applies (a plain shuffle; the mean cross-entropy of the batch). A method
   object that keeps training state across batches (Group DRO's group weights) defines
   `state_dict()` (tensors and plain data) and `load_state_dict(state)`: the state goes into
-  every epoch's checkpoint and comes back on `--resume`. A method object may implement
+  every epoch's checkpoint and comes back on `--resume`, where a stage that continues from a
+  checkpoint sees `spurcore_stage_start`, then `spurcore_prepare_model`, then
+  `load_state_dict(state)` (and its auxiliary networks' weights put back), then the hooks of
+  its first epoch not yet trained (`stage.first_epoch`). A method that trains a network of its
+  own beside the model (LfF's biased network) hands it to `stage.add_auxiliary(name, module)`
+  in `spurcore_prepare_model`: optimized, checkpointed and resumed with the stage, and never
+  part of the model later stages, `[init]` runs and tracers see. A method object may implement
   lifecycle hooks too (pruned-twin draws its mask in `spurcore_epoch_start`); like its stage
   hooks, they reach it only while its stage runs.
 
@@ -234,15 +240,20 @@ def spurcore_register_commands(cli: click.Group) -> None:
     """Add subcommands to the `spur` command line.
 
     Called once when `spur` starts, after the registry is gathered, with the root click
-    group. Tracers and dataset plugins use it for `spur trace`, `spur data`, ...
+    group, new for every `spur` invocation (a blocked plugin's commands never show). Tracers
+    and dataset plugins use it for `spur trace`, `spur data`, ... One form: the command is a
+    module-level click command, and the hook adds it (importing its module here keeps
+    `spur --help` from importing what the command needs).
 
     Example::
 
+        @click.command("hello")
+        def hello_cmd():
+            click.echo("hello")
+
         @hookimpl
         def spurcore_register_commands(cli):
-            @cli.command()
-            def hello():
-                click.echo("hello")
+            cli.add_command(hello_cmd)
     """
 
 

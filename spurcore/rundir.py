@@ -7,6 +7,9 @@
     summary.json, report.md, group_acc.png  written when the run finishes (summary.json last:
                           a folder with it holds a complete run)
     .lock                 held by the process writing the run (spurcore.runlock)
+    origin.json           who launched the run and as what (a sweep's trial: its sweep, method,
+                          settings and seed), written by the launcher before the run starts;
+                          the kernel keeps it and never reads it, trackers do
     group_acc_epochs.png  train vs test accuracy per group over epochs (when train was
                           evaluated and has attribute labels), written when the run finishes
     trace/<tracer>/       what `spur trace --tracer NAME` writes there unless told `--out`
@@ -29,6 +32,7 @@ from spurcore.errors import SpurcoreError
 from spurcore.runlock import LOCK_FILE
 
 EPOCH_FILE = re.compile(r"epoch_(\d+)\.pt$")
+ORIGIN_FILE = "origin.json"
 
 
 class RunDirError(SpurcoreError):
@@ -50,7 +54,8 @@ class RunDir:
         """What the folder holds besides its lock and leftover temporary files (sorted names)."""
         if not self.path.is_dir():
             return []
-        return sorted(p.name for p in self.path.iterdir() if p.name != LOCK_FILE and not atomic.is_temporary(p))
+        return sorted(p.name for p in self.path.iterdir()
+                      if p.name not in (LOCK_FILE, ORIGIN_FILE) and not atomic.is_temporary(p))
 
     def remove_temporaries(self) -> None:
         """Delete the temporary files a killed writer left anywhere in the run (call holding the lock)."""
@@ -62,17 +67,35 @@ class RunDir:
         return any(self.path.glob("checkpoints/*/epoch_*.pt"))
 
     def clear(self) -> None:
-        """Remove everything but the lock: for a new run that failed before it finished anything."""
+        """Remove everything but the lock and the origin: for a new run that failed before it
+        finished anything."""
         for path in self.path.iterdir() if self.path.is_dir() else ():
-            if path.name == LOCK_FILE:
+            if path.name in (LOCK_FILE, ORIGIN_FILE):
                 continue
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
             else:
                 path.unlink(missing_ok=True)
 
+    @property
+    def origin(self) -> Path:
+        return self.path / ORIGIN_FILE
+
+    def read_origin(self) -> dict[str, Any] | None:
+        """`origin.json` as written by whoever launched the run, or None when there is none; an
+        unreadable one is named."""
+        try:
+            origin = json.loads(self.origin.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise RunDirError(f"{self.origin}: not readable JSON ({exc})") from None
+        if not isinstance(origin, dict):
+            raise RunDirError(f"{self.origin}: expected a JSON object, got {type(origin).__name__}")
+        return origin
+
     def trace_dir(self, tracer: str) -> Path:
-        """The default output folder of the tracer called `name` on this run."""
+        """The default output folder of the tracer called `tracer` on this run."""
         return self.path / "trace" / tracer
 
     def stage_dir(self, stage_key: str) -> Path:

@@ -38,12 +38,12 @@ class Runner:
     """Runs one planned pipeline into one run directory, announcing every event to `plugins`."""
 
     def __init__(self, plan: Plan, out: RunDir, plugins: PluginManager, *, device: Device,
-                 data: SpuriousData, log: Callable[[str], None] = print) -> None:
+                 data: SpuriousData, log: Callable[[str], None] = print, quiet: bool = False) -> None:
         self.plan = plan
         self.plugins = plugins
         self.hook = plugins.hook
         self.run = RunContext(plan=plan, data=data, device=device, out=out, plugins=plugins.view,
-                              models=ModelBuilder(plan, plugins.view), log=log)
+                              models=ModelBuilder(plan, plugins.view), log=log, quiet=quiet)
         self.evaluator = Evaluator(self.run, self.hook)
         self.outputs = RunOutputs(out)
         self._digest: str | None = None
@@ -144,7 +144,7 @@ RESUME_MODES = (False, True, "auto")
 
 
 def run_pipeline(config: cfg.PipelineConfig, out_path: Any, plugins: PluginManager, *,
-                 resume: bool | str = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+                 resume: bool | str = False, log: Callable[[str], None] = print, quiet: bool = False) -> dict[str, Any]:
     """Validate everything, then run the pipeline into `out_path`.
 
     `resume=False` starts a run in a folder that holds none; `True` continues the run the folder
@@ -153,7 +153,8 @@ def run_pipeline(config: cfg.PipelineConfig, out_path: Any, plugins: PluginManag
     first file is written: names and options, the data, the model the pipeline starts from (run
     on one batch), each stage's and observer's checks (`spurcore_run_check`). While it runs, the
     run holds the folder's lock, so a second run into it stops with the holder's name. A new run
-    that fails before its first checkpoint leaves the folder as it found it.
+    that fails before its first checkpoint leaves the folder as it found it. `quiet` is
+    `RunContext.quiet`: observers show no progress (`log` takes the notes).
     """
     if resume not in RESUME_MODES:
         raise ValueError(f"resume must be one of {RESUME_MODES}, got {resume!r}")
@@ -174,7 +175,7 @@ def run_pipeline(config: cfg.PipelineConfig, out_path: Any, plugins: PluginManag
         model = build_base_model(planned, data, plugins).to(device.device)
         check_model(planned, data, model, device)
     with observing(planned, plugins):
-        runner = Runner(planned, out, plugins, device=device, data=data, log=log)
+        runner = Runner(planned, out, plugins, device=device, data=data, log=log, quiet=quiet)
         with kept_rng_state(), naming_the_file(config):
             models = runner.run.models.stage_models(runner.run, model)
             for stage in planned.stages:

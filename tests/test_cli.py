@@ -407,3 +407,17 @@ def test_runs_are_reproducible(spur_plugins, tmp_path):
         summaries.append(json.loads((tmp_path / name / "summary.json").read_text()))
     assert summaries[0] == summaries[1]
     assert not np.isnan(summaries[0]["metrics"]["test"]["avg_acc"])
+
+
+def test_each_main_call_has_its_own_commands_so_a_blocked_plugin_shows_none(capsys):
+    from spurcore.cli import cli, main
+
+    before = set(cli.commands)
+    with pytest.raises(SystemExit) as first:
+        main(["sweep", "--help"])
+    assert first.value.code == 0 and "Run PIPELINE over settings" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as blocked:
+        main(["-p", "no:sweep", "sweep", "--help"])
+    assert blocked.value.code == 2
+    assert "No such command 'sweep'" in capsys.readouterr().err
+    assert set(cli.commands) == before  # main() adds plugins' commands to a group of its own

@@ -367,3 +367,49 @@ def test_hook_reference_check_mode_reports_drift(tmp_path, monkeypatch, capsys):
     assert "is out of date: run python docs/make_hook_reference.py" in capsys.readouterr().err
     stale.write_text(builder.render())
     assert builder.main(["--check"]) == 0
+
+
+def test_on_resume_the_state_comes_back_after_stage_start_and_prepare_model(spur_plugins, spur_tiny_config, tmp_path):
+    calls = []
+
+    class Resumable:
+        stop_at = 2
+
+        def __init__(self, options):
+            pass
+
+        @hookimpl
+        def spurcore_stage_start(self, stage):
+            calls.append(("stage_start", stage.first_epoch))
+
+        @hookimpl
+        def spurcore_prepare_model(self):
+            calls.append(("prepare_model",))
+
+        @hookimpl
+        def spurcore_epoch_start(self, epoch):
+            calls.append(("epoch_start", epoch))
+            if epoch == Resumable.stop_at:
+                raise RuntimeError("interrupted")
+
+        def state_dict(self):
+            return {"epochs": len([c for c in calls if c[0] == "epoch_start"])}
+
+        def load_state_dict(self, state):
+            calls.append(("load_state_dict", state["epochs"]))
+
+    class Plugin:
+        @hookimpl
+        def spurcore_register_mitigations(self):
+            return [MitigationSpec(name="resumable", factory=Resumable)]
+
+    spur_plugins.register(Plugin(), "resumable")
+    config = spur_tiny_config(stages=[{"method": "resumable"}], train={"epochs": 3, "batch_size": 100})
+    with pytest.raises(RuntimeError, match="interrupted"):
+        run_pipeline(config, tmp_path / "run", spur_plugins, log=lambda message: None)
+    Resumable.stop_at = None
+    calls.clear()
+    run_pipeline(config, tmp_path / "run", spur_plugins, resume=True, log=lambda message: None)
+    # the replay on a copy before anything is written, then the documented order
+    assert calls == [("prepare_model",), ("stage_start", 2), ("prepare_model",), ("load_state_dict", 1),
+                     ("epoch_start", 2), ("epoch_start", 3)]

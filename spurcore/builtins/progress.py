@@ -1,5 +1,6 @@
 """The progress display: a bar per training stage showing epoch, loss and validation accuracy.
-An observer like any other, one per run; `spur run --quiet` (or `-p no:progress`) leaves it out."""
+An observer like any other, one per run; it shows nothing in a quiet run (`spur run --quiet`,
+a sweep's trials: `RunContext.quiet`)."""
 
 from __future__ import annotations
 
@@ -17,10 +18,10 @@ class Progress:
         self.bar: Any = None
 
     @hookimpl
-    def spurcore_stage_start(self, stage):
+    def spurcore_stage_start(self, run, stage):
         from tqdm.auto import tqdm
 
-        if stage.spec.kind == "train":
+        if stage.spec.kind == "train" and not run.quiet:
             self.bar = tqdm(total=stage.train.epochs, desc=f"stage {stage.key}", unit="epoch", file=sys.stderr,
                             initial=stage.first_epoch - 1, dynamic_ncols=True)
 
@@ -55,4 +56,4 @@ class Progress:
 @hookimpl
 def spurcore_register_observers():
     return [ObserverSpec(name="progress", factory=lambda settings: Progress(),
-                         description="a progress bar per training stage (spur run --quiet leaves it out)")]
+                         description="a progress bar per training stage (none in a quiet run)")]

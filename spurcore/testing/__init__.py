@@ -181,11 +181,12 @@ def spur_cli(spur_plugins: PluginManager) -> Callable[..., Any]:
     test's `spur_plugins` (and the commands they register); returns click's `Result`."""
     from click.testing import CliRunner
 
-    from spurcore.cli import cli
+    from spurcore.cli import command_group
 
     def invoke(*args: Any) -> Any:
-        spur_plugins.hook.spurcore_register_commands(cli=cli)
+        group = command_group()  # as `spur` does: the kernel's commands and these plugins'
+        spur_plugins.hook.spurcore_register_commands(cli=group)
         obj = {"manager": spur_plugins, "plugin_args": []}
-        return CliRunner().invoke(cli, [str(a) for a in args], obj=obj, catch_exceptions=False)
+        return CliRunner().invoke(group, [str(a) for a in args], obj=obj, catch_exceptions=False)
 
     return invoke

@@ -41,6 +41,6 @@ def spurcore_register_observers():
 
 @hookimpl
 def spurcore_register_commands(cli):
-    from spurcore_activations.command import register
+    from spurcore_activations.command import activations_cmd
 
-    register(cli)
+    cli.add_command(activations_cmd)

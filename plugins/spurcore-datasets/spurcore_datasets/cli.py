@@ -24,7 +24,7 @@ def data() -> None:
 
 
 def _options(ctx: click.Context, name: str, root: Path, overrides: Sequence[str]) -> tuple[Any, Any]:
-    spec = plugin_manager(ctx, quiet=True).get("datasets", name)
+    spec = plugin_manager(ctx).get("datasets", name)
     values: dict[str, Any] = {"root": str(root)}
     for text in overrides:
         path, value = parse_override(text)

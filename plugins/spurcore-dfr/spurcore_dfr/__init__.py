@@ -1,6 +1,6 @@
 """DFR: refit the last layer on frozen embeddings of a balanced held-out set.
 
-The authors' protocol (METHODS.md section 5; `dfr_on_validation_tune` and
+The authors' protocol (docs/methods/dfr.md; `dfr_on_validation_tune` and
 `dfr_on_validation_eval` in their `dfr_evaluate_spurious.py`): shuffle the validation set and
 halve it; for each C, fit L1 logistic regression on a balanced subset of the second half and
 score it on the first half (worst-group accuracy, or worst-class accuracy for the

@@ -1,4 +1,4 @@
-"""FairDropout (METHODS.md section 3): a training stage that inserts example-tied dropout
+"""FairDropout (docs/methods/fairdropout.md): a training stage that inserts example-tied dropout
 after chosen modules, so that memorization goes to units which are dropped at inference.
 
 Training itself is ERM's (the default loss passes each batch's example indices to the model);

@@ -1,4 +1,4 @@
-"""Group DRO (Sagawa et al., ICLR 2020; METHODS.md section 6): a train stage that minimises a
+"""Group DRO (Sagawa et al., ICLR 2020; docs/methods/groupdro.md): a train stage that minimises a
 weighted sum of per-group losses, the weights q following the groups' losses by
 exponentiated gradient ascent, q_g <- q_g * exp(eta * loss_g), renormalised after every batch.
 

@@ -46,7 +46,7 @@ def memorization_cmd(ctx: click.Context, pipeline: Path, out: Path, models: int 
     if epochs is None and not (paper_scale or pipeline_epochs):
         epochs = SMALL["epochs"]
     models = models if models is not None else (PAPER_MODELS if paper_scale else SMALL["models"])
-    manager = plugin_manager(ctx, quiet=True)
+    manager = plugin_manager(ctx)
     settings = Settings(models=models, subset=subset, epochs=epochs, seeds=tuple(parse_seeds(seeds)),
                         final_epoch=final_epoch or paper_scale)
     result = memorization_scores(pipeline, out, manager, settings, launcher=launcher, jobs=jobs, threads=threads,

@@ -1,5 +1,5 @@
 """NeuronTune: find embedding dimensions whose activation goes with misclassification in every
-class, zero them, and retrain the head with class-balanced sampling (METHODS.md section 4).
+class, zero them, and retrain the head with class-balanced sampling (docs/methods/neurontune.md).
 SFit, the sum of |delta|, chooses among models without group labels."""
 
 from __future__ import annotations

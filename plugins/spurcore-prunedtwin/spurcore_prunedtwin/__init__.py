@@ -1,4 +1,4 @@
-"""Pruned-twin contrastive fine-tuning (METHODS.md section 2; "The Silent Majority", Stage II).
+"""Pruned-twin contrastive fine-tuning ("The Silent Majority", Stage II; docs/methods/prunedtwin.md).
 
 A train stage that fine-tunes the model it receives (ERM's, from an earlier stage or from
 `[init]` at a kick-in epoch). At the start of every epoch it masks the top q of neurons (by
@@ -108,6 +108,6 @@ def spurcore_register_mitigations():
 
 @hookimpl
 def spurcore_register_commands(cli):
-    from spurcore_prunedtwin.command import add_command
+    from spurcore_prunedtwin.command import gradcam_cmd
 
-    add_command(cli)
+    cli.add_command(gradcam_cmd)

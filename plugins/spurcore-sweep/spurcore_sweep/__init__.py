@@ -11,8 +11,9 @@
 * `comparison`: `spur report`, each method's settings chosen per selector, mean ± std;
 * `commands`: the two commands.
 
-Public to other plugins (`__all__`): `trial_at(run_dir)`, the sweep a run belongs to and its
-`Trial` (method, settings, seed), which experiment trackers tag their runs with. Other
+Each trial's run folder gets an `origin.json` before it starts (`write_origin`: its sweep,
+method, settings and seed), which experiment trackers tag their runs with without importing
+this plugin. Other
 applications run their own trials through the same machinery (`spur memorization` trains its
 K models this way): `Trial`s in a `Sweep`, run by `execute` on the launcher `start_launcher`
 builds, recorded by `write_manifest`, with the command-line options `launcher_options` and
@@ -29,7 +30,7 @@ from spurcore_sweep.kind import LAUNCHERS, LauncherSpec
 
 __version__ = "0.1.0"
 __all__ = ["LaunchContext", "Launcher", "LauncherSpec", "Sweep", "Trial", "execute", "launcher_options", "parse_seeds",
-           "run_trial", "start_launcher", "toml_value", "trial_at", "write_manifest"]
+           "run_trial", "start_launcher", "toml_value", "write_manifest"]
 __getattr__, __dir__ = lazy_exports(__name__, {
     "LaunchContext": "spurcore_sweep.protocol:LaunchContext",
     "Launcher": "spurcore_sweep.protocol:Launcher",
@@ -41,7 +42,6 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "run_trial": "spurcore_sweep.trials:run_trial",
     "start_launcher": "spurcore_sweep.protocol:start_launcher",
     "toml_value": "spurcore_sweep.trials:toml_value",
-    "trial_at": "spurcore_sweep.trials:trial_at",
     "write_manifest": "spurcore_sweep.trials:write_manifest",
 })
 

@@ -57,7 +57,7 @@ def sweep_cmd(ctx: click.Context, pipeline: Path, grid: tuple[str, ...], random_
     skipped when launched again, failed ones recorded in sweep.json. Then: spur report DIR."""
     from spurcore_sweep import launchers, protocol, trials
 
-    manager = plugin_manager(ctx, quiet=True)
+    manager = plugin_manager(ctx)
     manager.get("launchers", launcher)  # an unknown launcher stops the sweep before it plans
     names = [m for m in methods.split(",") if m]
     settings = trials.parse_grid(grid)
@@ -107,7 +107,7 @@ def report_cmd(ctx: click.Context, sweep_dir: Path, selectors: tuple[str, ...], 
     """Compare the methods of a sweep: test WGA and average accuracy, mean ± std over seeds."""
     from spurcore_sweep import comparison
 
-    manager = plugin_manager(ctx, quiet=True)
+    manager = plugin_manager(ctx)
     names = list(selectors) or sorted(manager.registry("selectors"))
     text, figure = comparison.write(sweep_dir, manager, names, fmt, rows_by)
     click.echo(text, nl=False)

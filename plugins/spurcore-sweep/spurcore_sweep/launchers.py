@@ -23,7 +23,7 @@ from typing import Any
 
 from spurcore.api import PluginManager
 from spurcore_sweep.protocol import Launcher, LauncherError
-from spurcore_sweep.trials import Sweep, Trial, finished, run_trial
+from spurcore_sweep.trials import Sweep, Trial, finished, run_trial, write_origin
 
 
 class Inline:
@@ -196,6 +196,7 @@ def execute(sweep: Sweep, launcher: Launcher, on_record: Callable[[Trial, dict[s
                     elif (earlier := finished(sweep, trial)) is not None:
                         settle(trial, earlier)
                     else:
+                        write_origin(sweep, trial)
                         running[launcher.submit(trial.spec(sweep))] = trial
                 if not running:
                     if waiting:  # pragma: no cover - a trial after one that is not in this sweep

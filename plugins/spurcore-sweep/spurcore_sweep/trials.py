@@ -311,9 +311,9 @@ def run_trial(spec: Mapping[str, Any], manager: PluginManager | None = None) -> 
 
     torch.set_num_threads(int(spec["threads"]))  # fixed per trial: CPU results depend on it
     try:
-        manager = manager or PluginManager.from_args([*spec["plugin_args"], "no:progress"])
+        manager = manager or PluginManager.from_args(spec["plugin_args"])
         config = load_pipeline(spec["pipeline"], spec["overrides"])
-        summary = run_pipeline(config, spec["out"], manager, resume="auto", log=lambda message: None)
+        summary = run_pipeline(config, spec["out"], manager, resume="auto", quiet=True, log=lambda message: None)
     except Exception as error:  # noqa: BLE001 - recorded, and the sweep goes on
         return {"status": "failed", "error": f"{type(error).__name__}: {error}",
                 "traceback": traceback.format_exc()}
@@ -339,23 +339,15 @@ def finished(sweep: Sweep, trial: Trial) -> dict[str, Any] | None:
         return {"status": "failed", "error": str(error)}
 
 
-def trial_at(run_dir: Path | str) -> tuple[Path, Trial] | None:
-    """The sweep that launched the run in `run_dir`, and its trial there: the nearest folder
-    above it whose `sweep.json` lists it (written before any trial starts, so a running trial
-    and a later `spur run --resume` of it both find it); None for a run no sweep launched.
-    Experiment trackers use it to file every trial of a sweep under one experiment."""
-    run_dir = Path(run_dir).resolve()
-    for folder in run_dir.parents:
-        try:
-            entries = json.loads((folder / MANIFEST).read_text())["trials"]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        path = run_dir.relative_to(folder).as_posix()
-        for entry in entries:
-            if entry.get("path") == path:
-                fields = {f.name: entry[f.name] for f in attrs.fields(Trial) if f.name in entry}
-                return folder, Trial(**{**fields, "overrides": tuple(fields.get("overrides", ()))})
-    return None
+def write_origin(sweep: Sweep, trial: Trial) -> None:
+    """The trial's `origin.json` (`RunDir.origin`), before it starts: what identifies it (its
+    sweep, path, method, settings and seed), for experiment trackers, which need not install
+    the sweep to read it."""
+    folder = RunDir(sweep.out / trial.path)
+    folder.path.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(folder.origin, {"launched_by": "spurcore-sweep", "sweep": str(sweep.out.resolve()),
+                                      "trial": trial.path, "method": trial.method, "settings": trial.settings,
+                                      "seed": trial.seed})
 
 
 def read_manifest(out: Path) -> dict[str, Any]:

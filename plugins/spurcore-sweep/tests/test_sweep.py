@@ -20,9 +20,10 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from spurcore.testing import TinyPlugin, TinyRefit, kit_manager, run_folder_free, tiny_pipeline, wait_for
 
-from spurcore.api import (ConfigError, LauncherSpec, MitigationSpec, PluginManager, SelectorSpec, cli, hookimpl,
-                          load_pipeline, runlock, toml_dumps)
+from spurcore.api import (ConfigError, MitigationSpec, PluginManager, SelectorSpec, cli, hookimpl, load_pipeline,
+                          runlock, toml_dumps)
 import spurcore_sweep
+from spurcore_sweep import LauncherSpec
 from spurcore_sweep.launchers import Inline, execute
 from spurcore_sweep.protocol import LaunchContext, LauncherError
 from spurcore_sweep.trials import Sweep, Trial, all_methods, expand, parse_grid, plan_sweep
@@ -128,6 +129,11 @@ def test_sweep_runs_one_directory_per_settings_and_seed(swept):
     manifest = json.loads((out / "sweep.json").read_text())
     assert len(manifest["trials"]) == 6 and all(t["record"]["status"] == "done" for t in manifest["trials"])
     assert "6 of 6 trials finished" in first.output
+    # each trial's folder says what it is, for trackers that do not import the sweep
+    origin = json.loads((out / "erm" / "train.lr=0.1-171d0d81" / "seed2" / "origin.json").read_text())
+    assert origin == {"launched_by": "spurcore-sweep", "sweep": str(out.resolve()),
+                      "trial": "erm/train.lr=0.1-171d0d81/seed2", "method": "erm", "settings": {"train.lr": 0.1},
+                      "seed": 2}
 
 
 def test_sweep_launched_again_skips_finished_runs_and_keeps_their_numbers(swept):

@@ -1,5 +1,5 @@
 """spurcore-tracer: find the neurons and layers where a trained network memorizes its minority
-groups (METHODS.md section 1; "The Silent Majority", Stage I).
+groups ("The Silent Majority", Stage I; docs/methods/tracer.md).
 
     spur trace RUN_DIR [--criterion gradient,magnitude] [--k 1,2,3] [--out DIR]   # --tracer memorization
 
@@ -50,6 +50,6 @@ def spurcore_register_tracers():
 
 @hookimpl
 def spurcore_register_commands(cli):
-    from spurcore_tracer.cli import add_command
+    from spurcore_tracer.cli import trace_cmd
 
-    add_command(cli)
+    cli.add_command(trace_cmd)

@@ -81,38 +81,33 @@ def tracer_options(spec: Any, flags: dict[str, Any], settings: tuple[str, ...]) 
     return None if spec.options is None else structure(spec.options, values, f"tracer {spec.name}")
 
 
-def add_command(cli: click.Group) -> None:
-    if "trace" in cli.commands:
-        return
+@click.command("trace")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--tracer", "tracer_name", default=NAME, show_default=True, metavar="NAME",
+              help="The registered tracer to run (spur list tracers).")
+@click.option("-o", "--option", "settings", multiple=True, metavar="KEY=VALUE",
+              help="An option of the tracer, a TOML value: -o k=[1,2] -o subset=\"all\".")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output folder [RUN_DIR/trace/NAME].")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--quiet", is_flag=True, help="No progress bar or notes while it works; what it found is still printed.")
+@click.pass_context
+def trace_cmd(ctx, run_dir, tracer_name, settings, out, device, quiet, **flags):
+    """Trace where the model of RUN_DIR memorizes its minority groups with a registered tracer.
+    The default, memorization, scores neurons, changes the top ones and measures every group's
+    accuracy on train and test; it writes trace.json and figures. The flags after --quiet
+    set the tracer's option of that name (defaults in brackets: memorization's)."""
+    from spurcore.api import SpurcoreError, plugin_manager
+    from spurcore_tracer.trace import open_traced
 
-    @click.command("trace")
-    @click.argument("run_dir", type=click.Path(path_type=Path))
-    @click.option("--tracer", "tracer_name", default=NAME, show_default=True, metavar="NAME",
-                  help="The registered tracer to run (spur list tracers).")
-    @click.option("-o", "--option", "settings", multiple=True, metavar="KEY=VALUE",
-                  help="An option of the tracer, a TOML value: -o k=[1,2] -o subset=\"all\".")
-    @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output folder [RUN_DIR/trace/NAME].")
-    @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
-    @click.option("--quiet", is_flag=True, help="No progress bar or notes while it works; what it found is still printed.")
-    @click.pass_context
-    def trace_cmd(ctx, run_dir, tracer_name, settings, out, device, quiet, **flags):
-        """Trace where the model of RUN_DIR memorizes its minority groups with a registered tracer.
-        The default, memorization, scores neurons, changes the top ones and measures every group's
-        accuracy on train and test; it writes trace.json and figures. The flags after --quiet
-        set the tracer's option of that name (defaults in brackets: memorization's)."""
-        from spurcore.api import SpurcoreError, plugin_manager
-        from spurcore_tracer.trace import open_traced
+    manager = plugin_manager(ctx)
+    try:
+        spec = manager.get("tracers", tracer_name)
+    except SpurcoreError as error:
+        raise click.BadParameter(str(error), param_hint="--tracer") from None
+    options = tracer_options(spec, flags, settings)
+    run = open_traced(run_dir, manager, device)
+    found = spec.trace(run, options, out or run.out.trace_dir(spec.name), None if quiet else click.echo)
+    if found:
+        click.echo(found)
 
-        manager = plugin_manager(ctx)
-        try:
-            spec = manager.get("tracers", tracer_name)
-        except SpurcoreError as error:
-            raise click.BadParameter(str(error), param_hint="--tracer") from None
-        options = tracer_options(spec, flags, settings)
-        run = open_traced(run_dir, manager, device)
-        found = spec.trace(run, options, out or run.out.trace_dir(spec.name), None if quiet else click.echo)
-        if found:
-            click.echo(found)
-
-    trace_cmd.params.extend(OPTION_FLAGS)
-    cli.add_command(trace_cmd)
+trace_cmd.params.extend(OPTION_FLAGS)  # the memorization tracer's options as flags

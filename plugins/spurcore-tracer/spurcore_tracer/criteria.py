@@ -1,4 +1,4 @@
-"""Criteria: a score per neuron, saying how much it matters (METHODS.md section 1).
+"""Criteria: a score per neuron, saying how much it matters (docs/methods/tracer.md).
 
 * `magnitude`: the L2 norm of the neuron's parameters, ||(W[c], b[c])||. Group-invariant.
 * `gradient` on a set of examples D: the L2 norm of d CE(f(theta, D)) / d(W[c], b[c]), with the

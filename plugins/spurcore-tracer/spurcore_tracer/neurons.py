@@ -6,7 +6,7 @@ input channels and kernel positions) and `bias[c]`; unit i of a linear layer own
 `model.named_modules()` (for a `SpurModel`: the backbone `embed.*`, then `head`), unless the
 backbone declares its neurons (`Layout.neurons`, `SpurModel.neuron_paths()`): a transformer
 declares the first linear layer of each MLP block, so that a neuron is one hidden unit of an
-MLP block (METHODS.md section 1), and only those count.
+MLP block (as "The Silent Majority" counts them), and only those count.
 
 Every neuron also has a *global index*: its position when the layers are laid end to end in
 module order, units in order. Scores are numpy vectors indexed by it, so "ties broken by

@@ -13,7 +13,6 @@ after the groups, on train, and kept out of the minority/majority summary. Every
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -23,38 +22,19 @@ from typing import Any
 import attrs
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from spurcore.api import SpurcoreError, atomic
 from spurcore_tracer import criteria as crit
-from spurcore_tracer.effects import Evaluator, minority_groups, summarize_changes
-from spurcore_tracer.interventions import intervene
+from spurcore_tracer.effects import Evaluator, minority_groups
 from spurcore_tracer.marked import Marked, top_memorized
 from spurcore_tracer.neurons import NeuronIndex
 from spurcore_tracer.options import NAME, TraceOptions, TracerError
 from spurcore_tracer.overlap import rank_overlap
-from spurcore_tracer.rewinding import layer_state, rewind_plan, rewound, sensitive_counts
-from spurcore_tracer.selection import non_critical, top_k, top_k_per_layer
+from spurcore_tracer.plan import Executor, Outcome, Selection, execute, plan_interventions, plan_rewinds
+from spurcore_tracer.rewinding import rewind_plan, sensitive_counts
+from spurcore_tracer.selection import top_k
 
 SCHEMA = 1
-
-
-def stable_seed(*parts: Any) -> int:
-    digest = hashlib.sha256(repr(parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") % 2**63
-
-
-@attrs.frozen
-class Selection:
-    """One ranking to select from: a criterion, and the group its scores were computed on."""
-
-    criterion: str
-    group: int | None
-    scores: np.ndarray = attrs.field(eq=False)
-
-    @property
-    def name(self) -> str:
-        return self.criterion if self.group is None else f"{self.criterion}:{self.group}"
 
 
 def open_traced(run_dir: Any, plugins: Any, device: str = "cpu") -> Any:
@@ -119,22 +99,19 @@ def trace(run_dir: Any, options: TraceOptions | None = None, *, out: Any = None,
 def trace_run(run: Any, options: TraceOptions | None = None, *, out: Any = None, progress: bool = True,
               log: Callable[[str], None] = print) -> dict[str, Any]:
     """Trace a finished run (`spurcore.finished.FinishedRun`) into `out` (default:
-    RUN_DIR/trace/memorization); returns what trace.json holds."""
+    RUN_DIR/trace/memorization); returns what trace.json holds. Four steps: score the neurons,
+    plan the evaluations (`spurcore_tracer.plan`), execute them, assemble and write the result."""
     options = options or TraceOptions()
     started = time.perf_counter()
     out = Path(out) if out is not None else run.out.trace_dir(NAME)
     atomic.check_writable(out)  # a read-only run: say so before tracing, not after
     planned, epoch = _resolve(run, options)
-    epochs = list(planned.epochs)
     data = run.data
     names = list(data.group_names)
     notes: list[str] = []
     torch.manual_seed(options.seed)
-    train = data.splits["train"]
-    groups = data.groups("train")
     marked = None if options.memorized is None else top_memorized(
-        options.memorized, options.memorized_share, train.y, groups, names)
-
+        options.memorized, options.memorized_share, data.splits["train"].y, data.groups("train"), names)
     model = run.load_model(planned.index, epoch)
     index = NeuronIndex.of(model, options.exclude)
     if index.total == 0:
@@ -146,158 +123,16 @@ def trace_run(run: Any, options: TraceOptions | None = None, *, out: Any = None,
     minority = set(minority_groups(data, "train"))
     entries = _entries(names, minority, marked, evaluator.splits)
 
-    # --- scores ----------------------------------------------------------------------------------
-    kw = dict(include_bias=options.include_bias, reduction=options.reduction, batch_size=options.batch_size)
-    magnitude = crit.magnitude(index, options.include_bias)
-    selections: list[Selection] = []
-    scores_out: dict[str, Any] = {}
-    gradient = None
-    if "gradient" in options.criteria:
-        gradient, used = crit.group_gradient_scores(
-            model, train, groups, data.n_groups, index=index, subset=options.subset, n=options.subset_size,
-            logits=evaluator.base_logits["train"], **kw)
-        for j in range(data.n_groups):
-            if j in used:
-                selections.append(Selection("gradient", j, gradient[j]))
-        scores_out["gradient"] = {names[j]: {"examples": int(len(used[j]))} for j in used}
-    if "magnitude" in options.criteria:
-        selections.append(Selection("magnitude", None, magnitude))
-    if "loss-gradient" in options.criteria:
-        loss_scores, rows = crit.loss_gradient_scores(model, train, index=index, n=options.subset_size,
-                                                      logits=evaluator.base_logits["train"], **kw)
-        selections.append(Selection("loss-gradient", None, loss_scores))
-        counts = np.bincount(groups[rows], minlength=data.n_groups)
-        scores_out["loss-gradient"] = {"examples": int(len(rows)),
-                                       "examples_by_group": dict(zip(names, counts.tolist()))}
-    max_k = max(options.k)
-    if max_k > index.total:
-        raise TracerError(f"--k {max_k}: the model has only {index.total} neurons")
-    for sel in selections:
-        top = top_k(sel.scores, max_k)
-        scores_out.setdefault("top", {})[sel.name] = [
-            {"neuron": str(index.neuron(i)), "score": float(sel.scores[i])} for i in top]
-
-    # --- the evaluation plan -------------------------------------------------------------------
-    cache: dict[tuple, dict[str, np.ndarray]] = {}
-    jobs: list[tuple[dict, list[Callable[[], dict[str, np.ndarray]]]]] = []
-
-    def evaluate(neurons: np.ndarray, kind: str, sigma: float, repeat: int) -> dict[str, np.ndarray]:
-        key = (tuple(sorted(int(n) for n in neurons)), kind, sigma if kind != "zero" else None,
-               repeat if kind != "zero" else 0)
-        if key not in cache:
-            generator = torch.Generator().manual_seed(stable_seed(options.seed, *key))
-            changed = [layer.path for layer in index.group_by_layer(neurons)]
-            with intervene(index, neurons, kind, sigma=sigma, generator=generator, include_bias=options.include_bias):
-                cache[key] = evaluator.change(evaluator.accuracy(changed))
-        return cache[key]
-
-    def job(meta: dict, neurons: np.ndarray, kind: str, sigma: float | None) -> None:
-        repeats = 1 if kind == "zero" else options.repeats
-        runs = [lambda r=r: evaluate(neurons, kind, sigma or 0.0, r) for r in range(repeats)]
-        jobs.append(({**meta, "intervention": kind, "sigma": sigma, "repeats": repeats,
-                      "neurons": [str(index.neuron(i)) for i in neurons]}, runs))
-
-    def control(meta: dict, sel: Selection, k: int) -> None:
-        pool = non_critical(sel.scores, options.control_exclude_percent)
-        if len(pool) < k:
-            notes.append(f"control for {sel.name} k={k} skipped: only {len(pool)} non-critical neurons")
-            return
-        runs = []
-        for r in range(options.repeats):
-            rng = np.random.default_rng(stable_seed(options.seed, "control", sel.name, meta["scope"], meta.get("layer"), k, r))
-            picked = np.sort(rng.choice(pool, size=k, replace=False))
-            runs.append(lambda p=picked: evaluate(p, "zero", 0.0, 0))
-        jobs.append(({**meta, "intervention": "control", "sigma": None, "repeats": options.repeats,
-                      "neurons": None}, runs))
-
-    for sel in selections:
-        for k in options.k:
-            meta = {"criterion": sel.criterion, "selected_for": None if sel.group is None else names[sel.group],
-                    "scope": "global", "layer": None, "k": k, "k_effective": k}
-            neurons = top_k(sel.scores, k)
-            for kind in options.interventions:
-                for sigma in ([None] if kind == "zero" else options.sigma):
-                    job(meta, neurons, kind, sigma)
-            if options.control:
-                control(meta, sel, k)
-        for k in options.per_layer_k:
-            for path, neurons in top_k_per_layer(sel.scores, index, k).items():
-                meta = {"criterion": sel.criterion, "selected_for": None if sel.group is None else names[sel.group],
-                        "scope": "per-layer", "layer": path, "k": k, "k_effective": int(len(neurons))}
-                job(meta, neurons, "zero", None)
-
-    plan, rewind_notes = rewind_plan(epoch, epochs, options.rewind_offsets)
+    scored = score(model, index, data, evaluator, options)
+    jobs = plan_interventions(scored.selections, index, options, names, notes)
+    rewind_epochs, rewind_notes = rewind_plan(epoch, list(planned.epochs), options.rewind_offsets)
     notes += rewind_notes
-    past_states = {past: run.load_weights(planned.index, past) for _, past in plan}
-    rewind_jobs = []
-    for offset, past in plan:
-        for layer in index.layers:
-            def run_rewind(layer=layer, past=past):
-                with rewound(layer, layer_state(past_states[past], layer)):
-                    return evaluator.change(evaluator.accuracy([layer.path]))
-            rewind_jobs.append(({"layer": layer.path, "offset": offset, "past_epoch": past}, run_rewind))
+    past_states = {past: run.load_weights(planned.index, past) for _, past in rewind_epochs}
+    outcome = execute(jobs, plan_rewinds(index, rewind_epochs), Executor(evaluator, index, options), past_states,
+                      lambda change, meta: _records(evaluator.base, change, meta, entries), progress)
 
-    # --- run it --------------------------------------------------------------------------------
-    total = sum(len(runs) for _, runs in jobs) + len(rewind_jobs)
-    bar = tqdm(total=total, desc="trace", unit="eval", disable=not progress, dynamic_ncols=True)
-    effects = []
-    try:
-        for meta, runs in jobs:
-            changes = []
-            for evaluation in runs:
-                changes.append(evaluation())
-                bar.update(1)
-            effects += _records(evaluator.base, summarize_changes(changes), meta, entries)
-        rewinding = []
-        by_offset: dict[int, dict[str, dict[str, np.ndarray]]] = {}
-        for meta, rewind in rewind_jobs:
-            change = rewind()
-            bar.update(1)
-            rewinding += _records(evaluator.base, summarize_changes([change]), meta, entries)
-            for split, values in change.items():
-                by_offset.setdefault(meta["offset"], {}).setdefault(split, {})[meta["layer"]] = values
-    finally:
-        bar.close()
-    sensitive = {
-        split: {str(offset): dict(zip([entry[0] for entry in entries[split]],
-                                      sensitive_counts(per_split[split], options.sensitive_threshold).tolist()))
-                for offset, per_split in by_offset.items()}
-        for split in evaluator.splits
-    }
-
-    overlap = None
-    if gradient is not None:
-        overlap = rank_overlap(magnitude, {names[s.group]: s.scores for s in selections if s.criterion == "gradient"},
-                               options.overlap_percents)
-
-    result = {
-        "schema": SCHEMA,
-        "run_dir": str(run.path),
-        "device": str(run.device.device),
-        "stage": planned.key,
-        "epoch": epoch,
-        "options": attrs.asdict(options),
-        "dataset": data.name,
-        "groups": names,
-        "minority_groups": [names[g] for g in sorted(minority)],
-        "marked": None if marked is None else {
-            **marked.chosen, "base_accuracy": round(float(evaluator.base["train"][-1]), 4),
-            "summary": summarize_marked(effects)},
-        "group_counts": {s: dict(zip(names, evaluator.counts[s].tolist())) for s in evaluator.splits},
-        "base_accuracy": {s: {n: (None if np.isnan(v) else round(float(v), 4)) for n, v in zip(names, evaluator.base[s])}
-                          for s in evaluator.splits},
-        "neurons": {"total": index.total, "layers": index.describe()},
-        "scores": scores_out,
-        "effects": effects,
-        "summary": summarize(effects),
-        "rewinding": {"plan": [{"offset": o, "past_epoch": p} for o, p in plan],
-                      "threshold": options.sensitive_threshold, "records": rewinding, "sensitive_layers": sensitive},
-        "rank_overlap": overlap,
-        "notes": notes,
-        "cost": {"evaluations": evaluator.evaluations, "full_forward_passes": evaluator.replay.full_passes,
-                 "replay_points": [p for p, _ in evaluator.replay.points],
-                 "seconds": round(time.perf_counter() - started, 1)},
-    }
+    result = assemble(run, options, planned.key, epoch, names, minority, marked, evaluator, index, scored, outcome,
+                      rewind_epochs, entries, notes)
     out.mkdir(parents=True, exist_ok=True)
     if options.figures:
         from spurcore_tracer import figures
@@ -308,6 +143,96 @@ def trace_run(run: Any, options: TraceOptions | None = None, *, out: Any = None,
     for note in notes:
         log(f"note: {note}")
     return result
+
+
+@attrs.frozen
+class Scores:
+    """Every criterion's scores: the rankings to select from, what trace.json says of them, and
+    the magnitude and per-group gradient scores the rank overlap compares."""
+
+    selections: list[Selection]
+    described: dict[str, Any]
+    magnitude: np.ndarray
+    gradient: Any
+
+
+def score(model: Any, index: NeuronIndex, data: Any, evaluator: Evaluator, options: TraceOptions) -> Scores:
+    """Score every neuron by each criterion of `options` (per group for the gradient)."""
+    names, train, groups = list(data.group_names), data.splits["train"], data.groups("train")
+    kw = dict(include_bias=options.include_bias, reduction=options.reduction, batch_size=options.batch_size)
+    magnitude = crit.magnitude(index, options.include_bias)
+    selections: list[Selection] = []
+    described: dict[str, Any] = {}
+    gradient = None
+    if "gradient" in options.criteria:
+        gradient, used = crit.group_gradient_scores(
+            model, train, groups, data.n_groups, index=index, subset=options.subset, n=options.subset_size,
+            logits=evaluator.base_logits["train"], **kw)
+        for j in range(data.n_groups):
+            if j in used:
+                selections.append(Selection("gradient", j, gradient[j]))
+        described["gradient"] = {names[j]: {"examples": int(len(used[j]))} for j in used}
+    if "magnitude" in options.criteria:
+        selections.append(Selection("magnitude", None, magnitude))
+    if "loss-gradient" in options.criteria:
+        loss_scores, rows = crit.loss_gradient_scores(model, train, index=index, n=options.subset_size,
+                                                      logits=evaluator.base_logits["train"], **kw)
+        selections.append(Selection("loss-gradient", None, loss_scores))
+        counts = np.bincount(groups[rows], minlength=data.n_groups)
+        described["loss-gradient"] = {"examples": int(len(rows)), "examples_by_group": dict(zip(names, counts.tolist()))}
+    max_k = max(options.k)
+    if max_k > index.total:
+        raise TracerError(f"--k {max_k}: the model has only {index.total} neurons")
+    for sel in selections:
+        described.setdefault("top", {})[sel.name] = [
+            {"neuron": str(index.neuron(i)), "score": float(sel.scores[i])} for i in top_k(sel.scores, max_k)]
+    return Scores(selections, described, magnitude, gradient)
+
+
+def assemble(run: Any, options: TraceOptions, stage: str, epoch: int, names: list[str], minority: set[int],
+             marked: Marked | None, evaluator: Evaluator, index: NeuronIndex, scored: Scores, outcome: Outcome,
+             rewind_epochs: list[tuple[int, int]], entries: dict[str, list[tuple[str, bool, bool]]],
+             notes: list[str]) -> dict[str, Any]:
+    """What trace.json holds (its `cost.seconds` is set when it is written)."""
+    sensitive = {
+        split: {str(offset): dict(zip([entry[0] for entry in entries[split]],
+                                      sensitive_counts(per_split[split], options.sensitive_threshold).tolist()))
+                for offset, per_split in outcome.by_offset.items()}
+        for split in evaluator.splits
+    }
+    overlap = None
+    if scored.gradient is not None:
+        overlap = rank_overlap(scored.magnitude, {names[s.group]: s.scores for s in scored.selections
+                                                  if s.criterion == "gradient"}, options.overlap_percents)
+    data = run.data
+    return {
+        "schema": SCHEMA,
+        "run_dir": str(run.path),
+        "device": str(run.device.device),
+        "stage": stage,
+        "epoch": epoch,
+        "options": attrs.asdict(options),
+        "dataset": data.name,
+        "groups": names,
+        "minority_groups": [names[g] for g in sorted(minority)],
+        "marked": None if marked is None else {
+            **marked.chosen, "base_accuracy": round(float(evaluator.base["train"][-1]), 4),
+            "summary": summarize_marked(outcome.effects)},
+        "group_counts": {s: dict(zip(names, evaluator.counts[s].tolist())) for s in evaluator.splits},
+        "base_accuracy": {s: {n: (None if np.isnan(v) else round(float(v), 4)) for n, v in zip(names, evaluator.base[s])}
+                          for s in evaluator.splits},
+        "neurons": {"total": index.total, "layers": index.describe()},
+        "scores": scored.described,
+        "effects": outcome.effects,
+        "summary": summarize(outcome.effects),
+        "rewinding": {"plan": [{"offset": o, "past_epoch": p} for o, p in rewind_epochs],
+                      "threshold": options.sensitive_threshold, "records": outcome.rewinding,
+                      "sensitive_layers": sensitive},
+        "rank_overlap": overlap,
+        "notes": notes,
+        "cost": {"evaluations": evaluator.evaluations, "full_forward_passes": evaluator.replay.full_passes,
+                 "replay_points": [p for p, _ in evaluator.replay.points], "seconds": None},
+    }
 
 
 def trace_finished(run: Any, options: TraceOptions | None, out: Path, log: Callable[[str], None] | None) -> str:

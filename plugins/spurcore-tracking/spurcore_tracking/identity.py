@@ -1,7 +1,7 @@
 """Which tracked run a spurcore run is: its name, its tags, and where local stores live.
 
-A sweep's trial (`spurcore_sweep.trial_at` finds the sweep that lists the run directory) is
-named by its path in the sweep (`dfr/retrains=5-1a2b3c4d/seed0`), tagged with its method,
+A sweep's trial (its run folder's `origin.json`, which the sweep writes before the trial
+starts, names its sweep, method, settings and seed) is named by its path in the sweep (`dfr/retrains=5-1a2b3c4d/seed0`), tagged with its method,
 settings and seed, filed under an experiment named after the sweep folder, and its local
 store sits in the sweep folder, so every trial of a sweep is one run of one experiment. Any
 other run is named after its folder, and its local store sits next to it (the run folder's
@@ -16,7 +16,6 @@ from typing import Any
 
 import attrs
 
-from spurcore_sweep import trial_at
 
 DEFAULT_EXPERIMENT = "spurcore"
 
@@ -44,11 +43,12 @@ class Identity:
             "method": "+".join(stage.label for stage in config.stages),
             "seed": str(config.seed),
         }
-        found = trial_at(path)
-        if found is None:
+        origin = run.out.read_origin()
+        if origin is None or "sweep" not in origin:
             return cls(name=path.name, experiment=DEFAULT_EXPERIMENT, root=path.parent, tags=tags)
-        sweep, trial = found
-        tags.update({"sweep": str(sweep), "trial": trial.path, "method": trial.method, "seed": str(trial.seed),
-                     "settings": ", ".join(f"{k}={_text(v)}" for k, v in trial.settings.items()) or "default"})
-        tags.update({f"setting.{key}": _text(value) for key, value in trial.settings.items()})
-        return cls(name=trial.path, experiment=sweep.name, root=sweep, tags=tags)
+        sweep, settings = Path(origin["sweep"]), origin.get("settings", {})
+        tags.update({"sweep": str(sweep), "trial": origin["trial"], "method": origin["method"],
+                     "seed": str(origin["seed"]),
+                     "settings": ", ".join(f"{k}={_text(v)}" for k, v in settings.items()) or "default"})
+        tags.update({f"setting.{key}": _text(value) for key, value in settings.items()})
+        return cls(name=origin["trial"], experiment=sweep.name, root=sweep, tags=tags)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 from spurcore import hookimpl
-from spurcore.api import ObserverSpec, run_pipeline
-from spurcore_sweep import trial_at
+from spurcore.api import ObserverSpec, RunDir, run_pipeline
 from spurcore_tracking import Tracker, flatten_metrics, hyperparameters, scalar_name
+from spurcore_tracking.identity import Identity
 
 
 def test_group_names_become_one_level_of_the_scalar_name():
@@ -28,17 +28,22 @@ def test_the_resolved_config_is_flat_hyperparameters(spur_tiny_config):
     assert all(isinstance(v, (str, int, float, bool)) for v in flat.values())
 
 
-def test_a_run_knows_the_sweep_that_lists_it(tmp_path):
-    sweep = tmp_path / "sweep"
-    (sweep / "dfr" / "r=5-ab" / "seed1").mkdir(parents=True)
-    (sweep / "sweep.json").write_text(json.dumps({"pipeline": "p.toml", "trials": [
-        {"method": "dfr", "settings": {"dfr.options.retrains": 5}, "seed": 1, "path": "dfr/r=5-ab/seed1",
-         "overrides": ["seed=1"], "after": "erm/default/seed1", "record": None}]}))
-    found, trial = trial_at(sweep / "dfr" / "r=5-ab" / "seed1")
-    assert found == sweep.resolve()
-    assert (trial.method, trial.settings, trial.seed, trial.overrides) == ("dfr", {"dfr.options.retrains": 5}, 1, ("seed=1",))
-    assert trial_at(sweep / "dfr") is None  # a folder the sweep does not list
-    assert trial_at(tmp_path / "elsewhere") is None
+def test_a_trial_is_named_and_tagged_from_the_origin_its_sweep_wrote(spur_tiny_config, tmp_path):
+    class Run:
+        pass
+
+    run, folder = Run(), tmp_path / "sweep" / "dfr" / "r=5-ab" / "seed1"
+    run.out, run.config = RunDir(folder), spur_tiny_config(seed=1)
+    folder.mkdir(parents=True)
+    alone = Identity.of(run)  # no origin.json: a run of its own, named after its folder
+    assert (alone.name, alone.experiment, alone.root) == ("seed1", "spurcore", folder.parent.resolve())
+    (folder / "origin.json").write_text(json.dumps({
+        "launched_by": "spurcore-sweep", "sweep": str(tmp_path / "sweep"), "trial": "dfr/r=5-ab/seed1",
+        "method": "dfr", "settings": {"dfr.options.retrains": 5}, "seed": 1}))
+    trial = Identity.of(run)
+    assert (trial.name, trial.experiment, trial.root) == ("dfr/r=5-ab/seed1", "sweep", tmp_path / "sweep")
+    assert trial.tags["method"] == "dfr" and trial.tags["seed"] == "1"
+    assert trial.tags["settings"] == "dfr.options.retrains=5" and trial.tags["setting.dfr.options.retrains"] == "5"
 
 
 class Memory:
