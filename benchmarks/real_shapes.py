@@ -88,9 +88,9 @@ from spurcore.api import (
     Batch, Device, DatasetSpec, Normalization, PluginManager, SpuriousData, SplitData, build_model, extract,
     pipeline_from_dict, plan,
 )
-from spurcore.builtins.erm import spurcore_train_loss as erm_loss
+from spurcore.building import call_implementation
 from spurcore.rng import seed_everything
-from spurcore.training import make_optimizer
+from spurcore.training import default_loss as erm_loss, make_optimizer
 from spurcore_datasets.images import IMAGENET_MEAN, IMAGENET_STD
 from spurcore_fairdropout import FairDropout
 from spurcore_tracer import NeuronIndex, gradient_norms
@@ -190,8 +190,11 @@ class Bench:
             return SimpleNamespace(model=model, method=None, run=lambda batch, data: gradient_norms(model, [batch], index))
         stage = self.stages["erm" if name == "two-forwards" else name]
         method = stage.spec.factory(stage.options)
-        if hasattr(method, "spurcore_prepare_model"):
-            method.spurcore_prepare_model(model=model)
+        auxiliary: dict[str, torch.nn.Module] = {}  # a stage's networks beside the model (pruned-twin's projection)
+        context = SimpleNamespace(index=stage.index, model=model,
+                                  add_auxiliary=lambda name, module, optimizer=None: auxiliary.setdefault(name, module))
+        call_implementation(method, "spurcore_prepare_model", run=SimpleNamespace(data=self.data), stage=context,
+                            model=model)
         model.train()
         loss_of = erm_loss
         if name == "prunedtwin":  # its mask, drawn as at the start of an epoch
@@ -201,7 +204,8 @@ class Bench:
         if name == "two-forwards":  # the reference: ERM's loss on two forward passes of the batch
             def loss_of(model, batch):
                 return erm_loss(model=model, batch=batch) + erm_loss(model=model, batch=batch)
-        optimizer = make_optimizer(stage.train, model.parameters())
+        optimizer = make_optimizer(stage.train, [*model.parameters(),
+                                                 *(p for module in auxiliary.values() for p in module.parameters())])
 
         def run(batch: Batch, data: SpuriousData) -> None:
             loss = loss_of(model=model, batch=batch)
