@@ -75,6 +75,7 @@ def test_a_bad_option_is_named_before_anything_is_written(sweep, tmp_path, optio
 
 def test_a_job_that_ends_without_a_record_is_a_failed_trial_naming_its_log(spur_plugins, spur_register_plugin,
                                                                            tmp_path):
+    spur_register_plugin(spurcore_sweep, "sweep")  # owns the kind "launchers"
     spur_register_plugin(spurcore_submitit, "submitit")
     launcher = start_launcher(spur_plugins, "submitit", options=["cluster=local", "poll=0.2"], out=tmp_path)
     job = launcher.submit({"out": str(tmp_path / "erm" / "default" / "seed0")})  # no pipeline: run_trial raises
@@ -101,6 +102,7 @@ def test_slurm_jobs_ask_for_the_options_and_are_cancelled_on_close(spur_plugins,
         (bin_dir / name).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("LOG", str(tmp_path))
+    spur_register_plugin(spurcore_sweep, "sweep")  # owns the kind "launchers"
     spur_register_plugin(spurcore_submitit, "submitit")
     options = ["partition=gpu", "time=90", "gpus=1", "mem_gb=16", "account=lab", 'setup=["module load cuda"]']
     launcher = start_launcher(spur_plugins, "submitit", jobs=50, threads=2, options=options, out=tmp_path / "sweep")
