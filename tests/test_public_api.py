@@ -78,7 +78,7 @@ def test_the_api_page_lists_every_name_with_its_real_signature():
     for name in api.__all__:
         assert f"- `{name}" in text, name
     assert "- `open_run(path, plugins, *, device='cpu')`: " in text
-    assert "- `run_pipeline(config, out_path, plugins, *, resume=False, log=print)`: " in text
+    assert "- `run_pipeline(config, out_path, plugins, *, resume=False, log=print, quiet=False)`: " in text
     assert "- `RunError`: the pipeline cannot run as configured." in text
     assert f"`{'`, `'.join(sorted(spurcore.testing.__all__))}`." in text
 
