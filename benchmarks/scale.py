@@ -279,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     data = synthetic_celeba.write(args.data, counts)
     print(f"dataset ready in {args.data} ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
-    result = json.loads(args.out.read_text()) if args.out.exists() and not args.fresh else {"rows": []}
+    result = json.loads(args.out.read_text()) if args.out.exists() else {"rows": []}
     rows = [r for r in result["rows"] if not (args.fresh and r["step"] in steps and r["n_train"] in sizes)]
     for n in sizes:
         scale = Scale(data, args.work, n, spur, args.trials)
