@@ -707,21 +707,16 @@ def test_a_kind_is_declared_once():
     manager = PluginManager(entry_points=False)
     manager.register(Owner(), "owner")
 
-    class Thief:
-        @hookimpl
-        def spurcore_register_kinds(self):
-            return [KindSpec(name="reporters", record=ReporterSpec, hookspecs=ReporterHooks)]
+    def declaring(kind):
+        """A plugin that declares `kind` (with the reporters' record and hook)."""
+        plugin = types.SimpleNamespace()
+        plugin.spurcore_register_kinds = lambda: [KindSpec(name=kind, record=ReporterSpec, hookspecs=ReporterHooks)]
+        return plugin
 
     with pytest.raises(PluginError, match=r"^plugin 'thief' declares the kind 'reporters', which owner declares already$"):
-        manager.register(Thief(), "thief")
-
-    class Kernel:
-        @hookimpl
-        def spurcore_register_kinds(self):
-            return [KindSpec(name="metrics", record=ReporterSpec, hookspecs=ReporterHooks)]
-
+        manager.register(declaring("reporters"), "thief")
     with pytest.raises(PluginError, match=r"declares the kind 'metrics', which the kernel declares already"):
-        manager.register(Kernel(), "kernel")
+        manager.register(declaring("metrics"), "kernel")
 
 
 def test_the_tracer_and_the_sweep_own_their_kinds():
