@@ -1,4 +1,4 @@
-"""Portable CPU kernels: the same numbers from the same run on any x86-64 CPU.
+"""Portable CPU kernels: fewer ways for the same run to give other numbers on another x86-64 CPU.
 
 On a CPU, torch picks its kernels by the instruction set the processor offers (AVX-512, AVX2,
 ...) and so does each library under it (oneDNN for convolutions, MKL for matrix products);
@@ -6,8 +6,10 @@ each sums in a different order, so two machines with different processors drift 
 a few steps, and a whole table of results with them (a JTT row moved from 67 to 33 points
 between two of our machines). Pinned to AVX2, which every x86-64 server of the last decade
 has, with MKL in its conditional-reproducibility mode and convolutions through torch's own
-kernels instead of oneDNN, the numbers are the same wherever the run is repeated, at some
-cost in speed on processors with wider vectors (measured in docs/sweeps.md).
+kernels instead of oneDNN, the instruction set no longer decides the sums, at some cost in
+speed on processors with wider vectors (measured in docs/sweeps.md). It is not a guarantee:
+two of our machines, both AVX-512 Xeons, gave different numbers for the same pinned run
+(docs/sweeps.md says what we know).
 
 `spur` pins them for every command (and the processes a sweep starts inherit them) before
 torch is imported; `SPURCORE_CPU_KERNELS=native` keeps torch's own choice. Nothing here

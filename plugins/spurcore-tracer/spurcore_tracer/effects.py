@@ -50,12 +50,14 @@ class Evaluator:
     one more entry after the groups'."""
 
     def __init__(self, model: nn.Module, data: SpuriousData, splits: tuple[str, ...] = ("train", "test"),
-                 batch_size: int = 512, max_cache_mb: float = 1024.0, marked: np.ndarray | None = None) -> None:
+                 batch_size: int = 512, max_cache_mb: float = 8192.0, marked: np.ndarray | None = None,
+                 layers: Iterable[str] | None = None, cache_dir: str | None = None) -> None:
         self.model, self.data, self.marked = model, data, marked
         self.splits = tuple(s for s in splits if s in data.splits and data.splits[s].has_attributes)
         self.groups = {s: data.groups(s) for s in self.splits}
         self.counts = {s: np.bincount(self.groups[s], minlength=data.n_groups) for s in self.splits}
-        self.replay = Replay(model, {s: data.splits[s] for s in self.splits}, batch_size, max_cache_mb)
+        self.replay = Replay(model, {s: data.splits[s] for s in self.splits}, batch_size, max_cache_mb,
+                             layers, cache_dir)
         self.base_logits = self.replay.base
         self.base = {s: self._accuracy(s, self.base_logits[s]) for s in self.splits}
         self.evaluations = 0

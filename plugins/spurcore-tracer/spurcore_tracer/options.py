@@ -73,6 +73,7 @@ class TraceOptions:
     memorized: str | None = None                      # a `spur memorization` scores.h5: its top-memorized
     memorized_share: float = attrs.field(default=0.05, validator=_share)  # training examples, one more row on train
     batch_size: int = attrs.field(default=1024, validator=positive)
-    max_cache_mb: float = attrs.field(default=1024.0, validator=non_negative)
+    max_cache_mb: float = attrs.field(default=8192.0, validator=non_negative)  # on disk, see replay.py
+    cache_dir: str | None = None                       # where; None: the system's temporary directory
     seed: int = 0
     figures: bool = True

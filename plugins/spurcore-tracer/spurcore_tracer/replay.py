@@ -11,15 +11,24 @@ rest of the network runs.
 This is sound only for a chain of blocks each called once per forward, which is checked:
 when recording, every block must be called exactly once per batch; and every replay point is
 verified once against a full forward pass of the unchanged model (identical logits), and
-dropped if it differs. Recorded outputs are kept up to `max_mb` megabytes, latest blocks
-first; a model with any other structure simply gets full forward passes.
+dropped if it differs. A model with any other structure simply gets full forward passes.
+
+Recorded outputs go to files in a temporary folder (read back one batch at a time, so they
+take disk and the system's file cache, not the process's memory), up to `max_mb` megabytes.
+Given the layers that evaluations will change, only the points those changes can replay from
+are recorded (the block just before each layer's block), latest first. The budget is in
+bytes while the outputs grow with the number of examples, so a larger split can keep fewer
+points; `bytes_per_example` states what was kept.
 """
 
 from __future__ import annotations
 
 import contextlib
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -30,16 +39,61 @@ def _mb(tensor: torch.Tensor) -> float:
     return tensor.numel() * tensor.element_size() / 2**20
 
 
+class RecordedOutputs:
+    """One block's outputs over one split, batch after batch, in a file: appended while
+    recording, read back one batch at a time (a plain read, not a memory map, so the bytes
+    stay in the file cache and out of the process's resident memory)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.batches = path, []   # (byte offset, shape, dtype) per batch
+        self.bytes = 0
+
+    def append(self, output: torch.Tensor) -> None:
+        raw = output.detach().contiguous().cpu().view(-1).view(torch.uint8).numpy()
+        with open(self.path, "ab") as handle:
+            handle.write(raw.tobytes())
+        self.batches.append((self.bytes, tuple(output.shape), output.dtype))
+        self.bytes += raw.nbytes
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        offset, shape, dtype = self.batches[i]
+        count = int(np.prod(shape)) * torch.empty((), dtype=dtype).element_size()
+        raw = np.fromfile(self.path, dtype=np.uint8, count=count, offset=offset)
+        return torch.from_numpy(raw).view(dtype).reshape(shape)
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self.batches, self.bytes = [], 0
+
+
 class Replay:
+    """`layers`: the module paths evaluations will change (None: any), which decide the points
+    worth recording; `cache_dir`: where the temporary folder of recorded outputs goes (the
+    system's temporary directory by default); it is removed with this object."""
+
     def __init__(self, model: nn.Module, splits: Mapping[str, SplitData], batch_size: int = 512,
-                 max_mb: float = 1024.0) -> None:
+                 max_mb: float = 8192.0, layers: Iterable[str] | None = None,
+                 cache_dir: str | Path | None = None) -> None:
         self.model, self.splits, self.batch_size = model, dict(splits), batch_size
         self.device = next(model.parameters()).device
         self.points: list[tuple[str, nn.Module]] = []   # (path, module) in call order, embed last
-        self.cache: dict[str, dict[str, list[torch.Tensor]]] = {}
+        self.cache: dict[str, dict[str, RecordedOutputs]] = {}
         self.base: dict[str, torch.Tensor] = {}
         self.full_passes = 0
-        self._record(max_mb)
+        self._folder = tempfile.TemporaryDirectory(prefix="spurcore-replay-", dir=cache_dir)
+        self._record(max_mb, None if layers is None else list(layers))
+
+    @property
+    def bytes_per_example(self) -> float:
+        """Bytes the recorded outputs take per example (over every split)."""
+        total = sum(len(d) for d in self.splits.values())
+        stored = sum(r.bytes for by_split in self.cache.values() for r in by_split.values())
+        return stored / max(total, 1)
+
+    def close(self) -> None:
+        """Remove the recorded outputs (later evaluations run full forward passes)."""
+        self.cache, self.points = {}, []
+        self._folder.cleanup()
 
     # --- recording ---------------------------------------------------------------------------
 
@@ -62,8 +116,27 @@ class Replay:
         for batch in self._batches(split):
             yield batch.index, to_device(batch.x, self.device)
 
+    def _block_position(self, path: str) -> int | None:
+        """Index in the call order of the block holding module `path` (len(order) for the
+        head, which runs after every block); None for a module outside the chain."""
+        position = None
+        for i, block in enumerate(self.order):
+            if block != "embed" and (path == block or path.startswith(block + ".")):
+                position = i
+        if position is None and (path == "head" or path.startswith("head.")):
+            position = len(self.order)
+        return position
+
+    def _wanted(self, layers: list[str] | None) -> list[str]:
+        """The points worth recording, latest first: for each changed layer, the block just
+        before the layer's own (any block when the layers are not known)."""
+        if layers is None:
+            return list(reversed(self.order))
+        positions = {self._block_position(path) for path in layers}
+        return [self.order[i - 1] for i in sorted((p for p in positions if p), reverse=True)]
+
     @torch.no_grad()
-    def _record(self, max_mb: float) -> None:
+    def _record(self, max_mb: float, layers: list[str] | None) -> None:
         self.order: list[str] = []
         candidates = self._candidates()
         if not candidates:
@@ -72,7 +145,9 @@ class Replay:
         calls: list[str] = []
         kept: set[str] | None = None   # decided from the first batch's sizes
         sizes: dict[str, float] = {}
-        outputs: dict[str, dict[str, list[torch.Tensor]]] = {p: {s: [] for s in self.splits} for p, _ in candidates}
+        folder = Path(self._folder.name)
+        outputs = {p: {s: RecordedOutputs(folder / f"{i}-{s}.bin") for s in self.splits}
+                   for i, (p, _) in enumerate(candidates)}
         current = {"split": None}
         total = sum(len(d) for d in self.splits.values())
 
@@ -84,7 +159,7 @@ class Replay:
                 if kept is None:
                     sizes[path] = _mb(output)
                 if kept is None or path in kept:
-                    outputs[path][current["split"]].append(output.detach().clone())
+                    outputs[path][current["split"]].append(output)
             return record
 
         handles = [m.register_forward_hook(hook(p)) for p, m in candidates]
@@ -101,19 +176,21 @@ class Replay:
                     if kept is None:
                         self.order = list(calls)
                         kept, used = set(), 0.0
-                        for path in reversed(self.order):   # latest blocks first, within budget
+                        for path in self._wanted(layers):   # latest first, within budget
                             estimate = sizes.get(path, float("inf")) * total / len(batch)
                             if used + estimate <= max_mb:
                                 kept.add(path)
                                 used += estimate
                         for path in set(outputs) - kept:
-                            outputs[path] = {s: [] for s in self.splits}
+                            for recorded in outputs[path].values():
+                                recorded.discard()
                 self.base[split] = torch.cat(logits)
         finally:
             for h in handles:
                 h.remove()
         self.full_passes += 1
         if not once:
+            self.close()
             return
         by_path = dict(candidates)
         self.cache = {p: outputs[p] for p in kept}
@@ -125,7 +202,8 @@ class Replay:
             except Exception:  # a block reads an output that replay withholds: not a chain
                 same = False
             if not same:
-                del self.cache[path]
+                for recorded in self.cache.pop(path).values():
+                    recorded.discard()
         self.points = [(p, m) for p, m in self.points if p in self.cache]
 
     # --- evaluation -----------------------------------------------------------------------------
@@ -135,18 +213,9 @@ class Replay:
         changed = list(changed)
         if not changed or not self.points:
             return None
-        positions = []
-        for path in changed:
-            position = None
-            for i, block in enumerate(self.order):
-                if block != "embed" and (path == block or path.startswith(block + ".")):
-                    position = i
-            if position is None:
-                if path == "head" or path.startswith("head."):
-                    position = len(self.order)  # after every block, embed included
-                else:
-                    return None
-            positions.append(position)
+        positions = [self._block_position(path) for path in changed]
+        if None in positions:
+            return None
         first = min(positions)
         usable = [p for p, _ in self.points if self.order.index(p) < first]
         return usable[-1] if usable else None
@@ -160,7 +229,7 @@ class Replay:
                 continue
             module = dict(self._candidates())[block]
             if block == path:
-                module.forward = lambda *a, _c=self.cache[path][split], **k: _c[step["i"]].clone()
+                module.forward = lambda *a, _c=self.cache[path][split], **k: _c[step["i"]].to(self.device)
             else:
                 module.forward = lambda *a, **k: None
             patched.append(module)

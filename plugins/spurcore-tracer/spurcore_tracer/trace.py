@@ -117,7 +117,10 @@ def trace_run(run: Any, options: TraceOptions | None = None, *, out: Any = None,
     if index.total == 0:
         raise TracerError(f"{run.path}: the model has no conv or linear layer to trace")
     evaluator = Evaluator(model, data, ("train", "test"), options.batch_size, options.max_cache_mb,
-                          marked=None if marked is None else marked.mask)
+                          marked=None if marked is None else marked.mask,
+                          layers=[layer.path for layer in index.layers], cache_dir=options.cache_dir)
+    log(f"replay cache: {len(evaluator.replay.points)} points, "
+        f"{evaluator.replay.bytes_per_example / 1024:.1f} KiB per example")
     if "test" not in evaluator.splits:
         notes.append("test split has no attribute labels: effects are reported on train only")
     minority = set(minority_groups(data, "train"))
@@ -133,6 +136,7 @@ def trace_run(run: Any, options: TraceOptions | None = None, *, out: Any = None,
 
     result = assemble(run, options, planned.key, epoch, names, minority, marked, evaluator, index, scored, outcome,
                       rewind_epochs, entries, notes)
+    evaluator.replay.close()
     out.mkdir(parents=True, exist_ok=True)
     if options.figures:
         from spurcore_tracer import figures
@@ -231,7 +235,8 @@ def assemble(run: Any, options: TraceOptions, stage: str, epoch: int, names: lis
         "rank_overlap": overlap,
         "notes": notes,
         "cost": {"evaluations": evaluator.evaluations, "full_forward_passes": evaluator.replay.full_passes,
-                 "replay_points": [p for p, _ in evaluator.replay.points], "seconds": None},
+                 "replay_points": [p for p, _ in evaluator.replay.points],
+                 "replay_bytes_per_example": round(evaluator.replay.bytes_per_example, 1), "seconds": None},
     }
 
 

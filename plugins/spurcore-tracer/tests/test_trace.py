@@ -128,6 +128,52 @@ def test_replay_equals_a_full_forward_under_an_intervention():
     assert replay.point_for(["head"]) == "embed" and replay.point_for(["embed.0"]) is None
 
 
+def _two_block_model(data):
+    from spurcore.api import Backbone, build_model
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(data.input_shape[0], 16), torch.nn.ReLU(),
+                              torch.nn.Linear(16, 8), torch.nn.ReLU())
+    return build_model(Backbone(net, 8), 2).eval()
+
+
+def test_replay_records_the_points_the_traced_layers_replay_from(tmp_path):
+    """With room for 24 floats per example, the points kept are the ones the traced layers
+    (embed.2 and the head) replay from: embed.1 and embed. Latest-first, as before, filled the
+    budget with embed, embed.3 and embed.2, and a change to embed.2 ran from the inputs."""
+    from spurcore.testing import TinyOptions, make_tiny
+
+    data = make_tiny(TinyOptions())
+    model = _two_block_model(data)
+    train = data.splits["train"]
+    budget = 24 * 4 * len(train) / 2**20 * (1 + 1e-9)
+    replay = Replay(model, {"train": train}, batch_size=64, max_mb=budget,
+                    layers=["embed.0", "embed.2", "head"], cache_dir=tmp_path)
+    assert [p for p, _ in replay.points] == ["embed.1", "embed"]
+    assert replay.point_for(["embed.2"]) == "embed.1" and replay.point_for(["embed.0"]) is None
+    passes = replay.full_passes
+    index = NeuronIndex.of(model)
+    with intervene(index, [16, 17], "zero"):   # two units of embed.2
+        fast = replay.logits(["embed.2"])["train"]
+        full = split_logits(model, train, 64)
+    assert replay.full_passes == passes and torch.allclose(fast, full, atol=1e-6)
+
+
+def test_recorded_outputs_are_files_of_the_stated_size_removed_on_close(tmp_path):
+    from spurcore.testing import TinyOptions, make_tiny
+
+    data = make_tiny(TinyOptions())
+    splits = {s: data.splits[s] for s in ("train", "test")}
+    replay = Replay(_two_block_model(data), splits, batch_size=64, cache_dir=tmp_path)
+    files = [f for f in tmp_path.rglob("*") if f.is_file()]
+    n = sum(len(d) for d in splits.values())
+    assert [p for p, _ in replay.points] == ["embed.0", "embed.1", "embed.2", "embed.3", "embed"]
+    # float32 outputs of 16, 16, 8, 8 and 8 units per example, every point kept (no layers given)
+    assert sum(f.stat().st_size for f in files) == replay.bytes_per_example * n == 4 * (16 + 16 + 8 + 8 + 8) * n
+    replay.close()
+    assert not any(tmp_path.iterdir()) and replay.point_for(["head"]) is None
+
+
 def test_a_replayed_evaluation_reads_no_input():
     """Replaying from a recorded block needs the batches' indices only: a dataset-backed split
     (images decoded per item) is read once, when the outputs are recorded, not per evaluation."""
