@@ -380,7 +380,7 @@ def test_closing_the_launcher_example_stops_its_trials(command, tmp_path):
                  "the trial training")
         assert process.poll() is None and not run_folder_free(run)
         launcher.close()
-        wait_for(lambda: run_folder_free(run), 5, "the trial gone, its run folder free")
+        wait_for(lambda: run_folder_free(run), 30, "the trial gone, its run folder free")
         assert process.returncode != 0 and not (run / "summary.json").exists()
     finally:
         process.kill()

@@ -136,7 +136,7 @@ def test_a_terminated_sweep_cancels_its_jobs(tmp_path):
         assert not any(map(run_folder_free, runs))
         sweep.send_signal(signal.SIGTERM)
         assert sweep.wait(30) != 0
-        wait_for(lambda: all(map(run_folder_free, runs)), 5, "the jobs' trials are gone, their run folders free")
+        wait_for(lambda: all(map(run_folder_free, runs)), 30, "the jobs' trials are gone, their run folders free")
         assert not any((run / "summary.json").exists() for run in runs)
     finally:
         if sweep.poll() is None:

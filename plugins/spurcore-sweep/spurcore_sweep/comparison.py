@@ -270,7 +270,7 @@ def plot_wga(table: Sequence[Row], path: Path) -> None:
     ax.set_xticks(range(len(methods)), [m.replace(" (", "\n(") for m in methods], rotation=15)
     ax.set_ylabel("test worst-group accuracy (%)")
     ax.set_ylim(0, 105)
-    ax.set_title("Worst-group accuracy per method (mean ± std over seeds)")
+    ax.set_title("Worst-group accuracy per method\n(mean ± std over seeds)")  # two lines: fits two bars
     ax.legend(title="settings chosen by", fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     fig.tight_layout()
     atomic.write_figure(fig, path, dpi=120)

@@ -733,10 +733,10 @@ def test_killing_the_sweep_ends_its_pool_workers(tmp_path, stop):
         assert set(workers) <= set(started)  # the pool's own processes
         sweep.send_signal(stop)
         assert sweep.wait(30) != 0
-        wait_for(lambda: not any(map(alive, workers)), 5, f"workers {workers} exit after their sweep was stopped")
+        wait_for(lambda: not any(map(alive, workers)), 30, f"workers {workers} exit after their sweep was stopped")
         # A worker's leader thread turns zombie before its other threads have exited and closed
         # the lock's descriptor, so the folders come free a moment after, not at once.
-        wait_for(lambda: all(map(run_folder_free, runs)), 5, "the killed workers' run folders come free")
+        wait_for(lambda: all(map(run_folder_free, runs)), 30, "the killed workers' run folders come free")
         for run in runs:  # free for the relaunch, which continues each run
             with runlock.locked(run):
                 assert not (run / "summary.json").exists()
@@ -770,7 +770,7 @@ def test_a_process_watching_its_parent_ends_when_the_parent_is_killed():
         assert middle.stdout.readline() == "watching\n" and parent_of(child) == middle.pid
         middle.kill()
         middle.wait()
-        wait_for(lambda: not alive(child), 3, f"process {child} ends after its parent was killed")
+        wait_for(lambda: not alive(child), 30, f"process {child} ends after its parent was killed")
     finally:
         if alive(child):
             os.kill(child, signal.SIGKILL)
