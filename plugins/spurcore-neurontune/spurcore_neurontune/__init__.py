@@ -13,12 +13,13 @@ from spurcore.api import (FieldError, MitigationSpec, SelectorSpec, SpurcoreErro
                           positive)
 
 __all__ = [
-    "NeuronTune", "NeuronTuneError", "NeuronTuneOptions", "bias_dimensions", "check_splits", "predictions",
+    "NeuronTune", "NeuronTuneError", "NeuronTuneOptions", "above_per_class", "bias_dimensions", "check_splits", "predictions",
     "retrain_head", "sfit", "sfit_score", "spuriousness",
 ]
 __getattr__, __dir__ = lazy_exports(__name__, {
     name: f"spurcore_neurontune.stage:{name}"
-    for name in ("NeuronTune", "bias_dimensions", "predictions", "retrain_head", "sfit", "sfit_score", "spuriousness")})
+    for name in ("NeuronTune", "above_per_class", "bias_dimensions", "predictions", "retrain_head", "sfit",
+                 "sfit_score", "spuriousness")})
 
 
 class NeuronTuneError(SpurcoreError):

@@ -29,6 +29,12 @@ def bias_dimensions(delta: np.ndarray, quantifier: str = "all", threshold: float
     return np.flatnonzero(above.all(1) if quantifier == "all" else above.any(1))
 
 
+def above_per_class(delta: np.ndarray, threshold: float = 0.0) -> list[int]:
+    """How many dimensions exceed `threshold` in each class: with the "all" quantifier the rule
+    selects the dimensions counted in every class, so these say why it selects few or none."""
+    return (delta > threshold).sum(0).astype(int).tolist()
+
+
 def sfit(delta: np.ndarray) -> float:
     return float(np.abs(delta).sum())
 
@@ -65,14 +71,14 @@ def retrain_head(head: torch.nn.Module, features: np.ndarray, y: np.ndarray, zer
     return new
 
 
-def plot_delta(delta: np.ndarray, chosen: np.ndarray, class_names, path) -> None:
+def plot_delta(delta: np.ndarray, chosen: np.ndarray, class_names, path, threshold: float = 0.0) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     order = np.argsort(-delta.min(1))
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 5.5), height_ratios=[1, 1.3])
+    fig, (top, bottom, spread) = plt.subplots(3, 1, figsize=(9, 8.5), height_ratios=[1, 1.3, 1.3])
     image = top.imshow(delta[order].T, aspect="auto", cmap="coolwarm",
                        vmin=-np.abs(delta).max(), vmax=np.abs(delta).max(), interpolation="nearest")
     top.set_yticks(range(len(class_names)), class_names)
@@ -84,6 +90,14 @@ def plot_delta(delta: np.ndarray, chosen: np.ndarray, class_names, path) -> None
     bottom.set_xlabel("embedding dimension (sorted)")
     bottom.set_ylabel("min over classes of delta")
     bottom.set_title(f"{len(chosen)} bias dimensions (red) zeroed; SFit = {sfit(delta):.2f}")
+    bins = np.linspace(delta.min(), delta.max(), 41) if delta.max() > delta.min() else 10
+    for c, (name, count) in enumerate(zip(class_names, above_per_class(delta, threshold))):
+        spread.hist(delta[:, c], bins=bins, histtype="step", lw=1.5, label=f"{name}: {count} above")
+    spread.axvline(threshold, color="black", lw=0.8, ls="--")
+    spread.set_xlabel("delta (median over the misclassified minus over the correct)")
+    spread.set_ylabel("dimensions")
+    spread.set_title(f"delta per class; the threshold {threshold:g} dashed")
+    spread.legend(fontsize=8, frameon=False)
     fig.tight_layout()
     atomic.write_figure(fig, path, dpi=110)
 
@@ -111,10 +125,14 @@ class NeuronTune:
         atomic.write_json(folder / "neurontune.json", {
             "identification_split": options.identification_split, "quantifier": options.quantifier,
             "threshold": options.threshold, "misclassified": int((~correct).sum()),
-            "bias_dimensions": chosen.tolist(), "sfit": sfit(delta), "delta": delta.tolist(),
+            "bias_dimensions": chosen.tolist(), "above_per_class": above_per_class(delta, options.threshold),
+            "sfit": sfit(delta), "delta": delta.tolist(),
         })
-        plot_delta(delta, chosen, run.data.class_names, folder / "delta.png")
-        run.log(f"stage {stage.key}: NeuronTune zeroed {len(chosen)} of {delta.shape[0]} dimensions; SFit {sfit(delta):.3f}")
+        plot_delta(delta, chosen, run.data.class_names, folder / "delta.png", options.threshold)
+        counts = ", ".join(f"{name} {count}" for name, count in
+                           zip(run.data.class_names, above_per_class(delta, options.threshold)))
+        run.log(f"stage {stage.key}: NeuronTune zeroed {len(chosen)} of {delta.shape[0]} dimensions "
+                f"(above {options.threshold:g} per class: {counts}; {options.quantifier} of them); SFit {sfit(delta):.3f}")
         return head
 
 

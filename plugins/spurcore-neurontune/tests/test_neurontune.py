@@ -35,6 +35,7 @@ def test_delta_is_the_median_difference_per_class():
     assert nt.sfit(delta) == 4 + 7
     assert nt.bias_dimensions(delta, "all").tolist() == []
     assert nt.bias_dimensions(delta, "any").tolist() == [0]
+    assert nt.above_per_class(delta) == [1, 0]   # positive in class 0 only: "all" selects nothing
     # a class with no misclassified example leaves its column at 0 (undefined, never "above")
     assert nt.spuriousness(features, y, np.ones(8, bool), 2).tolist() == [[0.0, 0.0]]
 
@@ -92,6 +93,7 @@ def test_stage_and_sfit_selector_run_without_attribute_labels(tmp_path, nt_plugi
     delta = np.array(saved["delta"])
     assert delta.shape == (16, 2) and np.isclose(saved["sfit"], np.abs(delta).sum())
     assert saved["bias_dimensions"] == nt.bias_dimensions(delta, "all", 0.0).tolist()
+    assert saved["above_per_class"] == [int((delta[:, c] > 0).sum()) for c in range(delta.shape[1])]
     assert (folder / "delta.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -4,6 +4,8 @@ still running, so an interrupted sweep (Ctrl-C, SIGTERM) leaves none behind."""
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -36,6 +38,14 @@ class SubmititOptions:
     poll: float = attrs.field(default=1.0, validator=positive)  # seconds between checks of the running jobs
 
 
+def interruptible_jobs() -> None:
+    """Local jobs are cancelled with SIGINT, and a job inherits this process's SIGINT ignored
+    when the sweep was started from a background shell job (`spur sweep ... &`, nohup): it would
+    train on, holding its run folder. So SIGINT interrupts again (in the main thread only)."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 class Submitit:
     """At most `--jobs` trials submitted at a time (give a cluster a large `--jobs`: its queue
     holds the rest), each a submitit job running `run_trial(spec)` with `--threads` CPUs (or
@@ -60,6 +70,8 @@ class Submitit:
             mem_gb=options.mem_gb, nodes=1, tasks_per_node=1,
             **{f"slurm_{key}": value for key, value in slurm.items() if value is not None},
             **({f"{self.executor.cluster}_setup": list(options.setup)} if options.setup else {}))
+        if self.executor.cluster == "local":
+            interruptible_jobs()
 
     def submit(self, spec: dict[str, Any]) -> Any:
         run = Path(spec["out"])  # the job's name in the queue: spur:<the trial's folder in the sweep>

@@ -123,13 +123,21 @@ def training(run):
     return (run / "checkpoints" / "0-erm" / "epoch_001.pt").exists()
 
 
-def test_a_terminated_sweep_cancels_its_jobs(tmp_path):
+def ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("started", ["foreground", "background"])
+def test_a_terminated_sweep_cancels_its_jobs(tmp_path, started):
+    """Also for a sweep started from a background shell job (`spur sweep ... &`), which inherits
+    SIGINT ignored, as do its jobs: cancelling a local job (SIGINT) used to leave it training."""
     path = write_pipeline(tmp_path, n_train=20000)  # trials of minutes: 1000 epochs of 20000 examples
     out = tmp_path / "sweep"
     runs = [out / "erm" / "default" / f"seed{seed}" for seed in (0, 1)]
     sweep = subprocess.Popen([sys.executable, "-m", "spurcore", "-p", "spurcore.testing.tinyplug", "sweep", str(path),
                               "--seeds", "0,1", "--jobs", "2", *LOCAL, "--out", str(out)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=ignore_sigint if started == "background" else None)
     try:
         wait_for(lambda: all(map(training, runs)) or sweep.poll() is not None, 120, "both trials training")
         assert sweep.poll() is None, sweep.stderr.read()
