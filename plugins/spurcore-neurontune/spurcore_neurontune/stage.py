@@ -122,15 +122,15 @@ class NeuronTune:
         tune = embeddings[options.tuning_split]
         head = retrain_head(model.head, tune.features, tune.y, chosen, options)
         folder = run.out.stage_dir(stage.key)
+        above = above_per_class(delta, options.threshold)
         atomic.write_json(folder / "neurontune.json", {
             "identification_split": options.identification_split, "quantifier": options.quantifier,
             "threshold": options.threshold, "misclassified": int((~correct).sum()),
-            "bias_dimensions": chosen.tolist(), "above_per_class": above_per_class(delta, options.threshold),
+            "bias_dimensions": chosen.tolist(), "above_per_class": above,
             "sfit": sfit(delta), "delta": delta.tolist(),
         })
         plot_delta(delta, chosen, run.data.class_names, folder / "delta.png", options.threshold)
-        counts = ", ".join(f"{name} {count}" for name, count in
-                           zip(run.data.class_names, above_per_class(delta, options.threshold)))
+        counts = ", ".join(f"{name} {count}" for name, count in zip(run.data.class_names, above))
         run.log(f"stage {stage.key}: NeuronTune zeroed {len(chosen)} of {delta.shape[0]} dimensions "
                 f"(above {options.threshold:g} per class: {counts}; {options.quantifier} of them); SFit {sfit(delta):.3f}")
         return head

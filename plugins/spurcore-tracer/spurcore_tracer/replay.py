@@ -45,19 +45,18 @@ class RecordedOutputs:
     stay in the file cache and out of the process's resident memory)."""
 
     def __init__(self, path: Path) -> None:
-        self.path, self.batches = path, []   # (byte offset, shape, dtype) per batch
+        self.path, self.batches = path, []   # (byte offset, byte count, shape, dtype) per batch
         self.bytes = 0
 
     def append(self, output: torch.Tensor) -> None:
         raw = output.detach().contiguous().cpu().view(-1).view(torch.uint8).numpy()
         with open(self.path, "ab") as handle:
-            handle.write(raw.tobytes())
-        self.batches.append((self.bytes, tuple(output.shape), output.dtype))
+            handle.write(raw)
+        self.batches.append((self.bytes, raw.nbytes, tuple(output.shape), output.dtype))
         self.bytes += raw.nbytes
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        offset, shape, dtype = self.batches[i]
-        count = int(np.prod(shape)) * torch.empty((), dtype=dtype).element_size()
+        offset, count, shape, dtype = self.batches[i]
         raw = np.fromfile(self.path, dtype=np.uint8, count=count, offset=offset)
         return torch.from_numpy(raw).view(dtype).reshape(shape)
 
@@ -133,7 +132,7 @@ class Replay:
         if layers is None:
             return list(reversed(self.order))
         positions = {self._block_position(path) for path in layers}
-        return [self.order[i - 1] for i in sorted((p for p in positions if p), reverse=True)]
+        return [self.order[i - 1] for i in sorted((p for p in positions if p is not None and p > 0), reverse=True)]
 
     @torch.no_grad()
     def _record(self, max_mb: float, layers: list[str] | None) -> None:
