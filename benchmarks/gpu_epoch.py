@@ -169,8 +169,8 @@ class StageClock:
             self._open["images"] += len(batch)
 
     @hookimpl
-    def spurcore_evaluation_start(self, run):
-        if self._open is None:
+    def spurcore_evaluation_start(self, run, stage, epoch):
+        if self._open is None or (stage.spec.kind == "train" and epoch == 0):  # a fine-tuning stage's start
             return
         synchronize(run.device.device)
         self._open["epoch_s"] = time.perf_counter() - self._start

@@ -1,99 +1,118 @@
-"""Why does pruned-twin fine-tuning hurt worst-group accuracy on waterdigits? Controls.
+"""Why does pruned-twin fine-tuning destroy the minority groups? Controls, run as pipelines.
 
-Starts from a finished ERM run (its selected epoch, e.g. from `benchmarks/compare.py`) and
-fine-tunes copies of it for a few epochs with the plugin's own loss pieces, changing one
-thing at a time, and prints per-group test accuracy after every epoch:
+Starts from finished ERM runs (the memorization regime's three seeds) and fine-tunes each of
+them for a few epochs with one ingredient changed at a time, every control a real `spur`
+pipeline: the ERM run's own pipeline with its stage replaced and `[init] run` its folder, so
+the plugin's own code (mask, views, losses, the epoch-0 candidate) is what is measured.
 
-- `paper`: the method's defaults (NT-Xent target-vs-twin on two Table 1 views + 0.2 x MSE);
-- `no-mask`: the same with nothing masked (the twin is the target: plain SimCLR + 0.2 x MSE),
-  which tells whether the mask matters;
-- `colour`: the paper's loss with colour distortion added to both views;
-- `no-mask-colour`: both changes;
-- `supervised-views`: no contrastive term, cross-entropy on one Table 1 view (fine-tuning
-  with augmentation alone), which tells whether the augmentations themselves hurt;
-- `supervised-plain`: cross-entropy on the unaugmented images (continued ERM).
+- `erm-continued`: ERM trained on for the same epochs with pruned-twin's optimizer settings
+  (Adam 2e-4, plateau schedule), clean images: the noise floor of fine-tuning at all;
+- `ours`: the plugin's defaults (NT-Xent target vs twin on two Table 1 views, projection head
+  of 128, q 0.01% by magnitude, 0.2 x squared error on the softmax);
+- `released-code`: the authors' released recipe: one shared view, NT-Xent with stop-gradient
+  on the softmax outputs, 0.2 x cross-entropy, the 1% smallest weights masked;
+- `projection-2`: the paper's recipe with a projection output of size 2 (its Table 2);
+- `same-clean-image`: both branches fed the same unaugmented image;
+- `positives-only`: the pairs aligned (1 - cosine) without negatives;
+- `ce-logits`: cross-entropy on the logits instead of the squared error on the softmax;
+- `colour`: colour distortion added to the two views.
 
-    python benchmarks/prunedtwin_diagnosis.py --erm runs/compare/erm-seed0 [--epochs 3]
-        [--variants paper,no-mask,...] [--out docs/results/prunedtwin_diagnosis.json]
+    python benchmarks/prunedtwin_diagnosis.py --erm RUN [--erm RUN ...] --out runs/ptdiag [--epochs 2]
+        [--controls ours,erm-continued,...] [--jobs 2] [--json docs/results/prunedtwin_diagnosis.json]
         [--figure docs/figures/prunedtwin_diagnosis.png]
-    python benchmarks/prunedtwin_diagnosis.py --plot-only   # redraw the figure from --out
+    python benchmarks/prunedtwin_diagnosis.py --plot-only   # redraw the figure from --json
 
-Writes JSON {variant: {erm run: [{epoch, test group accuracies, worst, average}, ...]}} and a
-figure of test worst-group accuracy per epoch (mean and range over the ERM runs).
+Launched again, it skips finished runs (and resumes cut ones). Writes JSON {control: {erm run:
+{"epochs": [{epoch, worst, average, groups}], "selected": epoch, "selected_variant"}}} (test
+accuracy, in [0, 1]; epoch 0 is the ERM model itself) and a figure of test worst-group accuracy
+per epoch (mean and range over the ERM runs); prints a table.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
+import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from spurcore import atomic
-from spurcore.data import iterate_batches
-from spurcore.plugins import PluginManager
-from spurcore.finished import open_run
-from spurcore_prunedtwin import PrunedTwinOptions, PrunedTwinStage, augment, neuron_mask
-from spurcore_prunedtwin.mask import NeuronMask, neuron_index
 
-VARIANTS = {
-    "paper": {"contrast": True, "mask": True, "colour": False},
-    "no-mask": {"contrast": True, "mask": False, "colour": False},
-    "colour": {"contrast": True, "mask": True, "colour": True},
-    "no-mask-colour": {"contrast": True, "mask": False, "colour": True},
-    "supervised-views": {"contrast": False, "augment": True},
-    "supervised-plain": {"contrast": False, "augment": False},
+FINE_TUNE = {"optimizer": "adam", "lr": 2e-4, "weight_decay": 0.0, "scheduler": "plateau"}
+CONTROLS = {
+    "erm-continued": {"method": "erm", "train": FINE_TUNE},
+    "ours": {"method": "prunedtwin", "options": {}},
+    "released-code": {"method": "prunedtwin", "options": {
+        "same_view": True, "space": "output", "projection": False, "supervised": "ce", "lam": 0.2,
+        "mask": "smallest-weights", "weight_percent": 1.0}},
+    "projection-2": {"method": "prunedtwin", "options": {"projection_dim": 2}},
+    "same-clean-image": {"method": "prunedtwin", "options": {"augment": False}},
+    "positives-only": {"method": "prunedtwin", "options": {"contrast": "positives"}},
+    "ce-logits": {"method": "prunedtwin", "options": {"supervised": "ce"}},
+    "colour": {"method": "prunedtwin", "options": {"colour": True}},
 }
 
 
-def group_accuracy(model, split, class_names, attr_names) -> dict:
-    model.eval()
-    correct = []
-    with torch.no_grad():
-        for batch in iterate_batches(split, torch.arange(len(split)), 512):
-            correct.append((model(batch.x).argmax(1) == batch.y).numpy())
-    correct = np.concatenate(correct)
-    groups = {f"{class_names[y]}/{attr_names[a]}": float(correct[(split.y == y) & (split.a == a)].mean())
-              for y in range(len(class_names)) for a in range(len(attr_names))}
-    return {"groups": groups, "worst": min(groups.values()), "average": float(correct.mean())}
+def control_pipeline(erm: Path, control: str, epochs: int) -> dict:
+    """The ERM run's pipeline with its stage replaced by `control`'s, fine-tuning that run."""
+    from spurcore.config import load_pipeline, to_dict
+
+    config = to_dict(load_pipeline(erm / "config.toml"))
+    stage = {"method": CONTROLS[control]["method"], "options": dict(CONTROLS[control].get("options", {})),
+             "train": {**CONTROLS[control].get("train", {}), "epochs": epochs}}
+    config["stages"] = [stage]
+    config["init"] = {"run": str(erm.resolve())}
+    return config
 
 
-def fine_tune(model, data, variant: dict, epochs: int, seed: int, batch_size: int = 64) -> list[dict]:
-    train, test = data.splits["train"], data.splits["test"]
-    names = (data.class_names, data.attr_names)
-    options = PrunedTwinOptions(colour=variant.get("colour", False), seed=seed)
-    stage = PrunedTwinStage(options)
-    if variant["contrast"]:
-        stage.spurcore_prepare_model(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-4)
-    history = [{"epoch": 0, **group_accuracy(model, test, *names)}]
-    for epoch in range(1, epochs + 1):
-        torch.manual_seed(seed * 1000 + epoch)
-        generator = torch.Generator().manual_seed(seed * 1000 + epoch)
-        if variant["contrast"]:
-            stage.generator = generator
-            stage.mask = (neuron_mask(model, options.q, "magnitude") if variant["mask"]
-                          else NeuronMask(neuron_index(model), np.array([], dtype=np.int64)))
-        model.train()
-        order = torch.randperm(len(train), generator=generator)
-        for batch in iterate_batches(train, order, batch_size):
-            if variant["contrast"]:
-                loss = stage.loss(model, batch)
-            else:
-                x = augment(batch.x, generator) if variant["augment"] else batch.x
-                loss = F.cross_entropy(model(x), batch.y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        history.append({"epoch": epoch, **group_accuracy(model, test, *names)})
-        row = history[-1]
-        print(f"  epoch {epoch}: worst {100 * row['worst']:.1f} average {100 * row['average']:.1f} "
-              + " ".join(f"{k} {100 * v:.1f}" for k, v in row["groups"].items()), flush=True)
-    return history
+def run_one(erm: str, control: str, epochs: int, out: str) -> str:
+    """One control on one ERM run, in a process of its own with one thread."""
+    import torch
+
+    torch.set_num_threads(1)
+    from spurcore.api import pipeline_from_dict, run_pipeline
+    from spurcore.plugins import PluginManager
+
+    config = pipeline_from_dict(control_pipeline(Path(erm), control, epochs), source=f"{control} on {erm}")
+    if not (Path(out) / "summary.json").exists():
+        run_pipeline(config, out, PluginManager(block=["progress"]), resume="auto", quiet=True, log=lambda m: None)
+    return out
+
+
+def test_row(epoch: int, test: dict) -> dict:
+    return {"epoch": epoch, "worst": test["worst_group_acc"], "average": test["avg_acc"], "groups": test["group_acc"]}
+
+
+def read_back(folder: Path, erm: Path) -> dict:
+    """Test accuracy per epoch of one control run, epoch 0 the ERM model it started from (a
+    fine-tuning stage evaluates it itself; continued ERM reads it from the ERM run)."""
+    result = json.loads(next((folder / "checkpoints").glob("0-*/result.json")).read_text())
+    epochs = [test_row(h["epoch"], h["metrics"]["test"]) for h in result["history"]]
+    if epochs[0]["epoch"] != 0:
+        epochs.insert(0, test_row(0, json.loads((erm / "summary.json").read_text())["metrics"]["test"]))
+    return {"epochs": epochs, "selected": result["selected"]["epoch"],
+            "selected_test": test_row(result["selected"]["epoch"], result["metrics"]["test"])}
+
+
+def pct(values) -> str:
+    values = 100 * np.asarray(values, dtype=float)
+    return f"{values.mean():.1f} ± {values.std():.1f}"
+
+
+def table(results: dict) -> str:
+    """Markdown: per control, test worst group after each epoch and at the selected epoch."""
+    epochs = max(len(r["epochs"]) for per in results.values() for r in per.values())
+    head = ["control", *[f"epoch {e}" for e in range(epochs)], "selected epochs", "worst group, selected", "average, selected"]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for control, per in results.items():
+        runs = list(per.values())
+        cells = [pct([r["epochs"][e]["worst"] for r in runs]) for e in range(epochs)]
+        lines.append(f"| `{control}` | " + " | ".join(cells) + f" | {', '.join(str(r['selected']) for r in runs)} | "
+                     f"{pct([r['selected_test']['worst'] for r in runs])} | "
+                     f"{pct([r['selected_test']['average'] for r in runs])} |")
+    return "\n".join(lines)
 
 
 def plot(results: dict, path: Path) -> None:
@@ -102,17 +121,19 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.2))
     for name, per_run in results.items():
-        worst = np.array([[100 * h["worst"] for h in history] for history in per_run.values()])
+        worst = np.array([[100 * e["worst"] for e in r["epochs"]] for r in per_run.values()])
         epochs = np.arange(worst.shape[1])
-        line, = ax.plot(epochs, worst.mean(0), marker="o", label=f"{name} ({len(worst)} seeds)")
-        ax.fill_between(epochs, worst.min(0), worst.max(0), color=line.get_color(), alpha=0.12)
+        style = dict(color="black", linestyle="--") if name == "erm-continued" else {}
+        line, = ax.plot(epochs, worst.mean(0), marker="o", label=f"{name} ({len(worst)} seeds)", **style)
+        ax.fill_between(epochs, worst.min(0), worst.max(0), color=line.get_color(), alpha=0.1)
     ax.set_xlabel("fine-tuning epoch (0 = the ERM model)")
     ax.set_ylabel("test worst-group accuracy (%)")
     ax.set_xticks(epochs)
-    ax.set_title("Pruned twin on waterdigits: which ingredient hurts?")
-    ax.legend(fontsize=8)
+    ax.set_ylim(0, 100)
+    ax.set_title("Pruned twin in the memorization regime: one ingredient changed at a time")
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     with atomic.atomic_open(path, "wb") as handle:
         fig.savefig(handle, format="png", dpi=120)
@@ -121,33 +142,38 @@ def plot(results: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--erm", action="append", default=[], help="a finished ERM run directory (repeatable)")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--out", default="docs/results/prunedtwin_diagnosis.json")
-    parser.add_argument("--figure", default="docs/figures/prunedtwin_diagnosis.png")
+    parser.add_argument("--erm", action="append", default=[], type=Path, help="a finished ERM run (repeatable)")
+    parser.add_argument("--out", type=Path, default=Path("runs/prunedtwin_diagnosis"), help="where the runs go")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--controls", default=",".join(CONTROLS))
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=Path("docs/results/prunedtwin_diagnosis.json"))
+    parser.add_argument("--figure", type=Path, default=Path("docs/figures/prunedtwin_diagnosis.png"))
     parser.add_argument("--plot-only", action="store_true")
     args = parser.parse_args()
     if args.plot_only:
-        plot(json.loads(Path(args.out).read_text()), Path(args.figure))
+        results = json.loads(args.json.read_text())
+        plot(results, args.figure)
+        print(table(results))
         return
     if not args.erm:
         parser.error("name at least one finished ERM run with --erm")
-    plugins = PluginManager(block=["progress"])
-    results: dict[str, dict[str, list]] = {}
-    for erm in args.erm:
-        run = open_run(erm, plugins)
-        start = run.load_model(0)
-        seed = run.config.seed
-        for name in args.variants.split(","):
-            print(f"{Path(erm).name} {name}", flush=True)
-            history = fine_tune(copy.deepcopy(start), run.data, VARIANTS[name], args.epochs, seed)
-            results.setdefault(name, {})[Path(erm).name] = history
-    atomic.write_json(Path(args.out), results)
-    plot(results, Path(args.figure))
-    print(json.dumps({name: {run: [round(100 * h["worst"], 1) for h in hist] for run, hist in per.items()}
-                      for name, per in results.items()}))
+    controls = args.controls.split(",")
+    unknown = sorted(set(controls) - set(CONTROLS))
+    if unknown:
+        parser.error(f"unknown controls {unknown}; known: {', '.join(CONTROLS)}")
+    jobs = [(erm, control, args.out / control / erm.name) for control in controls for erm in args.erm]
+    with ProcessPoolExecutor(args.jobs) as pool:
+        futures = {pool.submit(run_one, str(erm), control, args.epochs, str(out)): (erm, control) for erm, control, out in jobs}
+        for future, (erm, control) in futures.items():
+            future.result()
+            print(f"done: {control} on {erm}", flush=True)
+    results = {control: {str(erm): read_back(out, erm) for erm, c, out in jobs if c == control} for control in controls}
+    atomic.write_json(args.json, results)
+    plot(results, args.figure)
+    print(table(results))
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     main()

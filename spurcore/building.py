@@ -70,10 +70,13 @@ def call_implementation(plugin: object, hook_name: str, **kwargs: Any) -> Any:
 
 
 def replay_prepare(run: RunContext, stage: StageContext) -> None:
-    """`spurcore_prepare_model` of this stage's object alone, on a model being rebuilt or checked."""
+    """`spurcore_prepare_model` of this stage's object alone, on a model being rebuilt or checked,
+    and its inference variants (`stage.variants`)."""
     if stage.spec.kind == "train":
         call_implementation(stage.method, "spurcore_prepare_model", run=run, stage=stage, model=stage.model)
         stage.model.to(run.device.device)
+        stage.variants = call_implementation(stage.method, "spurcore_inference_variants", run=run, stage=stage,
+                                             model=stage.model)
 
 
 class ModelBuilder:
@@ -99,18 +102,28 @@ class ModelBuilder:
             models[planned.key] = model = ctx.model
         return models
 
-    def load_model(self, run: RunContext, stage_index: int = -1, epoch: int | None = None) -> SpurModel:
+    def load_model(self, run: RunContext, stage_index: int = -1, epoch: int | None = None,
+                   variant: str | None = None) -> SpurModel:
         """The model of one stage (default: the last) at one epoch (default: the one its selector
-        chose), on the run's device, in eval mode."""
+        chose), on the run's device, in eval mode; in inference variant `variant`, or, at the
+        selected epoch, in the variant selected with it (each earlier stage in its selected one)."""
         planned_stages = self.plan.stages[: stage_index % len(self.plan.stages) + 1]
         target = planned_stages[-1]
+        result = run.out.stage_result(target.key)
         if epoch is None:
-            result = run.out.stage_result(target.key)
             if result is None:
                 raise RunError(f"{run.out.path}: stage {target.key!r} has not finished; name an epoch")
             epoch = result["selected"]["epoch"]
+        if variant is None and result is not None and result["selected"]["epoch"] == epoch:
+            variant = result["selected"].get("variant")
         model = self.initial_model(run)
+        contexts = []
         for planned in planned_stages:
-            replay_prepare(run, stage_context(planned, model))
+            contexts.append(stage_context(planned, model))
+            replay_prepare(run, contexts[-1])
         model.load_state_dict(run.out.load_checkpoint(target.key, epoch)["model"])
+        for ctx in contexts[:-1]:
+            earlier = run.out.stage_result(ctx.key)
+            ctx.use_variant(None if earlier is None else earlier["selected"].get("variant"))
+        contexts[-1].use_variant(variant)
         return model.to(run.device.device).eval()

@@ -131,6 +131,8 @@ def list_cmd(ctx: click.Context, kind: str, as_json: bool) -> None:
             except ConfigError as exc:
                 row["needs_attributes"] = f"depends on the options ({exc})"
             row["needs_attributes_depend_on_options"] = varies
+            row["search_space"] = {option: list(values) for option, values in spec.search_space.items()}
+            row["fine_tunes"] = spec.fine_tunes
         elif hasattr(spec, "needs_attributes"):
             row["needs_attributes"] = spec.needs_attributes
         rows.append(row)

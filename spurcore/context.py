@@ -78,7 +78,11 @@ class StageContext:
     `scheduler` exist for train stages once training starts. `first_epoch` is the first epoch
     this process trains: 1, or, when a resumed run continues the stage, one past its last
     checkpoint (the epochs before it are not trained, evaluated or announced again).
-    `auxiliary`: the networks the method trains beside the model, by name (`add_auxiliary`)."""
+    `auxiliary`: the networks the method trains beside the model, by name (`add_auxiliary`).
+    A fine-tuning stage (`MitigationSpec.fine_tunes`) starts at `first_epoch` 0: the model it
+    receives is evaluated and checkpointed as epoch 0, a candidate for selection like any
+    epoch. `variants`: the stage's inference variants (`spurcore_inference_variants`), and
+    `variant` the one the model is in now (None when the stage has none)."""
 
     index: int
     config: StageConfig
@@ -91,6 +95,8 @@ class StageContext:
     scheduler: Any = None
     first_epoch: int = 1
     auxiliary: dict[str, Auxiliary] = attrs.field(factory=dict)
+    variants: dict[str, Callable[[SpurModel], None]] | None = None
+    variant: str | None = None
 
     def add_auxiliary(self, name: str, module: torch.nn.Module,
                       optimizer: Callable[[Any], torch.optim.Optimizer] | None = None) -> torch.nn.Module:
@@ -113,6 +119,16 @@ class StageContext:
         self.auxiliary[name] = Auxiliary(module, optimizer)
         return module
 
+    def use_variant(self, name: str | None) -> None:
+        """Switch `model` to inference variant `name` (None: leave it as it is)."""
+        if name is None:
+            return
+        if not self.variants or name not in self.variants:
+            raise KeyError(f"stage {self.key}: no inference variant {name!r} "
+                           f"(it has {', '.join(self.variants or {}) or 'none'})")
+        self.variants[name](self.model)
+        self.variant = name
+
     @property
     def name(self) -> str:
         return self.config.label
@@ -125,7 +141,8 @@ class StageContext:
 
 @attrs.frozen(kw_only=True)
 class Candidate:
-    """A model a selector may choose: an epoch of a stage, with metrics per split.
+    """A model a selector may choose: an epoch of a stage (in one of its inference variants,
+    `variant`, when it has several), with metrics per split.
 
     `load_model()` rebuilds that model (for selectors that look inside it, like SFit);
     `data` is the run's dataset.
@@ -136,3 +153,4 @@ class Candidate:
     metrics: Mapping[str, Mapping[str, Any]]
     load_model: Callable[[], SpurModel] | None = None
     data: SpuriousData | None = None
+    variant: str | None = None

@@ -92,6 +92,19 @@ class Evaluator:
             metrics[split] = self.split(stage, epoch, split)
         return metrics
 
+    def every_variant(self, stage: StageContext, epoch: int) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None]:
+        """`every_split` once per inference variant of the stage (`stage.variants`): the first
+        variant's metrics and {variant: metrics}, the model left in the first variant; or
+        `every_split` and None for a stage without variants."""
+        if not stage.variants:
+            return self.every_split(stage, epoch), None
+        by_variant = {}
+        for name in stage.variants:
+            stage.use_variant(name)
+            by_variant[name] = self.every_split(stage, epoch)
+        stage.use_variant(next(iter(stage.variants)))
+        return next(iter(by_variant.values())), by_variant
+
     @torch.no_grad()
     def split(self, stage: StageContext, epoch: int, split: str, positions: np.ndarray | None = None) -> dict[str, Any]:
         """Forward one split in eval mode, calling the evaluation hooks, and return its metrics:

@@ -11,7 +11,8 @@ Three kinds of hook, each with one calling style:
   activation logging, experiment tracking) are objects built for one run from its
   `[settings.<name>]` table and registered for that run only; they use these hooks and never
   change what the run computes. `spurcore_run_check` may refuse a run before it writes anything.
-* **Stage hooks** (`STAGE_HOOKS`: prepare_model, train_sampler, train_loss, posthoc_head)
+* **Stage hooks** (`STAGE_HOOKS`: prepare_model, train_sampler, train_loss, posthoc_head,
+  inference_variants)
   shape a stage, and only a stage's method object implements them: the runner registers the
   object (built by its `MitigationSpec.factory`) as a plugin when the stage starts and
   unregisters it when the stage ends, so a method acts only in its own stage. A module-level
@@ -40,13 +41,16 @@ after its last. The calling sequence of `spur run`::
     for each stage:
         spurcore_stage_start(run, stage)           # stage.model is the previous stage's choice
         spurcore_prepare_model(run, stage, model)  # train stages: insert layers, wrap modules
+        spurcore_inference_variants(run, stage, model)  # train stages, firstresult: ways to evaluate
+        fine-tuning stage (`fine_tunes`): the model it starts from is evaluated as epoch 0
         train stage, for each epoch:
             spurcore_epoch_start(run, stage, epoch)
             spurcore_train_sampler(run, stage, epoch, generator)   # firstresult: example order
             for each batch:
                 spurcore_train_loss(run, stage, model, batch)      # firstresult: the loss
                 spurcore_batch_end(run, stage, epoch, step, batch, loss)
-            for each evaluation split (train per `train_eval`, then val, test, ...):
+            for each inference variant (once when the stage has none; `stage.variant` names it):
+              for each evaluation split (train per `train_eval`, then val, test, ...):
                 spurcore_evaluation_start(run, stage, epoch, split)
                 spurcore_evaluation_batch(run, stage, epoch, split, batch, logits)  # per batch
                 spurcore_evaluation_end(run, stage, epoch, split, metrics)
@@ -458,7 +462,8 @@ def spurcore_evaluation_end(run: RunContext, stage: StageContext, epoch: int, sp
 
 # --- stage hooks ----------------------------------------------------------------------------------
 
-STAGE_HOOKS = ("spurcore_prepare_model", "spurcore_train_sampler", "spurcore_train_loss", "spurcore_posthoc_head")
+STAGE_HOOKS = ("spurcore_prepare_model", "spurcore_train_sampler", "spurcore_train_loss", "spurcore_posthoc_head",
+               "spurcore_inference_variants")
 
 
 @hookspec
@@ -532,4 +537,28 @@ def spurcore_posthoc_head(run: RunContext, stage: StageContext, model: SpurModel
         def spurcore_posthoc_head(self, embeddings):
             train = embeddings["val"]
             return fit_linear_head(train.features, train.y)
+    """
+
+
+@hookspec(firstresult=True)
+def spurcore_inference_variants(run: RunContext, stage: StageContext, model: SpurModel) -> dict[str, Any]:
+    """Return the ways this train stage's model can run at inference without retraining, as
+    {name: apply}, where `apply(model)` switches a model of this stage to that way in place;
+    or None (the default) for one way.
+
+    Called once per train stage after `spurcore_prepare_model`, and again whenever a finished
+    stage's model is rebuilt (`[init]`, tracers, the next stage). After every epoch the kernel
+    evaluates every split once per variant, in the order given (`stage.variant` names the one
+    being evaluated; the evaluation hooks are called for each), records each variant's metrics
+    in the epoch's history entry (`"variants"`; `"metrics"` holds the first one's), and the
+    selector chooses among (epoch, variant) pairs, ties to the earlier epoch, then the earlier
+    variant. The selected variant is in the stage's result (`selected.variant`) and is applied
+    whenever that epoch's model is loaded. FairDropout's inference modes (drop the memorizing
+    units, or scale them) are variants: the choice costs evaluations, not training runs.
+
+    Example::
+
+        @hookimpl
+        def spurcore_inference_variants(self, model):
+            return {mode: functools.partial(set_mode, mode=mode) for mode in ("drop", "scale")}
     """

@@ -50,7 +50,8 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
     chosen = next((r for r in reversed(results) if r["selected"]["selector"] is not None), final)
     return {
         "metrics": {s: final["metrics"][s] for s in ("train", "val", "test") if s in final["metrics"]},
-        "selected": {"selector": chosen["selected"]["selector"], "stage": chosen["name"], "epoch": chosen["selected"]["epoch"]},
+        "selected": {"selector": chosen["selected"]["selector"], "stage": chosen["name"], "epoch": chosen["selected"]["epoch"],
+                     **({"variant": chosen["selected"]["variant"]} if "variant" in chosen["selected"] else {})},
         "stages": [
             {"name": r["name"], "method": r["method"], "kind": r["kind"], "selected": r["selected"],
              "metrics": r["metrics"], "train_eval": r.get("train_eval")}

@@ -83,6 +83,10 @@ def markdown(summary: dict[str, Any], config: Any) -> str:
     for stage in summary["stages"]:
         chosen = stage["selected"]
         how = f"epoch {chosen['epoch']}, chosen by `{chosen['selector']}`" if chosen["selector"] else "post hoc"
+        if "variant" in chosen:
+            how += f", inference variant `{chosen['variant']}`"
+        if "start_score" in chosen:
+            how += f"; score {chosen['score']:.4f}, the starting model's (epoch 0) {chosen['start_score']:.4f}"
         note = train_eval_note(stage)
         lines += [f"## Stage `{stage['name']}` ({stage['method']}, {how})", "", *([note, ""] if note else []),
                   group_table(stage["metrics"]), ""]

@@ -83,13 +83,13 @@ class Runner:
         finished = out.stage_result(stage.key) if run.resumed else None
         if finished is not None:
             self._prepare(stage)
-            self._load_weights(stage, finished["selected"]["epoch"])
+            self._load_weights(stage, finished["selected"]["epoch"], finished["selected"].get("variant"))
             self.outputs.histories[stage.key] = finished["history"]
             return finished
         done = out.epochs(stage.key) if run.resumed else []
         if not done and out.stage_dir(stage.key).exists() and distributed.writes_files():
             shutil.rmtree(out.stage_dir(stage.key))  # leftovers of a stage cut before its first checkpoint
-        stage.first_epoch = done[-1] + 1 if done and stage.spec.kind == "train" else 1
+        stage.first_epoch = done[-1] + 1 if done and stage.spec.kind == "train" else 0 if stage.spec.fine_tunes else 1
         self.hook.spurcore_stage_start(run=run, stage=stage)
         if stage.spec.kind == "train":
             self._prepare(stage)
@@ -98,20 +98,19 @@ class Runner:
         else:
             history = fit_head(run, stage, self.hook, self.evaluator, self.outputs, self._content_digest())
         self.outputs.histories[stage.key] = history
-        selected = self._select(stage, history)
-        self._load_weights(stage, selected)
+        selected, metrics = self._select(stage, history)
+        self._load_weights(stage, selected["epoch"], selected.get("variant"))
         if stage.train.keep_checkpoints == "selected":
             for epoch in out.epochs(stage.key) if distributed.writes_files() else ():
-                if epoch != selected:
+                if epoch != selected["epoch"]:
                     out.checkpoint(stage.key, epoch).unlink()
-        entry = next(h for h in history if h["epoch"] == selected)
         train_eval = self.evaluator.train_examples(stage)
         result = {
             "name": stage.name,
             "method": stage.spec.name,
             "kind": stage.spec.kind,
-            "selected": {"selector": self.plan.selector.name if stage.spec.kind == "train" else None, "epoch": selected},
-            "metrics": entry["metrics"],
+            "selected": selected,
+            "metrics": metrics,
             "train_eval": None if train_eval is None else train_eval.record(),
             "history": history,
         }
@@ -123,21 +122,37 @@ class Runner:
         if stage.spec.kind == "train":
             self.hook.spurcore_prepare_model(run=self.run, stage=stage, model=stage.model)
             stage.model.to(self.run.device.device)
+            stage.variants = self.hook.spurcore_inference_variants(run=self.run, stage=stage, model=stage.model)
 
-    def _candidate(self, stage: StageContext, entry: dict[str, Any]) -> Candidate:
+    def _candidate(self, stage: StageContext, entry: dict[str, Any], variant: str | None = None) -> Candidate:
         epoch = entry["epoch"]
-        return Candidate(stage=stage.key, epoch=epoch, metrics=self.plan.selector.visible(entry["metrics"]),
-                         load_model=lambda: self.run.models.load_model(self.run, stage.index, epoch), data=self.run.data)
+        metrics = entry["metrics"] if variant is None else entry["variants"][variant]
+        return Candidate(stage=stage.key, epoch=epoch, metrics=self.plan.selector.visible(metrics), variant=variant,
+                         load_model=lambda: self.run.models.load_model(self.run, stage.index, epoch, variant),
+                         data=self.run.data)
 
-    def _select(self, stage: StageContext, history: list[dict[str, Any]]) -> int:
-        if len(history) == 1:
-            return history[0]["epoch"]
-        scores = [float(self.plan.selector.score(self._candidate(stage, h))) for h in history]
-        return history[int(np.argmax(scores))]["epoch"]
+    def _select(self, stage: StageContext, history: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The stage's `selected` record and the chosen candidate's metrics, among every (epoch,
+        variant), ties to the earliest. The record holds the selector's score, and for a
+        fine-tuning stage the best score of the model it started from (epoch 0)."""
+        candidates = [(h, v) for h in history for v in (h.get("variants") or [None])]
+        selector = self.plan.selector.name if stage.spec.kind == "train" else None
+        if len(candidates) == 1:
+            return {"selector": selector, "epoch": history[0]["epoch"]}, history[0]["metrics"]
+        scores = [float(self.plan.selector.score(self._candidate(stage, h, v))) for h, v in candidates]
+        best = int(np.argmax(scores))
+        entry, variant = candidates[best]
+        selected: dict[str, Any] = {"selector": selector, "epoch": entry["epoch"], "score": scores[best]}
+        if variant is not None:
+            selected["variant"] = variant
+        if history[0]["epoch"] == 0 and stage.spec.kind == "train":
+            selected["start_score"] = max(s for s, (h, _) in zip(scores, candidates) if h["epoch"] == 0)
+        return selected, entry["metrics"] if variant is None else entry["variants"][variant]
 
-    def _load_weights(self, stage: StageContext, epoch: int) -> None:
+    def _load_weights(self, stage: StageContext, epoch: int, variant: str | None = None) -> None:
         state = self.run.out.load_checkpoint(stage.key, epoch, map_location=self.run.device.device)
         stage.model.load_state_dict(state["model"])
+        stage.use_variant(variant)
 
 
 RESUME_MODES = (False, True, "auto")

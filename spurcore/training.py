@@ -1,7 +1,8 @@
 """A train stage's epochs: the loop that steps the optimizer over the stage's batches, asks
 the stage's hooks for the order and the loss (the kernel's cross-entropy when no stage hook
-answers), evaluates every split, steps the scheduler and checkpoints after every epoch, and
-continues from the last checkpoint when a run is resumed."""
+answers), evaluates every split (in each inference variant), steps the scheduler and
+checkpoints after every epoch, and continues from the last checkpoint when a run is resumed.
+A fine-tuning stage first evaluates and checkpoints the model it starts from, as epoch 0."""
 
 from __future__ import annotations
 
@@ -41,7 +42,27 @@ def train(run: RunContext, stage: StageContext, hook: Any, evaluator: Evaluator,
     stage.scheduler = make_scheduler(train_config, stage.optimizer)
     scaler = run.device.grad_scaler()
     history: list[dict[str, Any]] = []
-    if stage.first_epoch > 1:
+
+    def checkpoint(epoch: int) -> None:
+        out.save_checkpoint(stage.key, epoch, {
+            "model": model.state_dict(),
+            "optimizer": stage.optimizer.state_dict(),
+            "scheduler": stage.scheduler.state_dict() if stage.scheduler is not None else {},
+            "scaler": scaler.state_dict(),
+            "method": stage.method.state_dict() if hasattr(stage.method, "state_dict") else {},
+            "auxiliary": {name: {"module": module.state_dict(), "optimizer": optimizers[name].state_dict()}
+                          for name, module in auxiliary.items()},
+            "rng": get_rng_state(),
+            "history": history,
+        })
+        outputs.write_metrics(stage.key, history)
+
+    if stage.first_epoch == 0:  # a fine-tuning stage: the model it starts from is candidate epoch 0
+        model.eval()
+        metrics, variants = evaluator.every_variant(stage, 0)
+        history.append(epoch_entry(0, None, metrics, variants))
+        checkpoint(0)
+    elif stage.first_epoch - 1 in out.epochs(stage.key):
         state = out.load_checkpoint(stage.key, stage.first_epoch - 1)
         model.load_state_dict(state["model"])
         stage.optimizer.load_state_dict(state["optimizer"])
@@ -56,7 +77,7 @@ def train(run: RunContext, stage: StageContext, hook: Any, evaluator: Evaluator,
     split = run.data.splits["train"]
     fast_layout(model, train_config)
     every_optimizer = [stage.optimizer, *optimizers.values()]
-    for epoch in range(len(history) + 1, train_config.epochs + 1):
+    for epoch in range(history[-1]["epoch"] + 1 if history else 1, train_config.epochs + 1):
         model.train()
         for module in auxiliary.values():
             module.train()
@@ -99,28 +120,27 @@ def train(run: RunContext, stage: StageContext, hook: Any, evaluator: Evaluator,
                 check_finite(run, stage, epoch, first_bad)
             hook.spurcore_batch_end(run=run, stage=stage, epoch=epoch, step=step, batch=batch, loss=loss)
         check_finite(run, stage, epoch, first_bad)
-        metrics = evaluator.every_split(stage, epoch)
-        entry = {"epoch": epoch, "train_loss": float(distributed.total(total)) / max(float(distributed.total(seen)), 1),
-                 "metrics": metrics}
+        metrics, variants = evaluator.every_variant(stage, epoch)
+        entry = epoch_entry(epoch, float(distributed.total(total)) / max(float(distributed.total(seen)), 1),
+                            metrics, variants)
         history.append(entry)
         if isinstance(stage.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             stage.scheduler.step(score(entry))
         elif stage.scheduler is not None:
             stage.scheduler.step()
-        out.save_checkpoint(stage.key, epoch, {
-            "model": model.state_dict(),
-            "optimizer": stage.optimizer.state_dict(),
-            "scheduler": stage.scheduler.state_dict() if stage.scheduler is not None else {},
-            "scaler": scaler.state_dict(),
-            "method": stage.method.state_dict() if hasattr(stage.method, "state_dict") else {},
-            "auxiliary": {name: {"module": module.state_dict(), "optimizer": optimizers[name].state_dict()}
-                          for name, module in auxiliary.items()},
-            "rng": get_rng_state(),
-            "history": history,
-        })
-        outputs.write_metrics(stage.key, history)
+        checkpoint(epoch)
         hook.spurcore_epoch_end(run=run, stage=stage, epoch=epoch, metrics={**metrics, "train_loss": entry["train_loss"]})
     return history
+
+
+def epoch_entry(epoch: int, train_loss: float | None, metrics: dict[str, Any],
+                variants: dict[str, Any] | None) -> dict[str, Any]:
+    """An epoch's history entry: its metrics per split, and per inference variant when the
+    stage has several (`metrics` is then the first variant's)."""
+    entry = {"epoch": epoch, "train_loss": train_loss, "metrics": metrics}
+    if variants is not None:
+        entry["variants"] = variants
+    return entry
 
 
 def load_auxiliary(stage: StageContext, modules: dict[str, torch.nn.Module],

@@ -149,7 +149,8 @@ class Labelled:
     def spurcore_register_mitigations(self):
         return [
             MitigationSpec(name="reads-train", factory=Stage, needs_attributes=("train",), description="one"),
-            MitigationSpec(name="reads-none", factory=Stage, description="two"),
+            MitigationSpec(name="reads-none", factory=Stage, description="two", fine_tunes=True,
+                           search_space={"lr": [0.1, 0.01], "placement": [["a"], ["a", "b"]]}),
             MitigationSpec(name="reads-chosen", factory=lambda o: Stage(o), options=SplitOptions,
                            needs_attributes=lambda o: (o.split,), description="three"),
             MitigationSpec(name="reads-required", factory=lambda o: Stage(o), options=RequiredOptions,
@@ -174,6 +175,10 @@ def test_list_derives_the_attribute_label_markers_from_the_specs(spur_plugins, s
     rows = {row["name"]: row for row in json.loads(invoke(spur_plugins, "list", "mitigations", "--json").output)}
     assert (rows["reads-chosen"]["needs_attributes"], rows["reads-chosen"]["needs_attributes_depend_on_options"]) == (["val"], True)
     assert (rows["reads-train"]["needs_attributes"], rows["reads-train"]["needs_attributes_depend_on_options"]) == (["train"], False)
+    # what a sweep may draw, as declared
+    assert rows["reads-none"]["search_space"] == {"lr": [0.1, 0.01], "placement": [["a"], ["a", "b"]]}
+    assert rows["reads-none"]["fine_tunes"] and not rows["reads-train"]["fine_tunes"]
+    assert rows["reads-train"]["search_space"] == {}
     assert rows["reads-required"]["needs_attributes"] == ("depends on the options (reads-required.options.split: "
                                                           "missing (required))")
     lines = {line.split()[0]: line for line in invoke(spur_plugins, "list", "selectors").output.splitlines()}
@@ -295,7 +300,7 @@ def test_summary_has_the_documented_structure(finished):
     assert summary["metrics"]["test"]["avg_acc"] == best["test"]["avg_acc"]
     assert summary["stages"] == [{
         "name": "erm", "method": "erm", "kind": "train",
-        "selected": {"selector": "val-wga", "epoch": selected["epoch"]},
+        "selected": {"selector": "val-wga", "epoch": selected["epoch"], "score": val[selected["epoch"]]},
         "metrics": summary["metrics"], "train_eval": {"rule": "full", "examples": 200, "of": 200},
     }]
 

@@ -503,7 +503,8 @@ def test_trace_hooks_prints_every_hook_call_with_its_implementations(monkeypatch
     # tiny: 200 training examples in 2 batches; train, val and test evaluated in one batch each
     # before anything is written: the run check (ERM has no prepare_model to replay on a copy)
     assert names == ["spurcore_run_check",
-                     "spurcore_run_start", "spurcore_stage_start", "spurcore_prepare_model", "spurcore_epoch_start",
+                     "spurcore_run_start", "spurcore_stage_start", "spurcore_prepare_model", "spurcore_inference_variants",
+                     "spurcore_epoch_start",
                      "spurcore_train_sampler", *["spurcore_train_loss", "spurcore_batch_end"] * 2,
                      *["spurcore_evaluation_start", "spurcore_evaluation_batch", "spurcore_evaluation_end"] * 3,
                      "spurcore_epoch_end", "spurcore_stage_end", "spurcore_run_end"]

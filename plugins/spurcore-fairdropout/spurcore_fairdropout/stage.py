@@ -3,6 +3,8 @@ their inference mode; imported when a FairDropout stage runs."""
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -22,7 +24,7 @@ class FairDropoutStage:
 
     def _layer(self, model, k: int) -> FairDropout:
         o = self.options
-        return FairDropout(model.context, o.p_gen, o.p_mem, seed=o.seed * 1000 + k, mode=o.inference,
+        return FairDropout(model.context, o.p_gen, o.p_mem, seed=o.seed * 1000 + k, mode=o.modes()[0],
                            tokens=model.layout.tokens is not None)
 
     @hookimpl
@@ -51,6 +53,11 @@ class FairDropoutStage:
                         f"or use \"features\" / \"linear\")"
                     ) from None
                 setattr(parent, name, nn.Sequential(target, self._layer(model, k)))
+
+    @hookimpl
+    def spurcore_inference_variants(self, model):
+        modes = self.options.modes()
+        return {mode: functools.partial(set_inference_mode, mode=mode) for mode in modes} if len(modes) > 1 else None
 
 
 def set_inference_mode(model: nn.Module, mode: str) -> None:

@@ -79,9 +79,38 @@ def test_fairdropout_then_dfr_runs_on_the_model_in_inference_mode(tmp_path, fd_p
     fd_plugins.register(dfr, "dfr")
     config = pipeline_from_dict(tiny_pipeline(
         selector="val-worst-class", train={"epochs": 2},
-        stages=[{"method": "fairdropout", "options": {"p_gen": 0.5, "placement": ["features"]}}, {"method": "dfr"}]))
+        stages=[{"method": "fairdropout", "options": {"p_gen": 0.5, "placement": ["features"], "inference": "drop"}},
+                {"method": "dfr"}]))
     summary = run_pipeline(config, tmp_path / "r", fd_plugins)
     assert [s["method"] for s in summary["stages"]] == ["fairdropout", "dfr"]
     model = open_run(tmp_path / "r", fd_plugins).load_model()
     weights = model.head.weight.detach()
     assert torch.all(weights[:, 8:] == 0)  # DFR saw the memorizing half of the features at zero
+
+
+def test_the_inference_mode_is_chosen_with_the_epoch_without_retraining(tmp_path, fd_plugins):
+    import json
+
+    config = pipeline_from_dict(tiny_pipeline(
+        selector="val-worst-class", train={"epochs": 2},
+        stages=[{"method": "fairdropout", "options": {"p_gen": 0.5, "p_mem": 0.5, "placement": ["features"]}}]))
+    run_pipeline(config, tmp_path / "r", fd_plugins, log=lambda m: None)
+    result = json.loads((tmp_path / "r" / "checkpoints" / "0-fairdropout" / "result.json").read_text())
+    assert [list(h["variants"]) for h in result["history"]] == [["drop", "scale", "drop-rescale"]] * 2
+    scores = {(h["epoch"], mode): m["val"]["worst_class_acc"] for h in result["history"] for mode, m in h["variants"].items()}
+    chosen = result["selected"]
+    assert scores[chosen["epoch"], chosen["variant"]] == max(scores.values())
+    model = open_run(tmp_path / "r", fd_plugins).load_model()
+    assert {m.mode for m in model.modules() if isinstance(m, fdp.FairDropout)} == {chosen["variant"]}
+    # what was recorded for the chosen mode is what the model read back computes
+    from spurcore.api import predict
+
+    data = open_run(tmp_path / "r", fd_plugins).data
+    test = data.splits["test"]
+    accuracy = float((predict(model, test, open_run(tmp_path / "r", fd_plugins).device).argmax(1) == test.y).mean())
+    assert accuracy == pytest.approx(result["metrics"]["test"]["avg_acc"])
+
+
+def test_a_fixed_mode_has_no_variants():
+    assert fdp.FairDropoutOptions(inference="scale").modes() == ("scale",)
+    assert fdp.FairDropoutOptions(p_gen=0.0).modes() == ("drop", "scale")

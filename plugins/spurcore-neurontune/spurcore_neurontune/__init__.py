@@ -62,7 +62,9 @@ def spurcore_register_mitigations():
     return [MitigationSpec(
         name="neurontune", kind="posthoc", options=NeuronTuneOptions,
         factory=lazy("spurcore_neurontune.stage:NeuronTune"), check=check_splits,
-        search_space={"quantifier": ["all", "any"], "threshold": [0.0, 0.1]},
+        # the head retrained on the training split (the paper's) or on val (as the authors do
+        # when the training set is memorized); the labels of both are class labels only
+        search_space={"quantifier": ["all", "any"], "threshold": [0.0, 0.1], "tuning_split": ["train", "val"]},
         description="NeuronTune: zero the bias dimensions, retrain the head class-balanced",
     )]
 

@@ -20,7 +20,7 @@ from spurcore.api import FieldError, MitigationSpec, lazy, lazy_exports, non_neg
 
 __all__ = [
     "NeuronMask", "PROJECTION", "PrunedTwinOptions", "PrunedTwinStage", "WeightMask", "augment", "distort_colour", "high_loss_batches",
-    "is_image_batch", "neuron_index", "neuron_mask", "nt_xent", "nt_xent_stopgrad", "smallest_weight_mask",
+    "alignment", "is_image_batch", "neuron_index", "neuron_mask", "nt_xent", "nt_xent_stopgrad", "smallest_weight_mask",
     "supervised", "two_views",
 ]
 __getattr__, __dir__ = lazy_exports(__name__, {
@@ -29,6 +29,7 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "distort_colour": "spurcore_prunedtwin.augment:distort_colour",
     "is_image_batch": "spurcore_prunedtwin.augment:is_image_batch",
     "two_views": "spurcore_prunedtwin.augment:two_views",
+    "alignment": "spurcore_prunedtwin.loss:alignment",
     "nt_xent": "spurcore_prunedtwin.loss:nt_xent",
     "nt_xent_stopgrad": "spurcore_prunedtwin.loss:nt_xent_stopgrad",
     "supervised": "spurcore_prunedtwin.loss:supervised",
@@ -66,11 +67,14 @@ class PrunedTwinOptions:
     `projection`: a 2-layer projection head on the features (trained, never masked).
     `target`: the supervised term's input, "softmax" or "logits". `mask`: "neurons" (top q
     neurons) or "smallest-weights" (the smallest `weight_percent`% of individual weights).
-    `same_view`: one augmented view on both branches. `colour`: add colour distortion to the
-    views (not in the paper; see augment.py). `space`: "features" (NT-Xent on the
-    penultimate features) or "output" (on the softmax outputs, symmetric with stop-gradient,
-    no projection head). `supervised`: "mse" or "ce". `pool`/`sample`: the gradient criterion's
-    `sample` examples drawn from the `pool` highest-loss training examples.
+    `same_view`: one augmented view on both branches. `augment`: false feeds both branches the
+    clean image (a control). `colour`: add colour distortion to the views (not in the paper;
+    see augment.py). `space`: "features" (NT-Xent on the penultimate features) or "output" (on
+    the softmax outputs, symmetric with stop-gradient, no projection head); the head's units
+    are never masked. `contrast`: "nt-xent", or "positives" (alignment of each pair alone,
+    1 - cosine, without negatives: a control). `supervised`: "mse" (the squared error summed
+    over classes, the paper's ||y_hat - y||^2) or "ce". `pool`/`sample`: the gradient
+    criterion's `sample` examples drawn from the `pool` highest-loss training examples.
     """
 
     q: float = attrs.field(default=0.0001, validator=_open_fraction)
@@ -83,8 +87,10 @@ class PrunedTwinOptions:
     mask: Literal["neurons", "smallest-weights"] = "neurons"
     weight_percent: float = attrs.field(default=1.0, validator=_percent)
     same_view: bool = False
+    augment: bool = True
     colour: bool = False
     space: Literal["features", "output"] = "features"
+    contrast: Literal["nt-xent", "positives"] = "nt-xent"
     supervised: Literal["mse", "ce"] = "mse"
     pool: int = attrs.field(default=256, validator=positive)
     sample: int = attrs.field(default=128, validator=_sample)

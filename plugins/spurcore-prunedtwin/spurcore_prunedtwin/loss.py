@@ -1,5 +1,6 @@
-"""The pruned-twin loss: NT-Xent between the target's and the twin's representations, plus
-lambda x a supervised term (MSE between softmax-or-logits and one-hot labels, or CE)."""
+"""The pruned-twin loss: NT-Xent between the target's and the twin's representations (or,
+as a control, their alignment alone), plus lambda x a supervised term (squared error between
+softmax-or-logits and one-hot labels, or CE)."""
 
 from __future__ import annotations
 
@@ -29,11 +30,17 @@ def nt_xent_stopgrad(r: torch.Tensor, r_p: torch.Tensor, tau: float = 0.5) -> to
     return 0.5 * (nt_xent(r, r_p.detach(), tau) + nt_xent(r.detach(), r_p, tau))
 
 
+def alignment(r: torch.Tensor, r_p: torch.Tensor) -> torch.Tensor:
+    """The positives alone: mean over pairs of 1 - cos(r_i, r_p_i), no negatives (a control for
+    what NT-Xent's negatives do)."""
+    return (1 - F.cosine_similarity(r.float(), r_p.float(), dim=1)).mean()
+
+
 def supervised(logits: torch.Tensor, y: torch.Tensor, target: str = "softmax", kind: str = "mse") -> torch.Tensor:
-    """MSE between softmax(logits) (or the logits) and one-hot y, averaged over the batch
-    and classes; or cross-entropy when `kind` is "ce"."""
+    """||softmax(logits) - y||^2 (or of the logits), the squared error summed over classes and
+    averaged over the batch (the paper's MSE); or cross-entropy when `kind` is "ce"."""
     logits = logits.float()
     if kind == "ce":
         return F.cross_entropy(logits, y)
     out = logits.softmax(1) if target == "softmax" else logits
-    return F.mse_loss(out, F.one_hot(y, logits.shape[1]).float())
+    return (out - F.one_hot(y, logits.shape[1]).float()).pow(2).sum(1).mean()

@@ -5,8 +5,10 @@ Neuron scoring is the tracer's (`spurcore_tracer`): a neuron is an output unit o
 linear layer, scored by `magnitude` or by the gradient norm of the cross-entropy
 (`score_neurons`), and the top q are chosen by `top_percent`.
 
-The twin shares the target's weights: `NeuronMask.active(model)` registers forward hooks on
-the masked modules that multiply the masked output units by 0, only inside the `with` block;
+The twin shares the target's weights: `NeuronMask.active(model)` registers forward hooks that
+multiply the masked units by 0, only inside the `with` block, on the layer's output or, where a
+BatchNorm follows the layer, on the BatchNorm's output (`NeuronLayer.output_module`): a channel
+zeroed before BatchNorm would come out as its beta, not silent;
 `WeightMask.features(model, x, index)` calls the embedding with `torch.func.functional_call`
 on `weight * keep`, so gradients flow into the same parameters.
 """
@@ -32,7 +34,7 @@ class NeuronMask:
     def __init__(self, index: NeuronIndex, selected: np.ndarray) -> None:
         self.index = index
         self.selected = np.sort(np.asarray(selected, dtype=np.int64))
-        self.by_layer = {layer.path: units for layer, units in index.group_by_layer(self.selected).items()}
+        self.by_layer = index.group_by_layer(self.selected)
 
     def __len__(self) -> int:
         return len(self.selected)
@@ -42,9 +44,9 @@ class NeuronMask:
         """Inside the block, the masked units of `model` output 0 (the twin's forward pass)."""
         handles = []
         try:
-            for path, units in self.by_layer.items():
-                module = model.get_submodule(path)
-                handles.append(module.register_forward_hook(_zero_units(module, units)))
+            for layer, units in self.by_layer.items():
+                path = layer.norm_path or layer.path
+                handles.append(model.get_submodule(path).register_forward_hook(_zero_units(layer.kind, units)))
             yield
         finally:
             for h in handles:
@@ -59,9 +61,9 @@ class NeuronMask:
             return model(x, index=index)
 
 
-def _zero_units(module: nn.Module, units: np.ndarray):
+def _zero_units(kind: str, units: np.ndarray):
     units_t = torch.as_tensor(units, dtype=torch.long)
-    channel_last = isinstance(module, nn.Linear)
+    channel_last = kind == "linear"
 
     def hook(mod, inputs, output):
         dim = output.dim() - 1 if channel_last else 1
@@ -100,11 +102,10 @@ class WeightMask:
         return self._call(model.head, "head.", self.features(model, x, index))
 
 
-def neuron_index(model: nn.Module, include_head: bool = False) -> NeuronIndex:
-    """The neurons the mask may cover: the embedding's, plus the head's when the contrastive
-    loss works in output space. (The projection head is no part of the model.)"""
-    exclude = [] if include_head else ["head"]
-    return NeuronIndex.of(model, exclude=exclude)
+def neuron_index(model: nn.Module) -> NeuronIndex:
+    """The neurons the mask may cover: the embedding's, never the head's (a masked head unit is
+    a class's logit gone). The projection head is no part of the model."""
+    return NeuronIndex.of(model, exclude=["head"])
 
 
 def high_loss_batches(model: nn.Module, split: SplitData, generator: torch.Generator, *, pool: int = 256,
@@ -120,10 +121,10 @@ def high_loss_batches(model: nn.Module, split: SplitData, generator: torch.Gener
 
 
 def neuron_mask(model: nn.Module, q: float, criterion: str, *, split: SplitData | None = None,
-                generator: torch.Generator | None = None, include_head: bool = False, pool: int = 256,
+                generator: torch.Generator | None = None, pool: int = 256,
                 sample: int = 128) -> NeuronMask:
     """The top `q` (a fraction, at least one neuron) of neurons by `criterion`."""
-    index = neuron_index(model, include_head)
+    index = neuron_index(model)
     if criterion == "magnitude":
         scores = score_neurons(model, None, "magnitude", index=index)
     elif criterion == "gradient":
@@ -137,9 +138,9 @@ def neuron_mask(model: nn.Module, q: float, criterion: str, *, split: SplitData 
     return NeuronMask(index, top_percent(scores, 100.0 * q))
 
 
-def smallest_weight_mask(model: nn.Module, percent: float, include_head: bool = False) -> WeightMask:
+def smallest_weight_mask(model: nn.Module, percent: float) -> WeightMask:
     """Zero the smallest `percent`% of individual conv/linear weights (at least one)."""
-    index = neuron_index(model, include_head)
+    index = neuron_index(model)
     weights = {layer.path + ".weight": layer.weight.detach() for layer in index.layers}
     flat = torch.cat([w.abs().flatten().float() for w in weights.values()])
     k = max(1, int(np.ceil(percent / 100 * flat.numel() - 1e-9)))

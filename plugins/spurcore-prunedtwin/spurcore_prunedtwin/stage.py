@@ -9,7 +9,7 @@ from torch import nn
 from spurcore import hookimpl
 from spurcore_prunedtwin import PrunedTwinOptions
 from spurcore_prunedtwin.augment import two_views
-from spurcore_prunedtwin.loss import nt_xent, nt_xent_stopgrad, supervised
+from spurcore_prunedtwin.loss import alignment, nt_xent, nt_xent_stopgrad, supervised
 from spurcore_prunedtwin.mask import PROJECTION, NeuronMask, WeightMask, neuron_mask, smallest_weight_mask
 
 
@@ -37,13 +37,12 @@ class PrunedTwinStage:
         o = self.options
         # one generator per (seed, stage, epoch): a resumed run draws the same masks and views
         self.generator = torch.Generator().manual_seed(((o.seed * 1_000_003 + stage.index) * 10_007 + epoch) % 2**63)
-        include_head = o.space == "output"
+        # the head's units are never masked: in output space the twin would lose a class's logit
         if o.mask == "smallest-weights":
-            self.mask = smallest_weight_mask(stage.model, o.weight_percent, include_head)
+            self.mask = smallest_weight_mask(stage.model, o.weight_percent)
         else:
             self.mask = neuron_mask(stage.model, o.q, o.criterion, split=run.data.splits["train"],
-                                    generator=self.generator, include_head=include_head,
-                                    pool=o.pool, sample=o.sample)
+                                    generator=self.generator, pool=o.pool, sample=o.sample)
 
     @hookimpl
     def spurcore_train_loss(self, model, batch):
@@ -54,15 +53,16 @@ class PrunedTwinStage:
         if self.mask is None:
             raise RuntimeError("prunedtwin: no mask yet (spurcore_epoch_start builds it)")
         generator = self.generator or torch.Generator().manual_seed(o.seed)
-        x1, x2 = two_views(batch.x, generator, o.same_view, o.colour)
+        x1, x2 = two_views(batch.x, generator, o.same_view, o.colour) if o.augment else (batch.x, batch.x)
         features = model.features(x1, index=batch.index)
         logits = model.head(features)
         if o.space == "output":
-            twin_logits = self.mask.logits(model, x2, index=batch.index)
-            contrast = nt_xent_stopgrad(logits.float().softmax(1), twin_logits.float().softmax(1), o.tau)
+            ours, theirs = logits.float().softmax(1), self.mask.logits(model, x2, index=batch.index).float().softmax(1)
+            contrast = (nt_xent_stopgrad(ours, theirs, o.tau) if o.contrast == "nt-xent"
+                        else 0.5 * (alignment(ours, theirs.detach()) + alignment(ours.detach(), theirs)))
         else:
             twin = self.mask.features(model, x2, index=batch.index)
             if self.projection is not None:
                 features, twin = self.projection(features), self.projection(twin)
-            contrast = nt_xent(features, twin, o.tau)
+            contrast = nt_xent(features, twin, o.tau) if o.contrast == "nt-xent" else alignment(features, twin)
         return contrast + o.lam * supervised(logits, batch.y, o.target, o.supervised)

@@ -52,8 +52,9 @@ def test_mask_covers_exactly_the_top_q_units_by_magnitude(q, expected):
     model.features(x)
     for h in hooks:
         h.remove()
-    assert set(mask.by_layer) <= set(after)
-    for path, units in mask.by_layer.items():
+    by_path = {layer.path: units for layer, units in mask.by_layer.items()}
+    assert set(by_path) <= set(after)
+    for path, units in by_path.items():
         assert torch.all(twin[path][:, units] == 0)
         assert not torch.all(seen[path][:, units] == 0)
         if path == "embed.0":
@@ -123,12 +124,19 @@ def test_nt_xent_equals_the_direct_formula_and_ignores_feature_scale():
     assert float(pt.nt_xent(r, r + 0.01 * r_p, 0.5)) < base
 
 
+def test_alignment_is_one_minus_cosine_and_ignores_the_other_examples():
+    r = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    assert float(pt.alignment(r, 3 * r)) == pytest.approx(0.0)
+    assert float(pt.alignment(r, torch.tensor([[0.0, 1.0], [0.0, 1.0]]))) == pytest.approx(0.5)
+
+
 def test_supervised_term():
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
     y = torch.tensor([0, 0])
     onehot = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
-    assert float(pt.supervised(logits, y)) == pytest.approx(float(((logits.softmax(1) - onehot) ** 2).mean()))
-    assert float(pt.supervised(logits, y, "logits")) == pytest.approx(float(((logits - onehot) ** 2).mean()))
+    # ||y_hat - y||^2: summed over the classes, averaged over the batch
+    assert float(pt.supervised(logits, y)) == pytest.approx(float(((logits.softmax(1) - onehot) ** 2).sum(1).mean()))
+    assert float(pt.supervised(logits, y, "logits")) == pytest.approx((1 + 0 + 1 + 1) / 2)
     assert float(pt.supervised(logits, y, kind="ce")) == pytest.approx(float(torch.nn.functional.cross_entropy(logits, y)))
 
 
@@ -236,3 +244,19 @@ def test_stage_runs_after_erm_in_a_tiny_pipeline(tmp_path, spur_plugins):
     assert not any(pt.PROJECTION in name for name, _ in model.named_modules())
     assert not any(pt.PROJECTION in path for path in NeuronIndex.of(model).by_path)
     assert 0 <= summary["metrics"]["test"]["avg_acc"] <= 1
+
+
+def test_the_twins_masked_channel_is_silent_after_batchnorm():
+    """A conv channel masked before BatchNorm would come out as beta; the mask acts after it,
+    and the target's own forward (and the BatchNorm's statistics) are left alone."""
+    torch.manual_seed(0)
+    embed = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    embed[1].bias.data.fill_(1.0)
+    model = SpurModel(embed, nn.Linear(6, 2), 6).train()
+    mask = pt.NeuronMask(NeuronIndex.of(model, exclude=["head"]), np.array([3]))
+    x = torch.randn(8, 3, 5, 5)
+    twin = mask.features(model, x)
+    target = model.features(x)
+    assert torch.all(twin[:, 3] == 0) and torch.all(target[:, 3] > 0)
+    assert torch.allclose(twin[:, [0, 1, 2, 4, 5]], target[:, [0, 1, 2, 4, 5]])

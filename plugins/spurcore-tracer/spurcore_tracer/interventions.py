@@ -1,6 +1,8 @@
 """Interventions on selected neurons, each undone exactly afterwards.
 
-* `zero`:  W[c] = 0 (and b[c] = 0): pruning.
+* `zero`:  W[c] = 0 (and b[c] = 0), and the following BatchNorm's gamma[c] = 0 (and
+  beta[c] = 0): pruning, the unit outputs exactly 0 after normalisation
+  (`NeuronLayer.silencing_parameters`).
 * `init`:  W[c] ~ N(0, sigma^2) (and b[c]): random re-initialisation.
 * `noise`: W[c] += N(0, sigma^2) (and b[c]): random perturbation.
 
@@ -44,12 +46,15 @@ def intervene(index: NeuronIndex, neurons: Iterable[int], kind: str, *, sigma: f
     if kind != "zero" and sigma < 0:
         raise ValueError(f"sigma must be >= 0, got {sigma}")
     by_layer = index.group_by_layer(neurons)
-    touched = [t for layer in by_layer for _, t in layer.parameters(include_bias)]
+    def tensors(layer):
+        return layer.silencing_parameters(include_bias) if kind == "zero" else layer.parameters(include_bias)
+
+    touched = [t for layer in by_layer for _, t in tensors(layer)]
     with restored(touched):
         with torch.no_grad():
             for layer, units in by_layer.items():
                 rows = torch.as_tensor(units, dtype=torch.long, device=layer.weight.device)
-                for _, tensor in layer.parameters(include_bias):
+                for _, tensor in tensors(layer):
                     shape = (len(units), *tensor.shape[1:])
                     if kind == "zero":
                         tensor[rows] = 0

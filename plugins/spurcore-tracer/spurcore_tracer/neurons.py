@@ -8,6 +8,14 @@ backbone declares its neurons (`Layout.neurons`, `SpurModel.neuron_paths()`): a 
 declares the first linear layer of each MLP block, so that a neuron is one hidden unit of an
 MLP block (as "The Silent Majority" counts them), and only those count.
 
+A conv or linear layer followed directly by a BatchNorm over its units (the next module in
+module order, under the same parent, with as many features as the layer has units: a small
+CNN's `conv, bn, relu`, a ResNet's `conv1, bn1`) has that BatchNorm as its `norm`. Silencing a
+neuron must reach past it: zeroing W[c] alone leaves the BatchNorm's beta[c] (and, in eval mode,
+-gamma[c] * running_mean[c] / sqrt(running_var[c])), so the unit's output after normalisation is
+a constant, not zero. The "zero" intervention therefore also zeroes the norm's gamma[c] and
+beta[c], and a mask applied by a forward hook is applied to the norm's output.
+
 Every neuron also has a *global index*: its position when the layers are laid end to end in
 module order, units in order. Scores are numpy vectors indexed by it, so "ties broken by
 module order, then unit" is "ties broken by global index".
@@ -44,6 +52,8 @@ class NeuronLayer:
     path: str
     module: nn.Module
     offset: int
+    norm: nn.Module | None = None  # the BatchNorm applied right after it, if any
+    norm_path: str | None = None
 
     @property
     def kind(self) -> str:
@@ -72,6 +82,33 @@ class NeuronLayer:
             found.append(("bias", self.bias))
         return found
 
+    def silencing_parameters(self, include_bias: bool = True) -> list[tuple[str, torch.Tensor]]:
+        """`parameters()` plus the norm's gamma (and beta): zeroing all of them makes the unit's
+        output after normalisation exactly zero, in train and eval mode."""
+        found = self.parameters(include_bias)
+        if self.norm is not None and self.norm.weight is not None:
+            found.append(("norm.weight", self.norm.weight))
+            if include_bias:
+                found.append(("norm.bias", self.norm.bias))
+        return found
+
+    @property
+    def output_module(self) -> nn.Module:
+        """Where the unit's value is final: the norm if there is one, else the layer itself."""
+        return self.norm if self.norm is not None else self.module
+
+
+def _following_norm(modules: list[tuple[str, nn.Module]], i: int, units: int) -> tuple[str | None, nn.Module | None]:
+    """The BatchNorm right after modules[i] in module order, under the same parent, over `units`."""
+    if i + 1 >= len(modules):
+        return None, None
+    path, module = modules[i]
+    next_path, following = modules[i + 1]
+    if (isinstance(following, nn.modules.batchnorm._BatchNorm) and following.num_features == units
+            and next_path.rpartition(".")[0] == path.rpartition(".")[0]):
+        return next_path, following
+    return None, None
+
 
 class NeuronIndex:
     """Every neuron of a model, laid out in module order. Build with `NeuronIndex.of(model)`."""
@@ -93,14 +130,16 @@ class NeuronIndex:
         exclude = tuple(exclude)
         declared = set(model.neuron_paths()) if hasattr(model, "neuron_paths") else set()
         layers, offset = [], 0
-        for path, module in model.named_modules():
+        modules = list(model.named_modules())
+        for i, (path, module) in enumerate(modules):
             if not isinstance(module, NEURON_MODULES) or getattr(module, "weight", None) is None:
                 continue
             if declared and path not in declared:
                 continue
             if any(path == e or path.startswith(e + ".") for e in exclude):
                 continue
-            layer = NeuronLayer(path=path, module=module, offset=offset)
+            norm_path, norm = _following_norm(modules, i, int(module.weight.shape[0]))
+            layer = NeuronLayer(path=path, module=module, offset=offset, norm=norm, norm_path=norm_path)
             layers.append(layer)
             offset += layer.units
         return cls(layers)
@@ -136,4 +175,5 @@ class NeuronIndex:
         return out
 
     def describe(self) -> list[dict]:
-        return [{"path": l.path, "kind": l.kind, "units": l.units, "offset": l.offset} for l in self.layers]
+        return [{"path": l.path, "kind": l.kind, "units": l.units, "offset": l.offset, "norm": l.norm_path}
+                for l in self.layers]

@@ -159,18 +159,22 @@ def test_interventions_touch_only_selected_neurons_and_are_undone_bitwise(seed, 
     before = {k: v.clone() for k, v in model.state_dict().items()}
     generator = torch.Generator().manual_seed(seed)
     chosen = set(picks)
+    def keys(layer):  # (state key, is a bias) of what the intervention may touch
+        touched = layer.silencing_parameters(True) if kind == "zero" else layer.parameters(True)
+        return [(f"{layer.norm_path}.{n[5:]}" if n.startswith("norm.") else f"{layer.path}.{n}", n.endswith("bias"))
+                for n, _ in touched]
+
     with intervene(index, picks, kind, sigma=0.05, generator=generator, include_bias=include_bias):
         during = model.state_dict()
         for layer in index.layers:
-            for name, _ in layer.parameters(True):
-                key = f"{layer.path}.{name}"
+            for key, bias in keys(layer):
                 for unit in range(layer.units):
                     same = torch.equal(during[key][unit], before[key][unit])
-                    selected = layer.offset + unit in chosen and (name == "weight" or include_bias)
+                    selected = layer.offset + unit in chosen and (not bias or include_bias)
                     assert same != selected or (kind == "zero" and torch.all(before[key][unit] == 0))
                     if selected and kind == "zero":
                         assert torch.all(during[key][unit] == 0)
-        others = set(during) - {f"{l.path}.{n}" for l in index.layers for n, _ in l.parameters(True)}
+        others = set(during) - {key for layer in index.layers for key, _ in keys(layer)}
         assert all(torch.equal(during[k], before[k]) for k in others)
     after = model.state_dict()
     assert all(torch.equal(after[k], before[k]) for k in before)
