@@ -47,6 +47,32 @@ def test_waterdigits_dataset_is_cached_and_normalised(cache):
     assert torch.equal(rebuilt.splits["test"].inputs, data.splits["test"].inputs)
 
 
+def test_waterdigits_augment_crops_and_flips_training_batches_only(cache):
+    from spurcore.data import iterate_batches
+
+    plain = waterdigits.build(waterdigits.WaterdigitsOptions(scale=0.05, size=28))
+    data = waterdigits.build(waterdigits.WaterdigitsOptions(scale=0.05, size=28, augment=True))
+    train = data.splits["train"]
+    assert plain.splits["train"].train_inputs is None
+    assert all(data.splits[s].train_inputs is None for s in ("val", "test"))
+    assert torch.equal(train.inputs, plain.splits["train"].inputs)  # evaluation sees the images as they are
+    order = torch.arange(len(train))
+
+    def one_pass(seed):
+        torch.manual_seed(seed)
+        return torch.cat([b.x for b in iterate_batches(train, order, 64, augment=True)])
+
+    first, again, other = one_pass(0), one_pass(0), one_pass(1)
+    assert first.shape == train.inputs.shape and torch.equal(first, again) and not torch.equal(first, other)
+    # every augmented image is its source shifted by at most 2 pixels, mirrored or not
+    pad = torch.nn.functional.pad(train.inputs, (2, 2, 2, 2), mode="replicate")
+    for i in range(0, len(train), 7):
+        candidates = [pad[i, :, t:t + 28, l:l + 28] for t in range(5) for l in range(5)]
+        assert any(torch.equal(first[i], c) or torch.equal(first[i], c.flip(-1)) for c in candidates)
+    flipped = sum(not torch.equal(first[i], pad[i, :, 2:30, 2:30]) for i in range(len(train)))
+    assert flipped > len(train) // 2  # most images move (25 crops x 2 flips, one of them the identity)
+
+
 def test_small_cnn_features_have_the_declared_width():
     class Data:
         input_shape = (3, 16, 16)

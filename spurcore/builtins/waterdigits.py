@@ -33,12 +33,16 @@ def cache_dir() -> Path:
 
 @attrs.frozen(kw_only=True)
 class WaterdigitsOptions:
-    """`scale` shrinks every split's group counts (1.0: Waterbirds' 3498/184/56/1057 train)."""
+    """`scale` shrinks every split's group counts (1.0: Waterbirds' 3498/184/56/1057 train).
+    `augment`: training batches get a random crop (the image padded by `size` / 14 pixels by
+    replicating its border, then cropped back) and a horizontal flip (p 0.5), the standard
+    crop-and-flip recipe the seeds' ERM models are trained with; evaluation never is."""
 
     seed: int = 0
     scale: float = attrs.field(default=1.0, validator=positive)
     size: int = attrs.field(default=28, validator=positive)
     cache: bool = True
+    augment: bool = False
 
 
 def _arrays(options: WaterdigitsOptions) -> dict[str, np.ndarray]:
@@ -81,11 +85,36 @@ def build(options: WaterdigitsOptions) -> SpuriousData:
     arrays = _arrays(options)
     splits = {}
     for split in ("train", "val", "test"):
-        splits[split] = SplitData(name=split, inputs=to_inputs(arrays[f"{split}_x"]), y=arrays[f"{split}_y"], a=arrays[f"{split}_a"])
+        inputs = to_inputs(arrays[f"{split}_x"])
+        augmented = CropFlip(inputs, max(1, options.size // 14)) if options.augment and split == "train" else None
+        splits[split] = SplitData(name=split, inputs=inputs, y=arrays[f"{split}_y"], a=arrays[f"{split}_a"],
+                                  train_inputs=augmented)
     pools = {split: pool.tolist() for split, pool in gen.pools(options.seed).items()}
     return SpuriousData(name="waterdigits", splits=splits, class_names=gen.CLASS_NAMES,
                         attr_names=gen.ATTR_NAMES, input_shape=(3, options.size, options.size),
                         provenance={SOURCE_DIGITS: pools}, normalization=Normalization(INPUT_MEAN, INPUT_STD))
+
+
+class CropFlip:
+    """Item i: image i randomly cropped (after `pad` pixels of replicated border) and flipped,
+    drawn from the torch RNG the data loader seeds per item and pass."""
+
+    def __init__(self, images: torch.Tensor, pad: int) -> None:
+        self.images, self.pad = images, pad
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        import torch
+        import torch.nn.functional as F
+
+        image = self.images[i]
+        size, pad = image.shape[-1], self.pad
+        padded = F.pad(image[None], (pad, pad, pad, pad), mode="replicate")[0]
+        top, left = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,)))
+        crop = padded[:, top:top + image.shape[-2], left:left + size]
+        return crop.flip(-1) if float(torch.rand(())) < 0.5 else crop
 
 
 @hookimpl

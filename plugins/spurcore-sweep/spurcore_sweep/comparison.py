@@ -131,6 +131,7 @@ def score(selector: Any, run: Run, plugins: PluginManager) -> float:
 
     chosen = run.summary["selected"]
     candidate = Candidate(stage=chosen["stage"], epoch=chosen["epoch"], metrics=selector.visible(run.summary["metrics"]),
+                          variant=chosen.get("variant"),
                           load_model=lambda: finished().load_model(), data=_LazyData(finished))
     return float(selector.score(candidate))
 
