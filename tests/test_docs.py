@@ -177,16 +177,16 @@ def install_fake(site: Path, name: str, direct_url: str | None = None) -> None:
 
 
 def test_the_docs_checks_ignore_plugins_from_outside_this_repository(tmp_path, monkeypatch):
-    install_fake(tmp_path, "afr")
+    install_fake(tmp_path, "outsider")
     install_fake(tmp_path, "copied", direct_url=(ROOT / "plugins" / "spurcore-copied").as_uri())
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delenv("SPURCORE_PLUGINS", raising=False)
     try:
         manager = PluginManager(block=["progress"])
-        assert {"afr", "copied"} <= set(manager.registry("mitigations")), "the fakes are installed"
-        assert not from_this_repository(manager, "afr")
+        assert {"outsider", "copied"} <= set(manager.registry("mitigations")), "the fakes are installed"
+        assert not from_this_repository(manager, "outsider")
         assert from_this_repository(manager, "copied")  # installed from plugins/, not editable
-        assert {"erm", "dfr", "jtt"} <= set(ours(manager, "mitigations")) and "afr" not in ours(manager, "mitigations")
+        assert {"erm", "dfr", "jtt"} <= set(ours(manager, "mitigations")) and "outsider" not in ours(manager, "mitigations")
         outside = PluginManager(block=["progress", "copied"])
         for check in (check_metrics_page, check_method_pages, check_quickstart):
             check(outside)
