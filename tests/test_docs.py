@@ -33,7 +33,7 @@ from spurcore.plugins import ENTRY_POINT_GROUP, PluginManager, Registered
 from spurcore.runner import run_pipeline
 from spurcore_devtools.scaffold import KINDS, new_plugin
 from spurcore.specs import MitigationSpec
-from spurcore.testing import MLPOptions, make_mlp, run_folder_free, tiny_pipeline, wait_for
+from spurcore.testing import MLPOptions, OnDevice, make_mlp, run_folder_free, tiny_pipeline, wait_for
 from spurcore.api import toml_dumps
 from spurcore_sweep import start_launcher
 
@@ -234,23 +234,6 @@ def test_a_broken_reference_is_caught():
 def marked_examples(page: Path) -> list[str]:
     """The python blocks of a page marked `<!-- tested in tests/test_docs.py -->` (whole plugins)."""
     return re.findall(r"<!-- tested in tests/test_docs.py -->\s*```python\n(.*?)```", page.read_text(), flags=re.S)
-
-
-class OnDevice(torch.Tensor):
-    """A tensor as one on a GPU behaves on a CPU-only machine: numpy cannot read it, nor can it
-    index a tensor on the CPU, until `.cpu()` brings it back."""
-
-    def __array__(self, *args, **kwargs):
-        raise TypeError("can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() first.")
-
-    def cpu(self, *args, **kwargs):
-        return self.as_subclass(torch.Tensor)
-
-    @classmethod
-    def __torch_function__(cls, func, types, args=(), kwargs=None):
-        if func is torch.Tensor.__getitem__ and not isinstance(args[0], cls) and isinstance(args[1], cls):
-            raise RuntimeError("indices should be either on cpu or on the same device as the indexed tensor (cpu)")
-        return super().__torch_function__(func, types, args, kwargs or {})
 
 
 def call(hook, **available):

@@ -25,7 +25,7 @@ def ldam_margins(class_counts: np.ndarray, max_margin: float) -> torch.Tensor:
 
 def subtract_margin(logits: torch.Tensor, y: torch.Tensor, margins: torch.Tensor) -> torch.Tensor:
     """The logits with each example's own class's margin taken off its logit."""
-    return logits - F.one_hot(y, logits.shape[1]).to(logits.dtype) * margins.to(logits)[y][:, None]
+    return logits - F.one_hot(y, logits.shape[1]).to(logits.dtype) * margins[y.cpu()].to(logits)[:, None]
 
 
 def log_priors(class_counts: np.ndarray) -> torch.Tensor:

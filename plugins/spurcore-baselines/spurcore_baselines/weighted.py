@@ -91,7 +91,7 @@ class LDAM:
         losses = F.cross_entropy(self.options.scale * logits, batch.y, reduction="none")
         if not self.deferred:
             return losses.mean()
-        weights = self.class_weights.to(losses.device)[batch.y]
+        weights = self.class_weights[batch.y.cpu()].to(losses.device)
         return (losses * weights).sum() / weights.sum()
 
 

@@ -3,6 +3,7 @@ and margins of its loss, what it mixes and penalises, and what the last-layer me
 
 from __future__ import annotations
 
+import inspect
 import json
 import types
 
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 import spurcore_baselines
 from spurcore import hookimpl
 from spurcore.api import Batch, RunDir, build_model, run_pipeline
-from spurcore.testing import MLPOptions, TinyOptions, make_mlp, make_tiny
+from spurcore.testing import MLPOptions, OnDevice, TinyOptions, make_mlp, make_tiny
 from spurcore_baselines import effective_number, inverse_frequency, ldam_margins
 from spurcore_baselines.invariance import IRM, Matching, environments, irm_penalty
 from spurcore_baselines.mixing import LISA, Mixup, mixup_loss
@@ -251,3 +252,30 @@ def test_afr_refits_the_head_and_a_strong_pull_keeps_the_incoming_one(spur_plugi
         assert 0 < record["effective_examples"] <= 120
     assert torch.allclose(heads[1e6], erm["head.weight"], atol=1e-3)
     assert not torch.allclose(heads[0.0], erm["head.weight"], atol=1e-2)
+
+
+def call(hook, **available):
+    """A hook implementation called with the arguments it names, as pluggy calls it."""
+    return hook(**{name: available[name] for name in inspect.signature(hook).parameters})
+
+
+TRAINING = sorted(spec.name for spec in spurcore_baselines.specs() if spec.kind == "train")
+
+
+@pytest.mark.parametrize("name", TRAINING)
+def test_every_training_baseline_is_device_safe(name, data, model, tmp_path):
+    """Its hooks on a batch whose tensors behave as a GPU's: per-example data indexed on the CPU
+    with batch.index.cpu() and moved, never read by numpy from the batch."""
+    spec = next(s for s in spurcore_baselines.specs() if s.name == name)
+    method = spec.factory(None if spec.options is None else spec.options())
+    run = fake_run(data, tmp_path)
+    stage = types.SimpleNamespace(index=1, key=f"1-{name}", train=types.SimpleNamespace(epochs=2), model=model)
+    available = {"run": run, "stage": stage, "epoch": 2, "model": model, "generator": torch.Generator().manual_seed(0)}
+    for hook in ("spurcore_stage_start", "spurcore_epoch_start", "spurcore_train_sampler"):
+        if hasattr(method, hook):
+            call(getattr(method, hook), **available)
+    plain = batch_of(data, np.arange(0, 128, 2))
+    batch = Batch(*(t.as_subclass(OnDevice) for t in (plain.index, plain.x, plain.y, plain.a)))
+    if hasattr(method, "spurcore_train_loss"):  # the samplers leave the loss to the kernel
+        loss = call(method.spurcore_train_loss, **available, batch=batch)
+        assert loss.ndim == 0 and torch.isfinite(loss)
