@@ -33,7 +33,7 @@ from spurcore.plugins import ENTRY_POINT_GROUP, PluginManager, Registered
 from spurcore.runner import run_pipeline
 from spurcore_devtools.scaffold import KINDS, new_plugin
 from spurcore.specs import MitigationSpec
-from spurcore.testing import MLPOptions, make_mlp, run_folder_free, tiny_pipeline, wait_for
+from spurcore.testing import MLPOptions, OnDevice, make_mlp, run_folder_free, tiny_pipeline, wait_for
 from spurcore.api import toml_dumps
 from spurcore_sweep import start_launcher
 
@@ -177,16 +177,16 @@ def install_fake(site: Path, name: str, direct_url: str | None = None) -> None:
 
 
 def test_the_docs_checks_ignore_plugins_from_outside_this_repository(tmp_path, monkeypatch):
-    install_fake(tmp_path, "afr")
+    install_fake(tmp_path, "outsider")
     install_fake(tmp_path, "copied", direct_url=(ROOT / "plugins" / "spurcore-copied").as_uri())
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delenv("SPURCORE_PLUGINS", raising=False)
     try:
         manager = PluginManager(block=["progress"])
-        assert {"afr", "copied"} <= set(manager.registry("mitigations")), "the fakes are installed"
-        assert not from_this_repository(manager, "afr")
+        assert {"outsider", "copied"} <= set(manager.registry("mitigations")), "the fakes are installed"
+        assert not from_this_repository(manager, "outsider")
         assert from_this_repository(manager, "copied")  # installed from plugins/, not editable
-        assert {"erm", "dfr", "jtt"} <= set(ours(manager, "mitigations")) and "afr" not in ours(manager, "mitigations")
+        assert {"erm", "dfr", "jtt"} <= set(ours(manager, "mitigations")) and "outsider" not in ours(manager, "mitigations")
         outside = PluginManager(block=["progress", "copied"])
         for check in (check_metrics_page, check_method_pages, check_quickstart):
             check(outside)
@@ -234,23 +234,6 @@ def test_a_broken_reference_is_caught():
 def marked_examples(page: Path) -> list[str]:
     """The python blocks of a page marked `<!-- tested in tests/test_docs.py -->` (whole plugins)."""
     return re.findall(r"<!-- tested in tests/test_docs.py -->\s*```python\n(.*?)```", page.read_text(), flags=re.S)
-
-
-class OnDevice(torch.Tensor):
-    """A tensor as one on a GPU behaves on a CPU-only machine: numpy cannot read it, nor can it
-    index a tensor on the CPU, until `.cpu()` brings it back."""
-
-    def __array__(self, *args, **kwargs):
-        raise TypeError("can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() first.")
-
-    def cpu(self, *args, **kwargs):
-        return self.as_subclass(torch.Tensor)
-
-    @classmethod
-    def __torch_function__(cls, func, types, args=(), kwargs=None):
-        if func is torch.Tensor.__getitem__ and not isinstance(args[0], cls) and isinstance(args[1], cls):
-            raise RuntimeError("indices should be either on cpu or on the same device as the indexed tensor (cpu)")
-        return super().__torch_function__(func, types, args, kwargs or {})
 
 
 def call(hook, **available):

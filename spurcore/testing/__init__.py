@@ -18,7 +18,9 @@ with `spur_`:
 * `spur_read_only(path)`: makes a folder and everything in it read-only to this process until
   the test ends (`chmod` for a user; `chattr +i` for root, whom modes do not stop);
 * `wait_for(condition, seconds, what)` and `run_folder_free(run)`: for tests that stop a
-  sweep or a run in another process and wait for its trials to be gone.
+  sweep or a run in another process and wait for its trials to be gone;
+* `OnDevice`: a tensor that behaves as one on a GPU does (numpy cannot read it, it cannot index
+  a CPU tensor), for tests that a method's hooks are device safe on a CPU-only machine.
 
     def test_my_method(spur_plugins, spur_register_plugin, spur_tiny_config, tmp_path):
         spur_register_plugin(my_plugin)
@@ -47,11 +49,12 @@ from spurcore.model import Backbone
 from spurcore.plugins import PluginManager
 from spurcore.runlock import RunLockedError, locked
 from spurcore.testing.conformance import kit_manager, mitigation_conformance
+from spurcore.testing.device import OnDevice
 from spurcore.testing.tiny import MLPOptions, TinyOptions, TinyPlugin, TinyRefit, make_mlp, make_tiny
 
 __all__ = [
-    "MLPOptions", "StopAtEpoch", "TinyOptions", "TinyPlugin", "TinyRefit", "kit_manager", "make_mlp", "make_tiny",
-    "mitigation_conformance", "run_folder_free", "tiny_pipeline", "wait_for",
+    "MLPOptions", "OnDevice", "StopAtEpoch", "TinyOptions", "TinyPlugin", "TinyRefit", "kit_manager", "make_mlp",
+    "make_tiny", "mitigation_conformance", "run_folder_free", "tiny_pipeline", "wait_for",
 ]
 
 
