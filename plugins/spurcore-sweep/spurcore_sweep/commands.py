@@ -101,14 +101,28 @@ def sweep_cmd(ctx: click.Context, pipeline: Path, grid: tuple[str, ...], random_
 @click.option("--rows-by", "rows_by", multiple=True, metavar="KEY",
               help="One row per value of this setting (a grid key, e.g. prunedtwin.options.criterion) in the "
                    "methods that have it, each with its own best settings. Repeatable.")
+@click.option("--html", "as_html", is_flag=True,
+              help="Write DIR/report.html instead, one self-contained page (a sweep or a single run): tables, "
+                   "figures, configs, traces, and the most memorized images when a scores file exists.")
+@click.option("--scores", multiple=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="With --html: a `spur memorization` scores.h5 of the run's training split, for the gallery "
+                   "(repeatable; scores.h5 files inside a run folder are found by themselves).")
+@click.option("--gallery", "gallery_size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="With --html: images per group in the gallery of the most memorized.")
 @click.pass_context
 def report_cmd(ctx: click.Context, sweep_dir: Path, selectors: tuple[str, ...], fmt: str,
-               rows_by: tuple[str, ...]) -> None:
-    """Compare the methods of a sweep: test WGA and average accuracy, mean ± std over seeds."""
+               rows_by: tuple[str, ...], as_html: bool, scores: tuple[Path, ...], gallery_size: int) -> None:
+    """Compare the methods of a sweep: test WGA and average accuracy, mean ± std over seeds.
+    With --html, DIR may also be a single run."""
     from spurcore_sweep import comparison
 
     manager = plugin_manager(ctx)
     names = list(selectors) or sorted(manager.registry("selectors"))
+    if as_html:
+        from spurcore_sweep.html import write_page
+
+        click.echo(f"report: {write_page(sweep_dir, manager, names, rows_by, scores, gallery_size)}")
+        return
     text, figure = comparison.write(sweep_dir, manager, names, fmt, rows_by)
     click.echo(text, nl=False)
     click.echo(f"figure: {figure}", err=True)
