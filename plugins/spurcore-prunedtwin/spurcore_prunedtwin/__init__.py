@@ -71,8 +71,9 @@ class PrunedTwinOptions:
     clean image (a control). `colour`: add colour distortion to the views (not in the paper;
     see augment.py). `space`: "features" (NT-Xent on the penultimate features) or "output" (on
     the softmax outputs, symmetric with stop-gradient, no projection head); the head's units
-    are never masked. `contrast`: "nt-xent", or "positives" (alignment of each pair alone,
-    1 - cosine, without negatives: a control). `supervised`: "mse" (the squared error summed
+    are never masked. `contrast`: "nt-xent", or, as controls, "positives" (alignment of each
+    pair alone, 1 - cosine, without negatives) or "none" (the supervised term alone, on the
+    first view). `supervised`: "mse" (the squared error summed
     over classes, the paper's ||y_hat - y||^2) or "ce". `pool`/`sample`: the gradient
     criterion's `sample` examples drawn from the `pool` highest-loss training examples.
     """
@@ -90,7 +91,7 @@ class PrunedTwinOptions:
     augment: bool = True
     colour: bool = False
     space: Literal["features", "output"] = "features"
-    contrast: Literal["nt-xent", "positives"] = "nt-xent"
+    contrast: Literal["nt-xent", "positives", "none"] = "nt-xent"
     supervised: Literal["mse", "ce"] = "mse"
     pool: int = attrs.field(default=256, validator=positive)
     sample: int = attrs.field(default=128, validator=_sample)

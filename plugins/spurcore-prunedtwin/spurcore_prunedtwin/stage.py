@@ -56,6 +56,8 @@ class PrunedTwinStage:
         x1, x2 = two_views(batch.x, generator, o.same_view, o.colour) if o.augment else (batch.x, batch.x)
         features = model.features(x1, index=batch.index)
         logits = model.head(features)
+        if o.contrast == "none":
+            return o.lam * supervised(logits, batch.y, o.target, o.supervised)
         if o.space == "output":
             ours, theirs = logits.float().softmax(1), self.mask.logits(model, x2, index=batch.index).float().softmax(1)
             contrast = (nt_xent_stopgrad(ours, theirs, o.tau) if o.contrast == "nt-xent"

@@ -208,6 +208,20 @@ def test_the_loss_falls_on_a_tiny_problem(options):
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
 
 
+@pytest.mark.parametrize("contrast", ["positives", "none"])
+def test_the_controls_losses(contrast):
+    """`none` is the supervised term alone; `positives` adds 1 - cosine of each pair and no more."""
+    data, batch = tiny_batch(32)
+    model = small_model()
+    stage = pt.PrunedTwinStage(pt.PrunedTwinOptions(contrast=contrast, projection=False, lam=0.7))
+    stage.mask = pt.neuron_mask(model, 0.1, "magnitude")
+    logits = model(batch.x)
+    expected = 0.7 * pt.supervised(logits, batch.y)
+    if contrast == "positives":  # vectors are not augmented: both branches see batch.x
+        expected = expected + pt.alignment(model.features(batch.x), stage.mask.features(model, batch.x))
+    assert float(stage.loss(model, batch)) == pytest.approx(float(expected), rel=1e-6)
+
+
 def test_options_are_validated():
     with pytest.raises(ValueError, match="q"):
         pt.PrunedTwinOptions(q=0)
