@@ -7,7 +7,7 @@ linear layer, scored by `magnitude` or by the gradient norm of the cross-entropy
 
 The twin shares the target's weights: `NeuronMask.active(model)` registers forward hooks that
 multiply the masked units by 0, only inside the `with` block, on the layer's output or, where a
-BatchNorm follows the layer, on the BatchNorm's output (`NeuronLayer.output_module`): a channel
+BatchNorm follows the layer, on the BatchNorm's output (`NeuronLayer.norm_path`): a channel
 zeroed before BatchNorm would come out as its beta, not silent;
 `WeightMask.features(model, x, index)` calls the embedding with `torch.func.functional_call`
 on `weight * keep`, so gradients flow into the same parameters.

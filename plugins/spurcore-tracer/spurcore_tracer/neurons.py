@@ -92,17 +92,12 @@ class NeuronLayer:
                 found.append(("norm.bias", self.norm.bias))
         return found
 
-    @property
-    def output_module(self) -> nn.Module:
-        """Where the unit's value is final: the norm if there is one, else the layer itself."""
-        return self.norm if self.norm is not None else self.module
-
 
 def _following_norm(modules: list[tuple[str, nn.Module]], i: int, units: int) -> tuple[str | None, nn.Module | None]:
     """The BatchNorm right after modules[i] in module order, under the same parent, over `units`."""
     if i + 1 >= len(modules):
         return None, None
-    path, module = modules[i]
+    path = modules[i][0]
     next_path, following = modules[i + 1]
     if (isinstance(following, nn.modules.batchnorm._BatchNorm) and following.num_features == units
             and next_path.rpartition(".")[0] == path.rpartition(".")[0]):
