@@ -1,6 +1,7 @@
-"""`make demo` keeps its 10-minute budget by blocking this plugin: its command, as make would
-run it, loads every installed mitigation but the baselines, and `make demo DEMO_PLUGINS=` loads
-them all (README, "Two commands")."""
+"""`make demo` keeps its 10-minute budget: its command, as make would run it, sweeps ERM, the
+seeds' three methods and DFR; `make demo DEMO_METHODS=all` every installed mitigation but the
+baselines (this plugin is blocked), and with `DEMO_PLUGINS=` as well, all of them (README, "Two
+commands")."""
 
 from __future__ import annotations
 
@@ -31,9 +32,17 @@ def installed() -> set[str]:
     return set(PluginManager(block=["progress"]).registry("mitigations"))
 
 
-def test_the_demo_sweeps_every_installed_method_but_the_baselines(installed):
-    assert BASELINES <= installed, "spurcore-baselines is installed with the others (make install)"
+def test_the_demo_sweeps_the_seeds_methods_and_dfr(installed):
     plugin_args, words = demo_sweep()
+    assert plugin_args == ["no:baselines"]
+    methods = words[words.index("--methods") + 1].split(",")
+    assert sorted(methods) == ["dfr", "dfr-class", "fairdropout", "neurontune", "prunedtwin"]
+    assert set(methods) <= installed
+
+
+def test_the_demo_with_every_method_blocks_only_the_baselines(installed):
+    assert BASELINES <= installed, "spurcore-baselines is installed with the others (make install)"
+    plugin_args, words = demo_sweep("DEMO_METHODS=all")
     assert plugin_args == ["no:baselines"]
     assert words[words.index("--methods") + 1] == "all"
     shown = set(PluginManager.from_args(plugin_args).registry("mitigations"))
@@ -42,6 +51,6 @@ def test_the_demo_sweeps_every_installed_method_but_the_baselines(installed):
 
 
 def test_the_demo_with_no_plugin_blocked_sweeps_them_all(installed):
-    plugin_args, _ = demo_sweep("DEMO_PLUGINS=")
-    assert plugin_args == []
+    plugin_args, words = demo_sweep("DEMO_METHODS=all", "DEMO_PLUGINS=")
+    assert plugin_args == [] and words[words.index("--methods") + 1] == "all"
     assert set(PluginManager.from_args(plugin_args).registry("mitigations")) >= installed
