@@ -25,7 +25,7 @@ test: install
 
 # ERM and every installed mitigation on waterdigits, 2 seeds, two runs at a time; launched
 # again, it skips finished runs. Then one table (report.md) and one figure (wga.png).
-# The baselines of spurcore-baselines (its plugin, `baselines`, registers 21 methods) are blocked
+# The baselines of spurcore-baselines (its plugin, `baselines`, registers 22 methods) are blocked
 # here: with them the demo would take hours, not minutes. `make demo DEMO_PLUGINS=` runs every
 # installed method (plugins/spurcore-baselines/tests/test_demo.py reads this command).
 DEMO_OUT ?= runs/demo
