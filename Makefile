@@ -25,7 +25,7 @@ test: install
 
 # ERM, the seeds' three methods and DFR on waterdigits, 2 seeds, two runs at a time (about 9
 # minutes on 2 cores); launched again, it skips finished runs. Then one table (report.md) and one
-# figure (wga.png). `make demo DEMO_METHODS=all` adds every other installed mitigation but the 21
+# figure (wga.png). `make demo DEMO_METHODS=all` adds every other installed mitigation but the 22
 # baselines of spurcore-baselines (plugin `baselines`, blocked by DEMO_PLUGINS: with them the
 # demo would take hours); `make demo DEMO_METHODS=all DEMO_PLUGINS=` runs every installed method
 # (plugins/spurcore-baselines/tests/test_demo.py reads these commands).

@@ -209,6 +209,10 @@ REFERENCE: tuple[tuple[str, str, dict[str, tuple[str, str | None]]], ...] = (
                         "what `open_run` returns: `path`, `out`, `config`, `data`, `device`, `stages`, "
                         "`stage(i)`, `resolve_epoch(stage, epoch)`, `load_model(stage, epoch)`, "
                         "`initial_model()` (the weights it started from)."),
+        "starting_model": ("spurcore.finished:starting_model",
+                           "the weights the model a stage receives was trained from (the `[init]` run's "
+                           "starting model for a pipeline's first stage), for methods that retrain from the "
+                           "same initialization (JTT, EIIL)."),
         "RunError": ("spurcore.planning:RunError", "the pipeline cannot run as configured."),
     }),
 )

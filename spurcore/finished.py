@@ -26,6 +26,7 @@ from spurcore.rundir import RunDir
 
 if TYPE_CHECKING:  # pragma: no cover
     from spurcore.config import PipelineConfig, TrainConfig
+    from spurcore.context import StageContext
     from spurcore.data import SpuriousData
     from spurcore.model import SpurModel
     from spurcore.plugins import Registry
@@ -145,3 +146,14 @@ def open_run(path: Any, plugins: Registry, *, device: str = "cpu") -> FinishedRu
         raise RunError(f"{out.path}: not a run directory (no config.toml)")
     planned = plan_saved(out.path, plugins, [f"device={json.dumps(device)}"])
     return FinishedRun(planned, out, plugins, Device.from_config(planned.config.device, planned.config.amp))
+
+
+def starting_model(run: RunContext, stage: StageContext) -> SpurModel:
+    """A fresh copy of the weights that the model `stage` receives was trained from, for methods
+    that retrain "from the same initialization" (JTT, EIIL): the pipeline's starting model, or,
+    for the first stage of a pipeline that starts from another run (`[init]`, as a sweep starts a
+    fine-tuning method from the baseline's run), that run's own starting model."""
+    init = run.config.init
+    if stage.index == 0 and init is not None:
+        return open_run(init.run, run.plugins, device=str(run.device.device)).initial_model()
+    return run.initial_model()

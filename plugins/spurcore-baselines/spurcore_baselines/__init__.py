@@ -1,6 +1,7 @@
 """The baselines users compare against (issue 28), as spurcore stages: the imbalanced-learning,
 augmentation, invariance and last-layer methods of SubpopBench and the common group-robustness
-baselines, each with its paper's or SubpopBench's settings and search space.
+baselines (EIIL, which infers its groups, among them), each with its paper's or SubpopBench's
+settings and search space.
 
 Which labels each reads is in its spec: a method that balances or weights *groups* (class x
 attribute) reads the training split's attribute labels; one that balances *classes* reads none.
@@ -14,6 +15,7 @@ attribute) reads the training split's attribute labels; one that balances *class
 | mixing examples | `mixing` | mixup, lisa |
 | invariance across attribute values | `invariance` | irm, coral, mmd |
 | the last layer on frozen features | `lastlayer` | crt, crt-class, reweight-crt, afr |
+| groups inferred from the incoming model | `inferred` | eiil |
 
 This module imports no torch: it registers the specs, naming each stage object with `lazy`.
 """
@@ -23,7 +25,7 @@ from __future__ import annotations
 from spurcore import hookimpl
 from spurcore.api import MitigationSpec, lazy, lazy_exports
 from spurcore_baselines.options import (
-    AFROptions, CRTOptions, CVaROptions, EffectiveNumberOptions, FocalOptions, IRMOptions, LDAMOptions,
+    AFROptions, CRTOptions, CVaROptions, EffectiveNumberOptions, EIILOptions, FocalOptions, IRMOptions, LDAMOptions,
     LISAOptions, MatchingOptions, MixupOptions,
 )
 
@@ -35,12 +37,13 @@ EXPORTS = {
     **{name: f"spurcore_baselines.mixing:{name}" for name in ("lisa_partners", "mixed_targets")},
     **{name: f"spurcore_baselines.invariance:{name}" for name in ("irm_penalty", "coral_distance", "mmd_distance")},
     **{name: f"spurcore_baselines.lastlayer:{name}" for name in ("afr_weights", "fit_head")},
+    **{name: f"spurcore_baselines.inferred:{name}" for name in ("infer_environments", "environment_penalties")},
 }
 __all__ = [
-    "AFROptions", "CRTOptions", "CVaROptions", "EffectiveNumberOptions", "FocalOptions", "IRMOptions", "LDAMOptions",
-    "LISAOptions", "MatchingOptions", "MixupOptions", "reads", "specs",
-    "afr_weights", "coral_distance", "cvar", "effective_number", "fit_head", "focal_loss", "inverse_frequency",
-    "irm_penalty", "label_counts", "ldam_margins", "lisa_partners", "log_priors", "mixed_targets", "mmd_distance",
+    "AFROptions", "CRTOptions", "CVaROptions", "EffectiveNumberOptions", "EIILOptions", "FocalOptions", "IRMOptions",
+    "LDAMOptions", "LISAOptions", "MatchingOptions", "MixupOptions", "reads", "specs",
+    "afr_weights", "coral_distance", "cvar", "effective_number", "environment_penalties", "fit_head", "focal_loss",
+    "infer_environments", "inverse_frequency", "irm_penalty", "label_counts", "ldam_margins", "lisa_partners", "log_priors", "mixed_targets", "mmd_distance",
     "soft_cross_entropy", "subtract_margin", "train_labels",
 ]
 __getattr__, __dir__ = lazy_exports(__name__, EXPORTS)
@@ -133,6 +136,12 @@ def specs() -> list[MitigationSpec]:
             name="afr", kind="posthoc", options=AFROptions, factory=lazy("spurcore_baselines.lastlayer:AFR"),
             search_space={"gamma": [0.0, 2.0, 4.0, 8.0, 16.0], "reg": [0.0, 0.1, 0.4]},
             description="AFR: refit the last layer with examples weighted by the incoming model's errors"),
+        MitigationSpec(
+            name="eiil", options=EIILOptions, factory=lazy("spurcore_baselines.inferred:EIIL"),
+            fine_tunes=True,  # it reads the incoming model: comparisons start it from the baseline run
+            search_space={"steps": [10000, 20000], "lr": [0.001, 0.01], "eta": [0.001, 0.01, 0.1]},
+            description="EIIL: infer two environments that maximise the IRMv1 penalty of the incoming model, "
+                        "retrain with Group DRO over them"),
     ]
     return sorted(out, key=lambda spec: spec.name)
 

@@ -9,6 +9,7 @@ from typing import Literal
 import attrs
 
 from spurcore.api import FieldError, fraction, non_negative, positive
+from spurcore_groupdro import GroupDROOptions
 
 
 def open_unit(instance, attribute, value) -> None:
@@ -107,3 +108,15 @@ class AFROptions:
     reg: float = attrs.field(default=0.0, validator=non_negative)
     fit_split: Literal["val", "train"] = "val"
     steps: int = attrs.field(default=200, validator=positive)
+
+
+@attrs.frozen(kw_only=True)
+class EIILOptions(GroupDROOptions):
+    """`steps` and `lr`: Adam's steps and learning rate on the logits of the soft environment
+    assignment; `groups`: Group DRO's groups, each inferred environment within each class
+    ("environment-class") or the two environments alone ("environment"); `eta`, `adjustment`
+    and `balanced_sampling`: Group DRO's, over those groups."""
+
+    steps: int = attrs.field(default=10000, validator=positive)
+    lr: float = attrs.field(default=0.001, validator=positive)
+    groups: Literal["environment-class", "environment"] = "environment-class"

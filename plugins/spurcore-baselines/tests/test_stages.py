@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 import spurcore_baselines
 from spurcore import hookimpl
-from spurcore.api import Batch, RunDir, build_model, run_pipeline
+from spurcore.api import Batch, Device, RunDir, build_model, run_pipeline
 from spurcore.testing import MLPOptions, OnDevice, TinyOptions, make_mlp, make_tiny
 from spurcore_baselines import effective_number, inverse_frequency, ldam_margins
 from spurcore_baselines.invariance import IRM, Matching, environments, irm_penalty
@@ -25,8 +25,11 @@ from spurcore_baselines.options import EffectiveNumberOptions, IRMOptions, LDAMO
 
 
 def fake_run(data, tmp_path=None, seed=0):
+    """What a stage object reads of its run, on the CPU; the pipeline starts from a fresh MLP."""
     out = types.SimpleNamespace(stage_dir=lambda key: tmp_path)
-    return types.SimpleNamespace(data=data, config=types.SimpleNamespace(seed=seed), out=out, log=lambda m: None)
+    return types.SimpleNamespace(data=data, config=types.SimpleNamespace(seed=seed, init=None), out=out,
+                                 log=lambda m: None, device=Device.from_config("cpu", amp=False),
+                                 initial_model=lambda: build_model(make_mlp(MLPOptions(), data), data.n_classes))
 
 
 STAGE = types.SimpleNamespace(index=0, key="0-test", train=types.SimpleNamespace(epochs=10))
@@ -269,7 +272,8 @@ def test_every_training_baseline_is_device_safe(name, data, model, tmp_path):
     spec = next(s for s in spurcore_baselines.specs() if s.name == name)
     method = spec.factory(None if spec.options is None else spec.options())
     run = fake_run(data, tmp_path)
-    stage = types.SimpleNamespace(index=1, key=f"1-{name}", train=types.SimpleNamespace(epochs=2), model=model)
+    stage = types.SimpleNamespace(index=1, key=f"1-{name}", train=types.SimpleNamespace(epochs=2, eval_batch_size=512),
+                                  model=model)
     available = {"run": run, "stage": stage, "epoch": 2, "model": model, "generator": torch.Generator().manual_seed(0)}
     for hook in ("spurcore_stage_start", "spurcore_epoch_start", "spurcore_train_sampler"):
         if hasattr(method, hook):

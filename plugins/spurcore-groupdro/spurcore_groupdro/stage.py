@@ -34,11 +34,14 @@ class GroupDRO:
 
     @hookimpl
     def spurcore_stage_start(self, run):
-        data = run.data
-        groups = data.groups("train")
-        self.groups = torch.from_numpy(groups.copy())
-        self.q = torch.full((data.n_groups,), 1.0 / data.n_groups, dtype=torch.float64)
-        counts = np.bincount(groups, minlength=data.n_groups)
+        self.use_groups(run.data.groups("train"), run.data.n_groups)
+
+    def use_groups(self, groups: np.ndarray, n_groups: int) -> None:
+        """Train over these groups of the training examples, uniform weights to start: the
+        attribute groups here, groups a method inferred without attribute labels in EIIL."""
+        self.groups = torch.as_tensor(np.array(groups, dtype=np.int64))  # a copy
+        self.q = torch.full((n_groups,), 1.0 / n_groups, dtype=torch.float64)
+        counts = np.bincount(self.groups.numpy(), minlength=n_groups)
         self.bonus = torch.as_tensor(self.options.adjustment / np.sqrt(np.maximum(counts, 1)))
 
     @hookimpl
@@ -49,10 +52,10 @@ class GroupDRO:
         return torch.multinomial(weights, len(weights), replacement=True, generator=generator)
 
     @hookimpl
-    def spurcore_train_loss(self, run, model, batch):
+    def spurcore_train_loss(self, model, batch):
         groups = self.groups[batch.index.cpu()].to(batch.y.device)
         losses = F.cross_entropy(model(batch.x, index=batch.index), batch.y, reduction="none").float()
-        per_group, present = group_losses(losses, groups, run.data.n_groups)
+        per_group, present = group_losses(losses, groups, len(self.q))
         adjusted = per_group + self.bonus.to(per_group) * present
         self.q = update_weights(self.q.to(per_group.device), adjusted.double(), present, self.options.eta)
         return (self.q.to(per_group) * adjusted).sum()

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from spurcore import hookimpl
-from spurcore.api import SpurcoreError, atomic, open_run, predict
+from spurcore.api import SpurcoreError, atomic, open_run, predict, starting_model
 from spurcore_jtt import JTTOptions
 
 
@@ -55,12 +55,12 @@ class JTT:
 
     def _initialization(self, run, stage):
         """The weights the identification model was trained from: the paper retrains from the
-        same initialization. When the identification model is the `[init]` run's (JTT first, or
-        `identification_epoch` > 0), that run's starting weights count, not its trained model,
+        same initialization. When the identification model is an epoch of the `[init]` run
+        (`identification_epoch` > 0), that run's starting weights count, not its trained model,
         which is what `run.initial_model()` gives in such a pipeline."""
-        if stage.index == 0 or self.options.identification_epoch > 0:
+        if self.options.identification_epoch > 0:
             return open_run(run.config.init.run, run.plugins, device=str(run.device.device)).initial_model()
-        return run.initial_model()
+        return starting_model(run, stage)
 
     def _identification_model(self, run, stage):
         epoch = self.options.identification_epoch
