@@ -115,7 +115,8 @@ def main() -> None:
     result = {"erm": str(args.erm), "fairdropout": str(args.fairdropout), "seed": args.seed, "models": models,
               "subset": erm_settings["subset"], "epochs": erm_settings["epochs"], "top_chosen_by": chosen_by,
               "top_composition": {name: int((top & (erm["group"] == g)).sum()) for g, name in enumerate(names)},
-              "rows": {label: {reading: describe(estimates[reading].memorization, estimates[reading], mask) for reading in READINGS}
+              "rows": {label: {reading: describe(estimates[reading].memorization, mask,
+                                                    accuracies=estimates[reading].accuracies) for reading in READINGS}
                        for label, mask in sets.items()},
               "paired_difference": {label: {reading: paired(estimates[reading], estimates["ERM"], mask)
                                             for reading in READINGS[1:]} for label, mask in sets.items()}}

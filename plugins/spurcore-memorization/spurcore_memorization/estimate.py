@@ -30,6 +30,11 @@ class Estimate:
     def defined(self) -> np.ndarray:
         return ~np.isnan(self.memorization)
 
+    @property
+    def accuracies(self) -> dict[str, np.ndarray]:
+        """The accuracy columns the summaries average per group."""
+        return {"accuracy_in": self.accuracy_in, "accuracy_out": self.accuracy_out}
+
 
 def _share(hits: np.ndarray, count: np.ndarray) -> np.ndarray:
     out = np.full(count.shape, np.nan)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import numpy as np
 
 from spurcore.api import (ConfigError, PluginManager, SpuriousData, SpurcoreError, atomic, content_digest, load_pipeline,
                           open_run, pipeline_from_dict, plan, predict, to_dict, toml_dumps, train_subset_positions)
+from spurcore_memorization.options import SETTINGS_KEY
 from spurcore_sweep import Sweep, Trial, write_manifest
 
 MAX_MODELS = 1000  # model seeds are seed * MAX_MODELS + k
@@ -60,8 +62,9 @@ def model_path(seed: int, k: int) -> str:
     return f"seed{seed}/model{k:03d}"
 
 
-def resolve_pipeline(pipeline: Path, plugins: PluginManager, settings: Settings) -> dict[str, Any]:
-    """The pipeline every model runs, as plain data, checked against the installed plugins."""
+def first_stage(pipeline: Path, plugins: PluginManager, epochs: int | None) -> tuple[dict[str, Any], Any]:
+    """The pipeline cut to its first training stage, as plain data (`epochs` set unless None,
+    only the selected checkpoint kept), and the user's pipeline planned."""
     config = load_pipeline(pipeline)
     planned = plan(config, plugins)
     first = next((stage for stage in planned.stages if stage.spec.kind == "train"), None)
@@ -72,21 +75,30 @@ def resolve_pipeline(pipeline: Path, plugins: PluginManager, settings: Settings)
                                 f"spur memorization chooses which training examples each model sees")
     data = {k: v for k, v in to_dict(config).items() if v is not None}
     stage = to_dict(first.config)
-    train = dict(stage["train"])
-    if settings.epochs is not None:
-        train["epochs"] = settings.epochs
-    train["keep_checkpoints"] = "selected"
-    selector = plugins.get("selectors", "last-epoch") if settings.final_epoch else planned.selector
-    if "train" not in selector.splits:  # the scores evaluate the whole training split once, at the end
-        train["train_eval"] = "none"
-    stage["train"] = train
+    stage["train"] = {**stage["train"], "keep_checkpoints": "selected",
+                      **({"epochs": epochs} if epochs is not None else {})}
     data["stages"] = [stage]
-    if settings.final_epoch:
-        data["selector"] = "last-epoch"
-    data["dataset"]["train_subset"] = settings.subset
+    return data, planned
+
+
+def checked(data: dict[str, Any], plugins: PluginManager) -> dict[str, Any]:
+    """`data` validated as a pipeline against the installed plugins, defaults filled in."""
     config = pipeline_from_dict(data)
     plan(config, plugins)
     return {k: v for k, v in to_dict(config).items() if v is not None}
+
+
+def resolve_pipeline(pipeline: Path, plugins: PluginManager, settings: Settings) -> dict[str, Any]:
+    """The pipeline every model runs, as plain data, checked against the installed plugins."""
+    data, planned = first_stage(pipeline, plugins, settings.epochs)
+    selector = plugins.get("selectors", "last-epoch") if settings.final_epoch else planned.selector
+    if "train" not in selector.splits:  # the scores evaluate the whole training split once, at the end
+        data["stages"][0]["train"]["train_eval"] = "none"
+    if settings.final_epoch:
+        data["selector"] = "last-epoch"
+    data["dataset"]["train_subset"] = settings.subset
+    data["settings"] = {k: v for k, v in (data.get("settings") or {}).items() if k != SETTINGS_KEY}  # one-run only
+    return checked(data, plugins)
 
 
 def first_difference(saved: Any, new: Any, key: str = "") -> str | None:
@@ -104,9 +116,21 @@ def first_difference(saved: Any, new: Any, key: str = "") -> str | None:
 
 def prepare(out: Path, pipeline: Path, plugins: PluginManager, settings: Settings, *,
             plugin_args: Sequence[str] = (), threads: int = 1) -> Sweep:
-    """The sweep of every model of every seed, after saving (or, on a relaunch, checking) the
-    resolved pipeline and the settings in `out`."""
+    """The sweep of every model of every seed (`save_launch`)."""
     resolved = resolve_pipeline(pipeline, plugins, settings)
+    epochs = resolved["stages"][0]["train"].get("epochs", resolved["train"]["epochs"])
+    record = {"pipeline": str(pipeline), "models": settings.models, "subset": settings.subset, "epochs": epochs,
+              "selector": resolved["selector"], "seeds": list(settings.seeds), "model_seed": f"seed * {MAX_MODELS} + k"}
+    trials = tuple(Trial(method="memorization", settings={"model": k}, seed=model_seed(s, k), path=model_path(s, k),
+                         overrides=(f"seed={model_seed(s, k)}",))
+                   for s in settings.seeds for k in range(settings.models))
+    return save_launch(out, resolved, record, trials, plugin_args=plugin_args, threads=threads)
+
+
+def save_launch(out: Path, resolved: dict[str, Any], record: dict[str, Any], trials: tuple[Trial, ...], *,
+                plugin_args: Sequence[str] = (), threads: int = 1) -> Sweep:
+    """The sweep of `trials`, each running the `resolved` pipeline, after saving (or, on a
+    relaunch, checking) it in `out` with the settings `record`."""
     saved_path = out / PIPELINE
     if saved_path.exists():
         import tomllib
@@ -115,20 +139,40 @@ def prepare(out: Path, pipeline: Path, plugins: PluginManager, settings: Setting
         differs = first_difference(saved, resolved)
         if differs:
             raise MemorizationError(f"{out}: its models ran another pipeline ({saved_path}, key {differs} differs); "
-                                    f"use a new --out, or the same pipeline, --subset and --epochs")
+                                    f"use a new --out, or the same pipeline, estimators and settings")
     out.mkdir(parents=True, exist_ok=True)
     atomic.write_text(saved_path, toml_dumps(resolved))
-    epochs = resolved["stages"][0]["train"].get("epochs", resolved["train"]["epochs"])
-    atomic.write_json(out / SETTINGS, {"pipeline": str(pipeline), "models": settings.models, "subset": settings.subset,
-                                       "epochs": epochs, "selector": resolved["selector"],
-                                       "seeds": list(settings.seeds), "model_seed": f"seed * {MAX_MODELS} + k"})
-    trials = tuple(Trial(method="memorization", settings={"model": k}, seed=model_seed(s, k), path=model_path(s, k),
-                         overrides=(f"seed={model_seed(s, k)}",))
-                   for s in settings.seeds for k in range(settings.models))
+    atomic.write_json(out / SETTINGS, record)
     sweep = Sweep(pipeline=saved_path.resolve(), out=out.resolve(), trials=trials, plugin_args=tuple(plugin_args),
                   threads=threads)
     write_manifest(sweep, {})
     return sweep
+
+
+def launch(sweep: Sweep, plugins: PluginManager, *, launcher: str, jobs: int, threads: int, address: str | None,
+           launcher_option: tuple[str, ...], out: Path, echo: Callable[[str], None]) -> dict[str, Any]:
+    """Run (or, on a relaunch, skip or continue) every trial of `sweep` through `launcher`,
+    echoing one line per trial; returns the failed trials' paths and what the launch cost
+    (`cost`: its wall seconds, jobs, threads, and how many trials it ran and found finished)."""
+    from spurcore_sweep import execute, start_launcher
+
+    records: dict[str, dict[str, Any]] = {}
+    total = len(sweep.trials)
+
+    def heard(trial, record) -> None:
+        records[trial.path] = record
+        write_manifest(sweep, records)
+        state = "finished earlier" if record.get("skipped") else record["status"]
+        extra = f": {record['error']}" if "error" in record else ""
+        echo(f"[{len(records)}/{total}] {trial.path}: {state}{extra}")
+
+    started = time.perf_counter()
+    execute(sweep, start_launcher(plugins, launcher, jobs=jobs, threads=threads, address=address,
+                                  options=launcher_option, out=out), heard)
+    skipped = sum(bool(r.get("skipped")) for r in records.values())
+    return {"failed": [path for path, record in records.items() if record["status"] != "done"],
+            "cost": {"wall_seconds": round(time.perf_counter() - started, 1), "jobs": jobs, "threads": threads,
+                     "trials_run": len(records) - skipped, "trials_finished_earlier": skipped}}
 
 
 def full_data(out: Path, plugins: PluginManager) -> SpuriousData:
@@ -200,7 +244,7 @@ def predictions(out: Path, seed: int, k: int, data: SpuriousData, plugins: Plugi
         if saved is not None:
             return {name: saved[name] for name in SAVED if name != "key"}
         note(f"{path}: not used ({problem}); predicting again with {out / model_path(seed, k)}")
-    run = open_run(out / model_path(seed, k), plugins, device=_device(out))
+    run = open_run(out / model_path(seed, k), plugins, device=saved_device(out))
     n = len(data.splits["train"])
     trained = train_subset_positions(n, float(run.config.dataset.train_subset), run.config.seed)
     if not np.array_equal(run.data.splits["train"].y, data.splits["train"].y[trained]):
@@ -216,7 +260,8 @@ def predictions(out: Path, seed: int, k: int, data: SpuriousData, plugins: Plugi
     return found
 
 
-def _device(out: Path) -> str:
+def saved_device(out: Path) -> str:
+    """The device of the pipeline saved in `out`, which predictions run on too."""
     import tomllib
 
     return tomllib.loads((out / PIPELINE).read_text()).get("device", "cpu")

@@ -1,4 +1,4 @@
-"""`memorization_scores`: the whole procedure, from a pipeline to the scores of every seed."""
+"""`memorization_scores`: the whole Feldman-Zhang procedure, from a pipeline to the scores of every seed."""
 
 from __future__ import annotations
 
@@ -6,11 +6,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from spurcore.api import PluginManager, atomic
+from spurcore.api import PluginManager
 from spurcore_memorization.estimate import memorization
-from spurcore_memorization.outputs import across_seeds, figure, labels, seed_summary, table, write_scores
-from spurcore_memorization.procedure import Settings, collect, full_data, prepare
-from spurcore_sweep import execute, start_launcher, write_manifest
+from spurcore_memorization.outputs import SeedScores, write_seed, write_summary
+from spurcore_memorization.procedure import Settings, collect, full_data, launch, prepare
 
 
 def memorization_scores(pipeline: Path, out: Path, plugins: PluginManager, settings: Settings, *,
@@ -24,19 +23,9 @@ def memorization_scores(pipeline: Path, out: Path, plugins: PluginManager, setti
     from tqdm import tqdm
 
     sweep = prepare(out, pipeline, plugins, settings, plugin_args=plugin_args, threads=threads)
-    records: dict[str, dict[str, Any]] = {}
-    total = len(sweep.trials)
-
-    def heard(trial, record) -> None:
-        records[trial.path] = record
-        write_manifest(sweep, records)
-        state = "finished earlier" if record.get("skipped") else record["status"]
-        extra = f": {record['error']}" if "error" in record else ""
-        echo(f"[{len(records)}/{total}] {trial.path}: {state}{extra}")
-
-    execute(sweep, start_launcher(plugins, launcher, jobs=jobs, threads=threads, address=address,
-                                  options=launcher_option, out=out), heard)
-    failed = [path for path, record in records.items() if record["status"] != "done"]
+    launched = launch(sweep, plugins, launcher=launcher, jobs=jobs, threads=threads, address=address,
+                      launcher_option=launcher_option, out=out, echo=echo)
+    failed = launched["failed"]
     torch.set_num_threads(threads)  # predictions with the models' own thread count
     data = full_data(out, plugins)
     per_seed, scores = {}, {}
@@ -48,25 +37,23 @@ def memorization_scores(pipeline: Path, out: Path, plugins: PluginManager, setti
         collected = collect(out, seed, settings.models, data, plugins,
                             progress=lambda it: tqdm(it, desc=f"seed {seed}: predictions", leave=False), note=echo)
         estimate = memorization(collected["correct_train"], collected["trained"])
-        folder = out / f"seed{seed}"
-        write_scores(folder / "scores.h5", data, estimate, collected,
-                     {"seed": seed, "models": settings.models, "subset": settings.subset,
-                      "epochs": collected["epochs"]})
-        per_seed[seed] = seed_summary(data, estimate, collected["correct_test"])
-        per_seed[seed]["selected_epochs"] = collected["epochs"].tolist()
-        atomic.write_json(folder / "scores.json", per_seed[seed])
-        scores[seed] = {"memorization": estimate.memorization, "group": labels(data, "train")[0]}
-        echo(f"seed {seed}: {folder / 'scores.h5'}")
+        found = SeedScores(memorization=estimate.memorization, accuracies=estimate.accuracies,
+                           test_accuracy=collected["correct_test"].mean(0),
+                           train={"models_in": estimate.models_in, "models_out": estimate.models_out,
+                                  "correct": collected["correct_train"], "trained": collected["trained"]},
+                           test={"correct": collected["correct_test"]},
+                           attributes={"estimator": "feldman-zhang", "seed": seed, "models": settings.models,
+                                       "subset": settings.subset, "epochs": collected["epochs"]})
+        per_seed[seed] = write_seed(out / f"seed{seed}", data, found,
+                                    {"selected_epochs": collected["epochs"].tolist()})
+        scores[seed] = estimate.memorization
+        echo(f"seed {seed}: {out / f'seed{seed}' / 'scores.h5'}")
     if not per_seed:
         return {"failed": failed, "summary": None}
-    summary = across_seeds(per_seed)
-    atomic.write_json(out / "summary.json", {"seeds": sorted(per_seed), "models": settings.models,
-                                             "subset": settings.subset, "groups": summary})
-    text = table(summary)
-    atomic.write_text(out / "summary.md", text)
-    names = list(labels(data, "train")[1])
-    figure(out / "scores.png", scores, names, summary,
-           f"{pipeline.name}: {settings.models} models on {settings.subset:.0%} subsets, "
-           f"seed{'s' if len(per_seed) > 1 else ''} {', '.join(map(str, sorted(per_seed)))}")
+    summary, text = write_summary(out, data, per_seed, scores,
+                         {"estimator": "feldman-zhang", "models": settings.models, "subset": settings.subset,
+                          "launch": launched["cost"]},
+                         f"{pipeline.name}: {settings.models} models on {settings.subset:.0%} subsets, "
+                         f"seed{'s' if len(per_seed) > 1 else ''} {', '.join(map(str, sorted(per_seed)))}")
     echo(text)
     return {"failed": failed, "summary": summary}
