@@ -166,16 +166,20 @@ def test_one_run_per_seed_gives_every_estimator_in_the_shared_layout(one_run):
     assert saved.settings["dynamics"]["curvature_every"] == 1 and saved.dataset.train_subset == 1.0
 
 
-def test_the_tracer_and_the_html_report_read_the_one_run_scores(one_run):
-    from spurcore_sweep.html import read_scores as html_scores
-    from spurcore_tracer.marked import read_memorization
-
+def test_the_html_report_shows_a_gallery_of_the_one_run_scores(one_run):
     out, _ = one_run
     path = out / "cumulative-loss" / "seed0" / "scores.h5"
-    y, scores = read_memorization(path)
-    assert len(y) == 200 and np.isfinite(scores).all()
     groups = json.loads((path.parent / "scores.json").read_text())["groups"]
-    assert html_scores(path)["names"] == list(groups) and len(groups) == 4
+    names = [name for name in groups if name not in ("minority", "majority")]
+    result = invoke(manager(), "report", out / "runs" / "seed0", "--html", "--scores", path, "--gallery", "2")
+    assert result.exit_code == 0, result.output
+    page = (out / "runs" / "seed0" / "report.html").read_text()
+    train = read_scores(path)
+    assert len(names) == 4 and all(f'data-group="{name}"' in page for name in names)
+    top = int(np.nanargmax(train["memorization"]))
+    assert f'alt="training example {int(train["index"][top])}"' in page
+    assert f"{train['memorization'][top]:.2f}</figcaption>" in page
+    assert page.count('alt="training example') == 2 * len(names)
 
 
 def test_a_relaunch_asking_for_curvature_from_runs_that_did_not_measure_it_is_refused(tmp_path):
