@@ -26,7 +26,7 @@ from spurcore import hookimpl
 from spurcore.api import MitigationSpec, lazy, lazy_exports
 from spurcore_baselines.options import (
     AFROptions, CRTOptions, CVaROptions, EffectiveNumberOptions, EIILOptions, FocalOptions, IRMOptions, LDAMOptions,
-    LISAOptions, MatchingOptions, MixupOptions,
+    LISAOptions, MatchingOptions, MixupOptions, SubsampleOptions,
 )
 
 EXPORTS = {
@@ -72,10 +72,10 @@ def specs() -> list[MitigationSpec]:
         ]
     out += [
         MitigationSpec(
-            name="subg", factory=lazy("spurcore_baselines.sampling:Subsample", by="group"), needs_attributes=TRAIN,
+            name="subg", options=SubsampleOptions, factory=lazy("spurcore_baselines.sampling:Subsample", by="group"), needs_attributes=TRAIN,
             description="SUBG: train on a group-balanced subsample (every group cut to the smallest)"),
         MitigationSpec(
-            name="suby", factory=lazy("spurcore_baselines.sampling:Subsample", by="class"),
+            name="suby", options=SubsampleOptions, factory=lazy("spurcore_baselines.sampling:Subsample", by="class"),
             description="SUBY: train on a class-balanced subsample (every class cut to the smallest)"),
         MitigationSpec(
             name="sqrt-reweight", factory=lazy("spurcore_baselines.weighted:Reweight", by="group", power=0.5),

@@ -25,6 +25,16 @@ def unit_fraction(instance, attribute, value) -> None:
 
 
 @attrs.frozen(kw_only=True)
+class SubsampleOptions:
+    """`epoch`: how many examples an epoch shows. "train": as many as the training split has,
+    the balanced subset passed over again and again, reshuffled each pass, so an epoch takes
+    ERM's number of steps (as SubpopBench, which counts steps, not epochs, trains it);
+    "subset": one pass over the subset, an epoch of far fewer steps."""
+
+    epoch: Literal["train", "subset"] = attrs.field(default="train", validator=attrs.validators.in_(("train", "subset")))
+
+
+@attrs.frozen(kw_only=True)
 class EffectiveNumberOptions:
     """`beta`: the class-balanced loss's beta; a label with n examples weighs (1 - beta) / (1 - beta^n)."""
 

@@ -1,6 +1,7 @@
 """The baselines that change only which training examples an epoch shows: group- or
 class-balanced draws with replacement (SubpopBench's ReSample) and a balanced subsample of the
-training set (SUBG and SUBY, Idrissi et al., CLeaR 2022). The loss stays ERM's."""
+training set (SUBG and SUBY, Idrissi et al., CLeaR 2022), passed over until an epoch is as long
+as ERM's. The loss stays ERM's."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 
 from spurcore import hookimpl
 from spurcore.api import atomic, balanced_subset, balanced_weights
+from spurcore_baselines.options import SubsampleOptions
 from spurcore_baselines.weights import TrainLabels
 
 
@@ -36,9 +38,11 @@ class Resample(TrainLabels):
 
 class Subsample(TrainLabels):
     """One balanced subset of the training set, drawn once per run from its seed and stage (every
-    label cut to the rarest one's count), shuffled anew every epoch: an epoch is the subset."""
+    label cut to the rarest one's count). An epoch passes over it, reshuffled each pass, as many
+    times as it takes to show as many examples as the training set has (`epoch = "train"`), or
+    once (`epoch = "subset"`)."""
 
-    def __init__(self, options: None, by: str) -> None:
+    def __init__(self, options: SubsampleOptions, by: str) -> None:
         self.options, self.by = options, by
 
     @hookimpl
@@ -54,4 +58,7 @@ class Subsample(TrainLabels):
 
     @hookimpl
     def spurcore_train_sampler(self, generator):
-        return torch.from_numpy(self.subset)[torch.randperm(len(self.subset), generator=generator)]
+        subset = torch.from_numpy(self.subset)
+        size = len(self.labels) if self.options.epoch == "train" else len(subset)
+        passes = -(-size // len(subset))
+        return torch.cat([subset[torch.randperm(len(subset), generator=generator)] for _ in range(passes)])[:size]

@@ -21,7 +21,9 @@ from spurcore_baselines.invariance import IRM, Matching, environments, irm_penal
 from spurcore_baselines.mixing import LISA, Mixup, mixup_loss
 from spurcore_baselines.sampling import Resample, Subsample
 from spurcore_baselines.weighted import LDAM, BalancedSoftmax, ClassBalanced, Reweight, reweighted_epoch
-from spurcore_baselines.options import EffectiveNumberOptions, IRMOptions, LDAMOptions, LISAOptions, MatchingOptions, MixupOptions
+from spurcore_baselines.options import (
+    EffectiveNumberOptions, IRMOptions, LDAMOptions, LISAOptions, MatchingOptions, MixupOptions, SubsampleOptions,
+)
 
 
 def fake_run(data, tmp_path=None, seed=0):
@@ -76,7 +78,7 @@ def test_class_resampling_balances_classes_without_attribute_labels():
 
 
 def test_subg_trains_on_one_group_balanced_subsample_reshuffled_every_epoch(data, tmp_path):
-    method = Subsample(None, by="group")
+    method = Subsample(SubsampleOptions(epoch="subset"), by="group")
     method.spurcore_stage_start(fake_run(data, tmp_path), STAGE)
     groups = data.groups("train")
     smallest = np.bincount(groups).min()
@@ -86,13 +88,26 @@ def test_subg_trains_on_one_group_balanced_subsample_reshuffled_every_epoch(data
     assert len(set(first)) == len(first) and sorted(first) == sorted(second) and first.tolist() != second.tolist()
     record = json.loads((tmp_path / "subsample.json").read_text())
     assert record["examples"] == 4 * smallest and record["per_label"] == [smallest] * 4
-    other = Subsample(None, by="group")
+    other = Subsample(SubsampleOptions(epoch="subset"), by="group")
     other.spurcore_stage_start(fake_run(data, tmp_path, seed=1), STAGE)
     assert other.subset.tolist() != method.subset.tolist()  # drawn from the run's seed
 
 
+def test_an_epoch_of_the_subsample_is_as_long_as_erms_by_default(data, tmp_path):
+    method = Subsample(SubsampleOptions(), by="group")
+    method.spurcore_stage_start(fake_run(data, tmp_path), STAGE)
+    n, subset = len(data.splits["train"].y), len(method.subset)
+    order = method.spurcore_train_sampler(torch.Generator().manual_seed(1)).numpy()
+    assert len(order) == n and n > 3 * subset and set(order) == set(method.subset.tolist())
+    passes = [order[i:i + subset] for i in range(0, n - subset + 1, subset)]
+    assert all(sorted(p) == sorted(method.subset.tolist()) for p in passes)  # every pass is the whole subset
+    assert passes[0].tolist() != passes[1].tolist()  # reshuffled each pass
+    tail = order[len(passes) * subset:]
+    assert len(set(tail)) == len(tail) == n - len(passes) * subset  # the last pass, cut short, repeats nothing
+
+
 def test_suby_cuts_every_class_to_the_rarest_ones_count(data, tmp_path):
-    method = Subsample(None, by="class")
+    method = Subsample(SubsampleOptions(), by="class")
     method.spurcore_stage_start(fake_run(data, tmp_path), STAGE)
     y = data.splits["train"].y
     assert np.bincount(y[method.subset]).tolist() == [np.bincount(y).min()] * 2

@@ -151,6 +151,18 @@ def test_coral_and_mmd_vanish_between_equal_sets_and_grow_with_a_shift():
     assert torch.isfinite(features.grad).all()
 
 
+def test_biased_mmd_between_samples_of_one_distribution_is_its_diagonal_until_the_features_shrink():
+    # what docs/methods/mmd.md's collapse rests on: two samples of one distribution, spread
+    # beyond every bandwidth's reach, still pay each kernel's self-comparisons, 1/n + 1/m per
+    # bandwidth; only features shrunk towards one point pay less
+    generator = torch.Generator().manual_seed(0)
+    x, y = 100 * torch.randn(40, 8, generator=generator), 100 * torch.randn(20, 8, generator=generator)
+    diagonal = 7 * (1 / 40 + 1 / 20)  # 7 bandwidths, 0.001 to 1000
+    assert mmd_distance(x, y).item() == pytest.approx(diagonal, rel=0.05)
+    paid = [mmd_distance(scale * x, scale * y).item() for scale in (1.0, 1e-2, 1e-3, 1e-5)]
+    assert paid == sorted(paid, reverse=True) and paid[-1] < 0.01 * diagonal
+
+
 def test_afr_weights_fall_with_the_models_confidence_and_every_class_weighs_the_same():
     p = np.array([0.99, 0.5, 0.1, 0.9, 0.8])
     y = np.array([0, 0, 0, 1, 1])
