@@ -49,11 +49,6 @@ def unbiased_mmd(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return within(x) + within(y) - 2 * gaussian_kernel(x, y).mean()
 
 
-def per_gamma(x: torch.Tensor, y: torch.Tensor, gamma: float) -> torch.Tensor:
-    kernel = lambda p, q: gaussian_kernel(p, q, gammas=(gamma,))  # noqa: E731
-    return kernel(x, x).mean() + kernel(y, y).mean() - 2 * kernel(x, y).mean()
-
-
 def self_comparisons(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.tensor(len(MMD_GAMMAS) * (1 / len(x) + 1 / len(y)))
 
@@ -82,7 +77,7 @@ def measure(run_dir: Path, manager, batch_size: int, seed: int) -> dict:
         add("diagonal", matching_penalty(batch, groups, self_comparisons))
         add("unbiased", matching_penalty(batch, groups, unbiased_mmd))
         for gamma in MMD_GAMMAS:
-            add(f"gamma={gamma:g}", matching_penalty(batch, groups, lambda x, y, g=gamma: per_gamma(x, y, g)))
+            add(f"gamma={gamma:g}", matching_penalty(batch, groups, lambda x, y, g=gamma: mmd_distance(x, y, (g,))))
         add("spread", torch.cdist(batch, batch).pow(2).mean())
     make_up = {run.data.attr_names[a]: {run.data.class_names[c]: round(float(np.mean(labels[attributes == a].numpy() == c)), 3)
                                         for c in range(len(run.data.class_names))}

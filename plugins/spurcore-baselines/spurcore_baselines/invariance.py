@@ -50,9 +50,10 @@ def gaussian_kernel(x: torch.Tensor, y: torch.Tensor, gammas=MMD_GAMMAS) -> torc
     return sum(torch.exp(-gamma * distances) for gamma in gammas)
 
 
-def mmd_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def mmd_distance(x: torch.Tensor, y: torch.Tensor, gammas=MMD_GAMMAS) -> torch.Tensor:
     """The squared maximum mean discrepancy under `gaussian_kernel` (the biased estimate)."""
-    return gaussian_kernel(x, x).mean() + gaussian_kernel(y, y).mean() - 2 * gaussian_kernel(x, y).mean()
+    return (gaussian_kernel(x, x, gammas).mean() + gaussian_kernel(y, y, gammas).mean()
+            - 2 * gaussian_kernel(x, y, gammas).mean())
 
 
 DISTANCES = {"coral": coral_distance, "mmd": mmd_distance}
