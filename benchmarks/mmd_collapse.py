@@ -34,8 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from spurcore.api import atomic, extract, open_run
-from spurcore.api import PluginManager
+from spurcore.api import PluginManager, atomic, extract, open_run
 from spurcore_baselines.invariance import MMD_GAMMAS, environments, gaussian_kernel, matching_penalty, mmd_distance
 
 BATCHES = 200
